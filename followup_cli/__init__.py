@@ -1,0 +1,3 @@
+"""followups: delivers clinicians' scheduled follow-up messages to parents."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,427 @@
+"""send-due: claim -> push (outside any transaction) -> finish, batch by batch.
+
+The promise: every due follow-up is delivered exactly once (one in-app message row,
+status sent), in scheduled order per conversation, even with several runners, APNs
+failures or a process killed mid-run.
+
+- Claim: a short transaction leases a batch to this run (FOR UPDATE SKIP LOCKED plus a
+  lease that expires, so a dead run's rows come back).
+- Push: no transaction is open; each conversation's follow-ups go out in order, different
+  conversations concurrently; leases are renewed while pushes are slow.
+- Finish: one transaction writes the in-app messages and the statuses together, guarded
+  by "still scheduled and still ours", so a cancel by the app is never overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from followup_cli.alerts import Alerter
+from followup_cli.clock import utcnow
+from followup_cli.db import Database
+from followup_cli.push import (
+    CONFIG,
+    PERMANENT,
+    SENT,
+    TRANSIENT,
+    Attempt,
+    Pusher,
+    PushOutcome,
+    PushRequest,
+    mask_token,
+    notification_title,
+)
+from followup_cli.repository import AttemptRecord, DueFollowUp, Failure, Message, RunRecord
+from followup_cli.settings import Settings
+
+log = logging.getLogger("followups.delivery")
+
+# Why a follow-up was not pushed or not delivered, as recorded in failure_reason and in
+# follow_up_attempts.reason.
+EMPTY_MESSAGE = "empty_message"
+MISSING_RECIPIENT = "missing_recipient"
+INVALID_DEVICE_TOKEN = "invalid_device_token"
+
+STOP_CONFIG = "config_error"
+STOP_OUTAGE = "outage"
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    push_backend: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    claimed: int = 0
+    sent: int = 0
+    pushed: int = 0
+    in_app_only: int = 0
+    failed: int = 0
+    released: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    stop: str | None = None
+    stop_reason: str | None = None
+
+    @property
+    def skipped(self) -> int:
+        """Claimed but neither sent nor failed by this run: cancelled meanwhile, taken
+        over by another run, or given back for the next run."""
+        return self.claimed - self.sent - self.failed
+
+    @property
+    def elapsed_seconds(self) -> float:
+        end = self.finished_at or utcnow()
+        return (end - self.started_at).total_seconds()
+
+    @property
+    def outcome(self) -> str:
+        return self.stop or "completed"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.stop is None else 1
+
+
+@dataclass
+class _Plan:
+    """What to do with one claimed batch."""
+
+    push: list[tuple[DueFollowUp, PushRequest]] = field(default_factory=list)
+    in_app: list[DueFollowUp] = field(default_factory=list)
+    invalid: list[Failure] = field(default_factory=list)
+    notes: list[AttemptRecord] = field(default_factory=list)
+
+
+def normalize_token(token: str | None) -> str | None:
+    """APNs device tokens are 64 hex characters; spaces and case are forgiven."""
+    if token is None:
+        return None
+    cleaned = "".join(token.split()).lower()
+    return cleaned or None
+
+
+def is_valid_token(token: str) -> bool:
+    return len(token) == 64 and all(c in "0123456789abcdef" for c in token)
+
+
+def _plan(batch: Sequence[DueFollowUp], now: datetime) -> _Plan:
+    plan = _Plan()
+    for f in batch:
+        if not (f.display_text or "").strip():
+            plan.invalid.append(Failure(f.id, EMPTY_MESSAGE))
+            continue
+        if not (f.user_id or "").strip() or not _is_uuid(f.conversation_id):
+            plan.invalid.append(Failure(f.id, MISSING_RECIPIENT))
+            continue
+        token = normalize_token(f.device_token)
+        if token is None or f.in_app_only:
+            plan.in_app.append(f)
+            continue
+        if not is_valid_token(token):
+            # The in-app message still reaches the parent; the bad token is on record.
+            plan.in_app.append(f)
+            plan.notes.append(
+                AttemptRecord(f.id, now, 1, "skipped", INVALID_DEVICE_TOKEN, None, None)
+            )
+            continue
+        assert f.conversation_id is not None
+        plan.push.append(
+            (
+                f,
+                PushRequest(
+                    follow_up_id=f.id,
+                    conversation_id=f.conversation_id,
+                    device_token=token,
+                    title=notification_title(f.provider_name),
+                    body=f.display_text or "",
+                    urgent=(f.urgency or "").strip().lower() == "urgent",
+                ),
+            )
+        )
+    return plan
+
+
+def _is_uuid(value: str | None) -> bool:
+    if not value:
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+class _PushRound:
+    """Pushes one batch: conversations in parallel, each conversation in order.
+
+    Stops early (leaving the rest unpushed) on a configuration error, or when
+    `outage_threshold` follow-ups in a row exhausted their attempts.
+    """
+
+    def __init__(self, pusher: Pusher, outage_threshold: int) -> None:
+        self._pusher = pusher
+        self._outage_threshold = outage_threshold
+        self._lock = threading.Lock()
+        self._streak = 0
+        self.stop: str | None = None
+        self.stop_reason: str | None = None
+        self.outcomes: dict[str, PushOutcome] = {}
+        self._stopped = threading.Event()
+
+    def run(
+        self,
+        items: Sequence[tuple[DueFollowUp, PushRequest]],
+        renew: Callable[[], None],
+        renew_every: float,
+        progress: ProgressCallback | None,
+    ) -> None:
+        groups: dict[str | None, list[PushRequest]] = {}
+        for f, req in items:
+            groups.setdefault(f.conversation_id, []).append(req)
+        workers = max(1, min(self._pusher.concurrency, len(groups)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="push") as pool:
+            futures: set[Future[None]] = {
+                pool.submit(self._push_group, reqs, progress) for reqs in groups.values()
+            }
+            while futures:
+                done, futures = wait(futures, timeout=renew_every, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    fut.result()  # re-raise a programming error instead of hiding it
+                if futures:
+                    renew()
+
+    def _push_group(self, reqs: Sequence[PushRequest], progress: ProgressCallback | None) -> None:
+        for req in reqs:
+            if self._stopped.is_set():
+                return
+            outcome = self._pusher.push(req)
+            self._record(req, outcome)
+            if progress is not None:
+                progress(1)
+
+    def _record(self, req: PushRequest, outcome: PushOutcome) -> None:
+        with self._lock:
+            self.outcomes[req.follow_up_id] = outcome
+            if outcome.kind == CONFIG and self.stop is None:
+                self.stop, self.stop_reason = STOP_CONFIG, outcome.reason
+                self._stopped.set()
+            elif outcome.kind == TRANSIENT:
+                self._streak += 1
+                if self._streak >= self._outage_threshold and self.stop is None:
+                    self.stop, self.stop_reason = STOP_OUTAGE, outcome.reason
+                    self._stopped.set()
+            elif outcome.kind == SENT:
+                self._streak = 0
+
+
+class _Timestamps:
+    """Strictly increasing message timestamps: one transaction's NOW() is the same for
+    every row, so two follow-ups of one conversation would otherwise tie."""
+
+    def __init__(self) -> None:
+        self._last: datetime | None = None
+
+    def next(self) -> datetime:
+        now = utcnow()
+        if self._last is not None and now <= self._last:
+            now = self._last + timedelta(microseconds=1)
+        self._last = now
+        return now
+
+
+def send_due(
+    db: Database,
+    pusher: Pusher,
+    settings: Settings,
+    alerter: Alerter,
+    *,
+    limit: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> RunReport:
+    """Deliver everything due when the run starts (or up to `limit`)."""
+    started = utcnow()
+    report = RunReport(run_id=str(uuid.uuid4()), push_backend=pusher.name, started_at=started)
+    lease = timedelta(seconds=settings.lease_seconds)
+    stamps = _Timestamps()
+    try:
+        while limit is None or report.claimed < limit:
+            size = (
+                settings.batch_size
+                if limit is None
+                else min(settings.batch_size, limit - report.claimed)
+            )
+            now = utcnow()
+            with db.transaction() as repo:
+                batch = repo.claim_due(report.run_id, started, now, now + lease, size)
+            if not batch:
+                break
+            report.claimed += len(batch)
+            _deliver_batch(db, pusher, settings, report, batch, stamps, progress)
+            if report.stop is not None:
+                break
+    finally:
+        report.finished_at = utcnow()
+    _alert(alerter, report)
+    with db.transaction() as repo:
+        repo.record_run(
+            RunRecord(
+                id=report.run_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=report.started_at,
+                finished_at=report.finished_at,
+                push_backend=report.push_backend,
+                claimed=report.claimed,
+                sent=report.sent,
+                failed=report.failed,
+                skipped=report.skipped,
+                outcome=report.outcome,
+            )
+        )
+    return report
+
+
+def _deliver_batch(
+    db: Database,
+    pusher: Pusher,
+    settings: Settings,
+    report: RunReport,
+    batch: Sequence[DueFollowUp],
+    stamps: _Timestamps,
+    progress: ProgressCallback | None,
+) -> None:
+    run_id = report.run_id
+    lease = timedelta(seconds=settings.lease_seconds)
+    plan = _plan(batch, utcnow())
+
+    # The app may have cancelled some since the claim: those are not pushed.
+    with db.transaction() as repo:
+        live = repo.still_claimed(run_id, [f.id for f, _ in plan.push])
+    to_push = [(f, req) for f, req in plan.push if f.id in live]
+
+    def renew() -> None:
+        with db.transaction() as repo:
+            repo.renew_claims(run_id, utcnow() + lease)
+
+    round_ = _PushRound(pusher, settings.outage_threshold)
+    round_.run(to_push, renew, settings.lease_seconds / 3, progress)
+
+    delivered: list[DueFollowUp] = list(plan.in_app)
+    failures: list[Failure] = list(plan.invalid)
+    release: list[str] = []
+    attempts: list[AttemptRecord] = list(plan.notes)
+    for f, req in to_push:
+        outcome = round_.outcomes.get(f.id)
+        if outcome is None:  # not attempted: the round stopped first
+            release.append(f.id)
+            continue
+        attempts.extend(_records(f.id, outcome.attempts))
+        if outcome.kind == SENT:
+            delivered.append(f)
+        elif outcome.kind == PERMANENT:
+            failures.append(Failure(f.id, outcome.reason or "unknown"))
+            log.warning(
+                "follow-up %s not delivered: %s (token %s)",
+                f.id,
+                outcome.reason,
+                mask_token(req.device_token),
+            )
+        elif outcome.kind == TRANSIENT and round_.stop != STOP_OUTAGE:
+            failures.append(Failure(f.id, outcome.reason or "unknown"))
+            log.warning(
+                "follow-up %s failed after %d attempts: %s",
+                f.id,
+                len(outcome.attempts),
+                outcome.reason,
+            )
+        else:  # a configuration stop, or an outage: nothing is failed, all stays scheduled
+            release.append(f.id)
+
+    delivered.sort(key=lambda f: (f.scheduled_for, f.id))
+    by_id = {f.id: f for f in delivered}
+    finished_at = utcnow()
+    with db.transaction() as repo:
+        sent_ids = repo.mark_sent(run_id, list(by_id), finished_at)
+        repo.insert_messages(
+            [
+                Message(
+                    follow_up_id=f.id,
+                    conversation_id=f.conversation_id,
+                    user_id=f.user_id,
+                    content=f.display_text or "",
+                    timestamp=stamps.next(),
+                )
+                for f in delivered
+                if f.id in sent_ids
+            ]
+        )
+        failed_ids = repo.mark_failed(run_id, failures, finished_at)
+        repo.release(run_id, release)
+        repo.record_attempts(run_id, attempts)
+
+    if progress is not None:
+        progress(len(batch) - len(to_push))
+    pushed_ids = {
+        f.id
+        for f, _ in to_push
+        if round_.outcomes.get(f.id, None) is not None and round_.outcomes[f.id].kind == SENT
+    }
+    report.sent += len(sent_ids)
+    report.pushed += len(sent_ids & pushed_ids)
+    report.in_app_only += len(sent_ids - pushed_ids)
+    report.failed += len(failed_ids)
+    report.released += len(release)
+    report.failures.extend(
+        (f.follow_up_id, f.reason) for f in failures if f.follow_up_id in failed_ids
+    )
+    if round_.stop is not None:
+        report.stop, report.stop_reason = round_.stop, round_.stop_reason
+
+
+def _records(follow_up_id: str, attempts: Sequence[Attempt]) -> list[AttemptRecord]:
+    return [
+        AttemptRecord(
+            follow_up_id=follow_up_id,
+            attempted_at=a.attempted_at,
+            attempt=a.attempt,
+            outcome=a.outcome,
+            reason=a.reason,
+            status_code=a.status_code,
+            apns_id=a.apns_id,
+        )
+        for a in attempts
+    ]
+
+
+def _alert(alerter: Alerter, report: RunReport) -> None:
+    """One alert per run for new failures, and one for a stop. Ids and reasons only."""
+    if report.failures:
+        shown = ", ".join(f"{fid} ({reason})" for fid, reason in report.failures[:20])
+        more = len(report.failures) - 20
+        alerter.alert(
+            f"followups: {len(report.failures)} follow-up(s) could not be delivered "
+            f"and are marked failed: {shown}{f' and {more} more' if more > 0 else ''}. "
+            "See docs/reliability.md; requeue with `followups retry-failed`."
+        )
+    if report.stop == STOP_CONFIG:
+        alerter.alert(
+            f"followups: send-due stopped: APNs rejected our configuration "
+            f"({report.stop_reason}). Nothing was marked failed; {report.released} "
+            "follow-up(s) stay scheduled. Check FOLLOWUPS_APNS_KEY_FILE, _KEY_ID, _TEAM_ID, "
+            "_TOPIC and _ENV."
+        )
+    elif report.stop == STOP_OUTAGE:
+        alerter.alert(
+            f"followups: send-due stopped early: APNs keeps failing ({report.stop_reason}). "
+            f"{report.released} follow-up(s) stay scheduled for the next run."
+        )

@@ -1,0 +1,59 @@
+"""`followups db upgrade`: Alembic, driven programmatically (no alembic.ini to ship).
+
+The version table has this tool's own name, so it never collides with an Alembic
+history the app's database may already keep.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TextIO
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import func, select
+
+from followup_cli.db import Database
+
+VERSION_TABLE = "followups_schema_version"
+# Two hosts upgrading at once take turns (transaction-scoped: PgBouncer-safe).
+UPGRADE_LOCK_KEY = 0x466F6C6C6F7776
+
+
+def _config(stdout: TextIO | None = None) -> Config:
+    cfg = Config(stdout=stdout) if stdout is not None else Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def upgrade(db: Database) -> tuple[str | None, str]:
+    """Bring the schema to head in one transaction. Returns (revision before, after)."""
+    cfg = _config()
+    with db.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(UPGRADE_LOCK_KEY)))
+        before = MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+        after = MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
+    assert after is not None
+    return before, after
+
+
+def upgrade_sql(url: str, out: TextIO) -> None:
+    """Write the upgrade as SQL for the database behind `url`, without connecting."""
+    cfg = _config(stdout=out)
+    cfg.attributes["url"] = url
+    command.upgrade(cfg, "head", sql=True)

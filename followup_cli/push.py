@@ -1,0 +1,206 @@
+"""Push notifications: what a follow-up's push looks like, and the two ways to send it.
+
+- LogPusher (FOLLOWUPS_PUSH=log, the default): writes what would be pushed to the log,
+  never the message text; nothing leaves the machine.
+- APNsPusher (FOLLOWUPS_PUSH=apns, in apns.py): Apple's push service through
+  pyapns-client, 3 attempts in all per notification.
+
+Both are thread-safe: the delivery service calls push() from several threads at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from followup_cli.clock import utcnow
+
+if TYPE_CHECKING:
+    from followup_cli.settings import Settings
+
+log = logging.getLogger("followups.push")
+
+# APNs accepts alert payloads up to 4,096 bytes.
+MAX_PAYLOAD_BYTES = 4096
+MAX_ATTEMPTS = 3
+ELLIPSIS = "\u2026"
+
+# Outcome kinds of one push (and of a follow-up's whole set of attempts).
+SENT = "sent"
+TRANSIENT = "transient"  # worth retrying later: network, 429, 5xx, unknown answers
+PERMANENT = "permanent"  # this device will never take it: bad or unregistered token
+CONFIG = "config"  # our key, team or topic is wrong: stop, fail nothing
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    follow_up_id: str
+    conversation_id: str
+    device_token: str
+    title: str
+    body: str
+    urgent: bool
+
+    @property
+    def priority(self) -> str:
+        return "10" if self.urgent else "5"
+
+    @property
+    def interruption_level(self) -> str:
+        return "time-sensitive" if self.urgent else "active"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    attempted_at: datetime
+    attempt: int
+    outcome: str
+    reason: str | None = None
+    status_code: int | None = None
+    apns_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    kind: str
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str | None:
+        return self.attempts[-1].reason if self.attempts else None
+
+    @property
+    def apns_id(self) -> str | None:
+        return self.attempts[-1].apns_id if self.attempts else None
+
+    @property
+    def status_code(self) -> int | None:
+        return self.attempts[-1].status_code if self.attempts else None
+
+
+class Pusher(Protocol):
+    name: str
+    concurrency: int
+
+    def push(self, request: PushRequest) -> PushOutcome: ...
+
+    def close(self) -> None: ...
+
+
+def mask_token(token: str | None) -> str:
+    """Device tokens appear in logs as their first 8 characters only."""
+    if not token:
+        return "-"
+    return f"{token[:8]}\u2026"
+
+
+def notification_title(provider_name: str | None) -> str:
+    name = (provider_name or "").strip()
+    if name.lower().startswith("dr."):
+        name = name[3:].strip()
+    return f"Follow-up from Dr. {name}" if name else "Follow-up from your provider"
+
+
+def payload_dict(req: PushRequest, body: str | None = None) -> dict[str, Any]:
+    """The JSON payload, in the shape APNs and the parent app expect."""
+    return {
+        "aps": {
+            "alert": {"title": req.title, "body": req.body if body is None else body},
+            "sound": "default",
+            "thread-id": req.conversation_id,
+            "interruption-level": req.interruption_level,
+        },
+        "conversation_id": req.conversation_id,
+        "type": "follow_up",
+        "follow_up_id": req.follow_up_id,
+    }
+
+
+def encode_payload(payload: dict[str, Any]) -> bytes:
+    # Non-ASCII stays UTF-8 (not \\u escapes): an emoji costs 4 bytes, not 12.
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+def fit_body(req: PushRequest) -> str:
+    """The alert body, cut on a character boundary (with an ellipsis) so the whole payload
+    fits APNs' 4,096 bytes. Never splits a combining mark or emoji sequence from its base."""
+    if len(encode_payload(payload_dict(req))) <= MAX_PAYLOAD_BYTES:
+        return req.body
+    text = req.body
+    lo, hi = 0, len(text)
+    while lo < hi:  # largest prefix length that fits
+        mid = (lo + hi + 1) // 2
+        if len(encode_payload(payload_dict(req, text[:mid] + ELLIPSIS))) <= MAX_PAYLOAD_BYTES:
+            lo = mid
+        else:
+            hi = mid - 1
+    cut = lo
+    while cut > 0 and _joins_previous(text, cut):
+        cut -= 1
+    return text[:cut].rstrip() + ELLIPSIS
+
+
+def _joins_previous(text: str, index: int) -> bool:
+    """Would cutting before text[index] break a grapheme (combining mark, ZWJ, modifier)?"""
+    if index >= len(text):
+        return False
+    ch, prev = text[index], text[index - 1]
+    return (
+        unicodedata.combining(ch) != 0
+        or ch in ("\u200d", "\ufe0f", "\ufe0e")
+        or prev == "\u200d"
+        or 0x1F3FB <= ord(ch) <= 0x1F3FF  # skin tone modifiers
+        or 0xE0020 <= ord(ch) <= 0xE007F  # tag sequences (subdivision flags)
+        or (0x1F1E6 <= ord(ch) <= 0x1F1FF and 0x1F1E6 <= ord(prev) <= 0x1F1FF)
+    )
+
+
+def headers_for(req: PushRequest, topic: str | None) -> dict[str, str]:
+    """APNs request headers. Values are strings: httpx rejects ints."""
+    headers = {
+        "apns-push-type": "alert",
+        "apns-priority": req.priority,
+        "apns-collapse-id": req.follow_up_id,
+    }
+    if topic:
+        headers["apns-topic"] = topic
+    return headers
+
+
+class LogPusher:
+    """Logs each notification that would be pushed; sends nothing."""
+
+    name = "log"
+
+    def __init__(self, concurrency: int = 4) -> None:
+        self.concurrency = concurrency
+
+    def push(self, request: PushRequest) -> PushOutcome:
+        body = fit_body(request)
+        log.info(
+            "push (log backend, not sent): follow_up=%s conversation=%s token=%s title=%r "
+            "headers=%s body_length=%d",
+            request.follow_up_id,
+            request.conversation_id,
+            mask_token(request.device_token),
+            request.title,
+            json.dumps(headers_for(request, None), sort_keys=True),
+            len(body),
+        )
+        return PushOutcome(SENT, [Attempt(utcnow(), 1, SENT, None, None, None)])
+
+    def close(self) -> None:
+        return None
+
+
+def make_pusher(settings: Settings) -> Pusher:
+    if settings.push == "apns":
+        # Imported only when there is something to push: it costs a fifth of a second.
+        from followup_cli.apns import APNsPusher
+
+        return APNsPusher(settings)
+    return LogPusher()

@@ -1,0 +1,244 @@
+"""FOLLOWUPS_* environment variables (and command-line overrides) -> one validated Settings.
+
+Every value is checked here, at start, so that a bad value is one clear line and exit
+code 2 before anything touches the database or APNs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+
+DEFAULT_DATABASE_URL = "sqlite:///followups.db"
+PUSH_BACKENDS = ("log", "apns")
+APNS_ENVIRONMENTS = ("production", "development")
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(ValueError):
+    """A configuration or usage value is wrong; the CLI prints it and exits 2."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    push: str = "log"
+    apns_key_file: Path | None = None
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
+    apns_topic: str | None = None
+    apns_env: str = "production"
+    apns_url: str | None = None
+    apns_ca_file: Path | None = None
+    push_concurrency: int = 16
+    push_timeout_seconds: float = 10.0
+    # First backoff step between push attempts; the steps double, with full jitter.
+    retry_base_seconds: float = 0.5
+    lease_seconds: int = 120
+    batch_size: int = 500
+    # This many follow-ups in a row exhausting their attempts means APNs is down:
+    # the run stops and leaves the rest scheduled.
+    outage_threshold: int = 5
+    alert_webhook_url: str | None = None
+    log_format: str = "text"
+
+    @property
+    def safe_database_url(self) -> str:
+        """The database URL with any password replaced by ***, for messages."""
+        return redact_url(self.database_url)
+
+    def with_overrides(self, **values: object) -> Settings:
+        """A copy with the given non-None values replaced, validated again."""
+        changed = {k: v for k, v in values.items() if v is not None}
+        return validate(replace(self, **changed)) if changed else self  # type: ignore[arg-type]
+
+
+def redact_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the postgres:// and postgresql:// forms that hosting providers hand out."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _str(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    return raw.strip()
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Read FOLLOWUPS_* variables. Raises ConfigError on the first bad value."""
+    env = os.environ if env is None else env
+    key_file = _str(env, "FOLLOWUPS_APNS_KEY_FILE")
+    ca_file = _str(env, "FOLLOWUPS_APNS_CA_FILE")
+    settings = Settings(
+        database_url=_str(env, "FOLLOWUPS_DATABASE_URL") or DEFAULT_DATABASE_URL,
+        push=(_str(env, "FOLLOWUPS_PUSH") or "log").lower(),
+        apns_key_file=Path(key_file) if key_file else None,
+        apns_key_id=_str(env, "FOLLOWUPS_APNS_KEY_ID"),
+        apns_team_id=_str(env, "FOLLOWUPS_APNS_TEAM_ID"),
+        apns_topic=_str(env, "FOLLOWUPS_APNS_TOPIC"),
+        apns_env=(_str(env, "FOLLOWUPS_APNS_ENV") or "production").lower(),
+        apns_url=_str(env, "FOLLOWUPS_APNS_URL"),
+        apns_ca_file=Path(ca_file) if ca_file else None,
+        push_concurrency=_int(env, "FOLLOWUPS_PUSH_CONCURRENCY", 16, 1),
+        push_timeout_seconds=_float(env, "FOLLOWUPS_PUSH_TIMEOUT", 10.0, 0.1),
+        retry_base_seconds=_float(env, "FOLLOWUPS_RETRY_BASE_SECONDS", 0.5, 0.0),
+        lease_seconds=_int(env, "FOLLOWUPS_LEASE_SECONDS", 120, 10),
+        batch_size=_int(env, "FOLLOWUPS_BATCH_SIZE", 500, 1),
+        outage_threshold=_int(env, "FOLLOWUPS_OUTAGE_THRESHOLD", 5, 1),
+        alert_webhook_url=_str(env, "FOLLOWUPS_ALERT_WEBHOOK_URL"),
+        log_format=(_str(env, "FOLLOWUPS_LOG_FORMAT") or "text").lower(),
+    )
+    return validate(settings)
+
+
+def validate(s: Settings) -> Settings:
+    url = normalize_database_url(s.database_url)
+    if url != s.database_url:
+        s = replace(s, database_url=url)
+    _check_database_url(url)
+    if s.push not in PUSH_BACKENDS:
+        raise ConfigError(
+            f"FOLLOWUPS_PUSH must be one of {', '.join(PUSH_BACKENDS)}, got {s.push!r}"
+        )
+    if s.apns_env not in APNS_ENVIRONMENTS:
+        raise ConfigError(
+            f"FOLLOWUPS_APNS_ENV must be one of {', '.join(APNS_ENVIRONMENTS)}, got {s.apns_env!r}"
+        )
+    if s.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"log format must be one of {', '.join(LOG_FORMATS)}, got {s.log_format!r}"
+        )
+    if s.apns_url is not None and not re.match(r"^https://[^/\s]+/?$", s.apns_url):
+        raise ConfigError(
+            f"FOLLOWUPS_APNS_URL must look like https://host[:port], got {s.apns_url!r}"
+        )
+    if s.alert_webhook_url is not None and not re.match(r"^https?://\S+$", s.alert_webhook_url):
+        # The URL is a secret: name the problem, never echo the value.
+        raise ConfigError("FOLLOWUPS_ALERT_WEBHOOK_URL must be an http(s) URL")
+    return s
+
+
+def require_push_config(s: Settings) -> None:
+    """For commands that push: with FOLLOWUPS_PUSH=apns the key, ids and topic must be
+    there and the key must load, before anything is claimed."""
+    if s.push == "apns":
+        _check_apns(s)
+
+
+def _check_database_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            "FOLLOWUPS_DATABASE_URL is not a database URL "
+            "(expected sqlite:///path or postgresql+psycopg://user@host/db)"
+        ) from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            "FOLLOWUPS_DATABASE_URL must be a sqlite or postgresql URL, "
+            f"got {parsed.get_backend_name()!r}"
+        )
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
+        raise ConfigError(
+            "FOLLOWUPS_DATABASE_URL must use the psycopg driver (postgresql+psycopg://...), "
+            f"got {parsed.get_driver_name()!r}"
+        )
+
+
+def _check_apns(s: Settings) -> None:
+    missing = [
+        name
+        for name, value in (
+            ("FOLLOWUPS_APNS_KEY_FILE", s.apns_key_file),
+            ("FOLLOWUPS_APNS_KEY_ID", s.apns_key_id),
+            ("FOLLOWUPS_APNS_TEAM_ID", s.apns_team_id),
+            ("FOLLOWUPS_APNS_TOPIC", s.apns_topic),
+        )
+        if value is None
+    ]
+    if missing:
+        raise ConfigError(f"FOLLOWUPS_PUSH=apns needs {', '.join(missing)}")
+    assert s.apns_key_file is not None
+    try:
+        pem = s.apns_key_file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"FOLLOWUPS_APNS_KEY_FILE {str(s.apns_key_file)!r} cannot be read: {exc.strerror}"
+        ) from None
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"FOLLOWUPS_APNS_KEY_FILE {str(s.apns_key_file)!r} is not a PEM (.p8) private key"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(
+            f"FOLLOWUPS_APNS_KEY_FILE {str(s.apns_key_file)!r} is not an ES256 (P-256) APNs key"
+        )
+    if s.apns_ca_file is not None and not s.apns_ca_file.is_file():
+        raise ConfigError(f"FOLLOWUPS_APNS_CA_FILE {str(s.apns_ca_file)!r} is not a readable file")
+
+
+def parse_duration(text: str, option: str = "duration") -> timedelta:
+    """'30m', '24h', '7d', '90s' -> timedelta. Raises ConfigError on anything else."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text or "")
+    if not match:
+        raise ConfigError(
+            f"{option} must be a number followed by s, m, h, d or w (e.g. 30m, 24h, 7d), "
+            f"got {text!r}"
+        )
+    amount, unit = int(match.group(1)), match.group(2)
+    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+    if amount <= 0:
+        raise ConfigError(f"{option} must be greater than zero, got {text!r}")
+    return timedelta(seconds=amount * seconds)

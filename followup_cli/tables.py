@@ -1,0 +1,211 @@
+"""SQLAlchemy Core tables: the app's three tables plus this tool's own.
+
+Column names of the app's tables are the app's contract and must not change. The columns
+this tool adds are nullable or have defaults, so a row the app inserts with only its own
+columns works. The migrations (followup_cli/migrations) are the schema's history; this
+module is what the code reads and writes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+    func,
+    text,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+# App-visible statuses. The app writes scheduled and cancelled; this tool writes sent
+# and failed; any other value is left alone.
+SCHEDULED = "scheduled"
+SENT = "sent"
+CANCELLED = "cancelled"
+FAILED = "failed"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """timestamptz on PostgreSQL; on SQLite a naive UTC timestamp. Always aware UTC in Python."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        # SQLite stores text and compares it as text: keep one format, without offset.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class GUID(TypeDecorator[str]):
+    """uuid on PostgreSQL, text on SQLite; always a str in Python.
+
+    Ids stay opaque strings in the code, so a malformed value in a SQLite row is data to
+    report, not a crash in a type converter.
+    """
+
+    impl = String(36)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.UUID(as_uuid=False))
+        return dialect.type_descriptor(String(36))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else str(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else str(value)
+
+
+metadata = MetaData()
+
+# An autoincrementing 64-bit key on PostgreSQL that is still SQLite's rowid alias.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+follow_up_requests = Table(
+    "follow_up_requests",
+    metadata,
+    Column("id", GUID(), primary_key=True),
+    Column("conversation_id", GUID()),
+    Column("user_id", Text),
+    Column("scheduled_for", UTCDateTime()),
+    Column("urgency", Text, server_default=text("'routine'")),
+    Column("display_text", Text),
+    Column("original_message", Text),
+    Column("status", Text, nullable=False, server_default=text("'scheduled'")),
+    Column("child_name", Text),
+    Column("child_age", Text),
+    Column("device_token", Text),
+    Column("follow_up_days", Integer),
+    Column("follow_up_hours", Integer),
+    Column("follow_up_minutes", Integer),
+    Column("created_at", UTCDateTime(), server_default=func.now()),
+    Column("sent_at", UTCDateTime()),
+    # This tool's columns.
+    Column("provider_name", Text),
+    Column("claimed_by", Text),
+    Column("claim_expires_at", UTCDateTime()),
+    Column("failure_reason", Text),
+    Column("failed_at", UTCDateTime()),
+    # The token a device-specific failure happened with: a requeue needs a new one.
+    Column("failed_device_token", Text),
+    Column("in_app_only", Boolean, nullable=False, server_default=false()),
+)
+
+# The due scan reads only scheduled rows; a partial index keeps it independent of how
+# many millions of sent and cancelled rows accumulate.
+Index(
+    "ix_follow_up_requests_due",
+    follow_up_requests.c.scheduled_for,
+    follow_up_requests.c.id,
+    postgresql_where=follow_up_requests.c.status == SCHEDULED,
+    sqlite_where=follow_up_requests.c.status == SCHEDULED,
+)
+# Per-conversation ordering check during a claim ("is an earlier one still in flight?").
+Index(
+    "ix_follow_up_requests_scheduled_conversation",
+    follow_up_requests.c.conversation_id,
+    follow_up_requests.c.scheduled_for,
+    postgresql_where=follow_up_requests.c.status == SCHEDULED,
+    sqlite_where=follow_up_requests.c.status == SCHEDULED,
+)
+
+provider_review_requests = Table(
+    "provider_review_requests",
+    metadata,
+    Column("id", GUID(), primary_key=True),
+    Column("conversation_id", GUID()),
+    Column("schedule_followup", Boolean, nullable=False, server_default=false()),
+    Column("created_at", UTCDateTime(), server_default=func.now()),
+)
+Index("ix_provider_review_requests_conversation", provider_review_requests.c.conversation_id)
+
+follow_up_messages = Table(
+    "follow_up_messages",
+    metadata,
+    Column("id", GUID(), primary_key=True),
+    Column("conversation_id", GUID()),
+    Column("user_id", Text),
+    Column("message_content", Text),
+    Column("is_from_user", Boolean, nullable=False, server_default=false()),
+    Column("follow_up_id", GUID()),
+    Column("timestamp", UTCDateTime(), server_default=func.now()),
+)
+# At most one in-app message per follow-up, enforced by the database as a last line of
+# defence behind the claim protocol.
+Index(
+    "ux_follow_up_messages_follow_up_id",
+    follow_up_messages.c.follow_up_id,
+    unique=True,
+    postgresql_where=follow_up_messages.c.follow_up_id.is_not(None),
+    sqlite_where=follow_up_messages.c.follow_up_id.is_not(None),
+)
+Index(
+    "ix_follow_up_messages_conversation",
+    follow_up_messages.c.conversation_id,
+    follow_up_messages.c.timestamp,
+)
+
+# Every push attempt, for debugging and statistics.
+follow_up_attempts = Table(
+    "follow_up_attempts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("follow_up_id", GUID(), nullable=False),
+    Column("run_id", Text),
+    Column("attempted_at", UTCDateTime(), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    # sent | transient | permanent | config | skipped
+    Column("outcome", Text, nullable=False),
+    Column("reason", Text),
+    Column("status_code", Integer),
+    Column("apns_id", Text),
+    Column("is_test", Boolean, nullable=False, server_default=false()),
+)
+Index("ix_follow_up_attempts_follow_up", follow_up_attempts.c.follow_up_id)
+Index("ix_follow_up_attempts_attempted_at", follow_up_attempts.c.attempted_at)
+
+# One row per send-due run, so monitoring works without log files.
+follow_up_runs = Table(
+    "follow_up_runs",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("host", Text),
+    Column("pid", Integer),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime()),
+    Column("push_backend", Text),
+    Column("claimed", Integer, nullable=False, server_default=text("0")),
+    Column("sent", Integer, nullable=False, server_default=text("0")),
+    Column("failed", Integer, nullable=False, server_default=text("0")),
+    Column("skipped", Integer, nullable=False, server_default=text("0")),
+    # completed | config_error | outage | error
+    Column("outcome", Text),
+)
+Index("ix_follow_up_runs_started_at", follow_up_runs.c.started_at)
