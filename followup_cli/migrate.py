@@ -56,4 +56,5 @@ def upgrade_sql(url: str, out: TextIO) -> None:
     """Write the upgrade as SQL for the database behind `url`, without connecting."""
     cfg = _config(stdout=out)
     cfg.attributes["url"] = url
+    cfg.attributes["output_buffer"] = out
     command.upgrade(cfg, "head", sql=True)

@@ -15,7 +15,7 @@ def run_offline() -> None:
         target_metadata=metadata,
         literal_binds=True,
         version_table=VERSION_TABLE,
-        render_as_batch=False,
+        output_buffer=config.attributes.get("output_buffer"),
     )
     with context.begin_transaction():
         context.run_migrations()

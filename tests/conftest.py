@@ -1,0 +1,202 @@
+"""Shared fixtures: a migrated SQLite or PostgreSQL database per test, the fake APNs, the
+fake webhook, and helpers that write rows the way the iOS app does.
+
+PostgreSQL tests use FOLLOWUPS_TEST_DATABASE_URL (default: postgresql+psycopg://postgres@
+127.0.0.1:5432/test) as the server to create throw-away databases on: each test gets its
+own database cloned from a migrated template. Without a server they skip, unless
+FOLLOWUPS_TEST_REQUIRE_POSTGRES=1 (set by .ci/run), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from followup_cli import migrate
+from followup_cli.db import Database
+from followup_cli.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.fake_apns import FakeAPNs
+    from tests.fake_webhook import FakeWebhook
+
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PG_URL = os.environ.get("FOLLOWUPS_TEST_DATABASE_URL", DEFAULT_PG)
+REQUIRE_PG = os.environ.get("FOLLOWUPS_TEST_REQUIRE_POSTGRES") == "1"
+# Through PgBouncer (transaction pooling) when set: same server, another port.
+PGBOUNCER_URL = os.environ.get("FOLLOWUPS_TEST_PGBOUNCER_URL")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own FOLLOWUPS_* settings must not leak into tests."""
+    for name in list(os.environ):
+        if name.startswith("FOLLOWUPS_") and not name.startswith("FOLLOWUPS_TEST_"):
+            monkeypatch.delenv(name)
+
+
+# -- PostgreSQL -------------------------------------------------------------------------
+
+
+def _admin_engine() -> Any:
+    return create_engine(PG_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+
+
+def _pg_available() -> str | None:
+    try:
+        engine = _admin_engine()
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+    except Exception as exc:  # any failure to connect means "no PostgreSQL here"
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated database that each PostgreSQL test clones (CREATE DATABASE ... TEMPLATE)."""
+    problem = _pg_available()
+    if problem is not None:
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL required but unreachable at {PG_URL}: {problem}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL} ({problem})")
+    name = f"followups_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = _admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    db = Database(url)
+    migrate.upgrade(db)
+    db.close()
+    yield name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def new_pg_database(template: str | None = None) -> str:
+    """Create an empty (or template-cloned) database; return its name."""
+    name = f"followups_t_{uuid.uuid4().hex[:12]}"
+    admin = _admin_engine()
+    with admin.connect() as conn:
+        clause = f' TEMPLATE "{template}"' if template else ""
+        conn.execute(text(f'CREATE DATABASE "{name}"{clause}'))
+    admin.dispose()
+    return name
+
+
+def drop_pg_database(name: str) -> None:
+    admin = _admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def pg_url(name: str, base: str = PG_URL) -> str:
+    return make_url(base).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_db_url(pg_template: str) -> Iterator[str]:
+    name = new_pg_database(pg_template)
+    yield pg_url(name)
+    drop_pg_database(name)
+
+
+@pytest.fixture
+def empty_pg_url() -> Iterator[str]:
+    """A PostgreSQL database with no tables at all (for migration tests)."""
+    problem = _pg_available()
+    if problem is not None:
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL required but unreachable at {PG_URL}: {problem}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL} ({problem})")
+    name = new_pg_database()
+    yield pg_url(name)
+    drop_pg_database(name)
+
+
+# -- either backend ---------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """A migrated database: once on SQLite, once on PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'followups.db'}"
+        db = Database(url)
+        migrate.upgrade(db)
+        db.close()
+        return url
+    return str(request.getfixturevalue("pg_db_url"))
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    """Log backend, no backoff sleeps."""
+    return Settings(database_url=db_url, retry_base_seconds=0.0)
+
+
+# -- fakes ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def apns_server() -> Iterator[FakeAPNs]:
+    from tests.fake_apns import FakeAPNs
+
+    with FakeAPNs() as server:
+        yield server
+
+
+@pytest.fixture
+def apns(apns_server: FakeAPNs) -> Iterator[FakeAPNs]:
+    apns_server.clear_rules()
+    apns_server.reset_records()
+    apns_server.latency = 0.0
+    yield apns_server
+    apns_server.clear_rules()
+    apns_server.reset_records()
+
+
+@pytest.fixture
+def apns_settings(settings: Settings, apns: FakeAPNs) -> Settings:
+    return replace(
+        settings,
+        push="apns",
+        apns_key_file=_path(apns.key_file),
+        apns_key_id=apns.key_id,
+        apns_team_id=apns.team_id,
+        apns_topic=apns.topic,
+        apns_url=apns.url,
+        apns_ca_file=_path(apns.ca_file),
+        push_timeout_seconds=5.0,
+    )
+
+
+def _path(value: Any) -> Any:
+    from pathlib import Path
+
+    return Path(value)
+
+
+@pytest.fixture
+def webhook() -> Iterator[FakeWebhook]:
+    from tests.fake_webhook import FakeWebhook
+
+    with FakeWebhook() as hook:
+        yield hook

@@ -1,0 +1,88 @@
+"""Helpers for tests: rows written the way the iOS app writes them, and readers."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import insert, select
+
+from followup_cli.clock import utcnow
+from followup_cli.db import Database
+from followup_cli.tables import follow_up_messages, follow_up_requests
+
+if TYPE_CHECKING:
+    from tests.fake_apns import FakeAPNs
+
+TOKEN_A = "a" * 64
+TOKEN_B = "b" * 64
+
+
+def apns_env(apns: FakeAPNs) -> dict[str, str]:
+    """The environment a subprocess needs to push to the fake APNs."""
+    return {
+        "FOLLOWUPS_PUSH": "apns",
+        "FOLLOWUPS_APNS_KEY_FILE": str(apns.key_file),
+        "FOLLOWUPS_APNS_KEY_ID": apns.key_id,
+        "FOLLOWUPS_APNS_TEAM_ID": apns.team_id,
+        "FOLLOWUPS_APNS_TOPIC": apns.topic,
+        "FOLLOWUPS_APNS_URL": apns.url,
+        "FOLLOWUPS_APNS_CA_FILE": str(apns.ca_file),
+        "FOLLOWUPS_RETRY_BASE_SECONDS": "0",
+    }
+
+
+# -- rows as the app writes them --------------------------------------------------------
+
+
+def app_row(
+    db: Database,
+    *,
+    scheduled_for: datetime | None = None,
+    status: str = "scheduled",
+    display_text: str | None = "How is Maya's fever today?",
+    device_token: str | None = TOKEN_A,
+    conversation_id: str | None = None,
+    user_id: str | None = "parent-1",
+    urgency: str | None = "routine",
+    child_name: str | None = "Maya",
+    **extra: Any,
+) -> str:
+    """Insert a follow-up with only the app's columns (plus `extra`); return its id."""
+    follow_up_id = str(uuid.uuid4())
+    values = {
+        "id": follow_up_id,
+        "conversation_id": conversation_id or str(uuid.uuid4()),
+        "user_id": user_id,
+        "scheduled_for": scheduled_for or utcnow() - timedelta(minutes=1),
+        "urgency": urgency,
+        "display_text": display_text,
+        "original_message": display_text,
+        "status": status,
+        "child_name": child_name,
+        "child_age": "4",
+        "device_token": device_token,
+        "follow_up_days": 0,
+        "follow_up_hours": 1,
+        "follow_up_minutes": 0,
+        **extra,
+    }
+    with db.engine.begin() as conn:
+        conn.execute(insert(follow_up_requests).values(**values))
+    return follow_up_id
+
+
+def row(db: Database, follow_up_id: str) -> Any:
+    with db.engine.connect() as conn:
+        return conn.execute(
+            select(follow_up_requests).where(follow_up_requests.c.id == follow_up_id)
+        ).one()
+
+
+def messages(db: Database, follow_up_id: str | None = None) -> list[Any]:
+    query = select(follow_up_messages).order_by(follow_up_messages.c.timestamp)
+    if follow_up_id is not None:
+        query = query.where(follow_up_messages.c.follow_up_id == follow_up_id)
+    with db.engine.connect() as conn:
+        return list(conn.execute(query))

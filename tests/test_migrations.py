@@ -1,0 +1,97 @@
+"""db upgrade: fresh databases, an existing production schema, idempotence, --sql."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from followup_cli import migrate
+from followup_cli.db import Database
+
+APP_DDL = [
+    # The app's own tables as a production database (e.g. Supabase) already has them.
+    """CREATE TABLE follow_up_requests (
+        id uuid PRIMARY KEY, conversation_id uuid NOT NULL, user_id text NOT NULL,
+        scheduled_for timestamptz NOT NULL, urgency text NOT NULL DEFAULT 'routine',
+        display_text text NOT NULL, original_message text, status text NOT NULL,
+        child_name text, child_age text, device_token text,
+        follow_up_days integer, follow_up_hours integer, follow_up_minutes integer,
+        created_at timestamptz DEFAULT now(), sent_at timestamptz)""",
+    """CREATE TABLE provider_review_requests (
+        id uuid PRIMARY KEY, conversation_id uuid, schedule_followup boolean DEFAULT false,
+        reviewer text)""",
+    """CREATE TABLE follow_up_messages (
+        id uuid PRIMARY KEY DEFAULT gen_random_uuid(), conversation_id uuid, user_id text,
+        message_content text, is_from_user boolean, follow_up_id uuid,
+        timestamp timestamptz DEFAULT now())""",
+    """INSERT INTO follow_up_requests (id, conversation_id, user_id, scheduled_for,
+        display_text, status) VALUES ('11111111-1111-1111-1111-111111111111',
+        '22222222-2222-2222-2222-222222222222', 'parent', now(), 'kept', 'scheduled')""",
+]
+EXPECTED_TABLES = {
+    "follow_up_requests",
+    "provider_review_requests",
+    "follow_up_messages",
+    "follow_up_attempts",
+    "follow_up_runs",
+    migrate.VERSION_TABLE,
+}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    url = (
+        f"sqlite:///{tmp_path / 'fresh.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("empty_pg_url")
+    )
+    db = Database(url)
+    yield db
+    db.close()
+
+
+def test_fresh_database_gets_every_table_and_upgrade_is_idempotent(empty_db: Database) -> None:
+    """First run creates everything; the second changes nothing."""
+    assert migrate.upgrade(empty_db) == (None, migrate.head_revision())
+    assert EXPECTED_TABLES <= set(inspect(empty_db.engine).get_table_names())
+    indexes = {i["name"] for i in inspect(empty_db.engine).get_indexes("follow_up_requests")}
+    assert "ix_follow_up_requests_due" in indexes
+    head = migrate.head_revision()
+    assert migrate.upgrade(empty_db) == (head, head)
+
+
+@pytest.mark.postgres
+def test_existing_app_schema_gains_only_this_tools_pieces(empty_pg_url: str) -> None:
+    """On a production database the app's rows and columns stay; ours are added."""
+    db = Database(empty_pg_url)
+    with db.engine.begin() as conn:
+        for statement in APP_DDL:
+            conn.execute(text(statement))
+    migrate.upgrade(db)
+    columns = {c["name"] for c in inspect(db.engine).get_columns("follow_up_requests")}
+    assert {"claimed_by", "claim_expires_at", "failure_reason", "provider_name"} <= columns
+    review_columns = {c["name"] for c in inspect(db.engine).get_columns("provider_review_requests")}
+    assert "reviewer" in review_columns
+    with db.engine.connect() as conn:
+        kept = conn.execute(
+            text("SELECT display_text, status, in_app_only FROM follow_up_requests")
+        ).one()
+    assert tuple(kept) == ("kept", "scheduled", False)
+    migrate.upgrade(db)  # and again: nothing to do
+    db.close()
+
+
+def test_sql_mode_prints_idempotent_ddl_without_connecting() -> None:
+    """--sql writes SQL a DBA can run; it creates only what is missing."""
+    out = io.StringIO()
+    migrate.upgrade_sql("postgresql+psycopg://nobody@127.0.0.1:1/none", out)
+    sql = out.getvalue()
+    assert "CREATE TABLE IF NOT EXISTS follow_up_requests" in sql
+    assert "ADD COLUMN IF NOT EXISTS claimed_by" in sql
+    assert "CREATE INDEX IF NOT EXISTS ix_follow_up_requests_due" in sql
+    assert "WHERE status = 'scheduled'" in sql
+    assert migrate.VERSION_TABLE in sql

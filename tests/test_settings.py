@@ -1,0 +1,107 @@
+"""Configuration: FOLLOWUPS_* parsing and validation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from followup_cli.settings import (
+    ConfigError,
+    from_env,
+    parse_duration,
+    redact_url,
+    require_push_config,
+)
+
+
+def test_defaults_are_embedded_sqlite_and_log_backend() -> None:
+    """With nothing set, the tool runs on a local SQLite file and pushes nothing."""
+    s = from_env({})
+    assert s.database_url == "sqlite:///followups.db"
+    assert s.push == "log"
+    assert s.lease_seconds == 120
+
+
+def test_postgres_urls_from_hosting_providers_get_the_psycopg_driver() -> None:
+    """postgres:// and postgresql:// become postgresql+psycopg://."""
+    assert from_env({"FOLLOWUPS_DATABASE_URL": "postgres://u:p@h/db"}).database_url == (
+        "postgresql+psycopg://u:p@h/db"
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FOLLOWUPS_PUSH": "sms"}, "FOLLOWUPS_PUSH must be one of log, apns, got 'sms'"),
+        ({"FOLLOWUPS_APNS_ENV": "staging"}, "FOLLOWUPS_APNS_ENV must be one of"),
+        ({"FOLLOWUPS_LEASE_SECONDS": "soon"}, "FOLLOWUPS_LEASE_SECONDS must be a whole number"),
+        ({"FOLLOWUPS_LEASE_SECONDS": "5"}, "FOLLOWUPS_LEASE_SECONDS must be at least 10"),
+        ({"FOLLOWUPS_BATCH_SIZE": "-1"}, "FOLLOWUPS_BATCH_SIZE must be at least 1"),
+        ({"FOLLOWUPS_DATABASE_URL": "mysql://x/y"}, "must be a sqlite or postgresql URL"),
+        ({"FOLLOWUPS_DATABASE_URL": "not a url"}, "is not a database URL"),
+        ({"FOLLOWUPS_APNS_URL": "http://insecure"}, "FOLLOWUPS_APNS_URL must look like https"),
+    ],
+)
+def test_bad_values_are_one_clear_message(env: dict[str, str], message: str) -> None:
+    """Each bad value names the variable and what it expects."""
+    with pytest.raises(ConfigError) as info:
+        from_env(env)
+    assert message in str(info.value)
+
+
+def test_webhook_url_is_never_echoed_in_its_error() -> None:
+    """A malformed webhook URL is reported without its (secret) value."""
+    with pytest.raises(ConfigError) as info:
+        from_env({"FOLLOWUPS_ALERT_WEBHOOK_URL": "hooks.slack.com/services/SECRET"})
+    assert "SECRET" not in str(info.value)
+
+
+def test_password_is_hidden_in_printed_url() -> None:
+    """The database password never appears in what the tool prints."""
+    shown = redact_url("postgresql+psycopg://app:hunter2@db.example.com/prod")
+    assert "hunter2" not in shown
+    assert "db.example.com" in shown
+
+
+def test_apns_needs_key_ids_and_topic() -> None:
+    """FOLLOWUPS_PUSH=apns without credentials names every missing variable."""
+    s = from_env({"FOLLOWUPS_PUSH": "apns"})
+    with pytest.raises(ConfigError) as info:
+        require_push_config(s)
+    for name in ("KEY_FILE", "KEY_ID", "TEAM_ID", "TOPIC"):
+        assert f"FOLLOWUPS_APNS_{name}" in str(info.value)
+
+
+def test_apns_key_must_be_readable_pem(tmp_path: Path) -> None:
+    """A missing or non-key file is a configuration error, not a crash at push time."""
+    base = {
+        "FOLLOWUPS_PUSH": "apns",
+        "FOLLOWUPS_APNS_KEY_ID": "K",
+        "FOLLOWUPS_APNS_TEAM_ID": "T",
+        "FOLLOWUPS_APNS_TOPIC": "com.example",
+    }
+    missing = from_env({**base, "FOLLOWUPS_APNS_KEY_FILE": str(tmp_path / "nope.p8")})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        require_push_config(missing)
+    junk = tmp_path / "junk.p8"
+    junk.write_text("not a key")
+    with pytest.raises(ConfigError, match="is not a PEM"):
+        require_push_config(from_env({**base, "FOLLOWUPS_APNS_KEY_FILE": str(junk)}))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("30m", timedelta(minutes=30)), ("24h", timedelta(hours=24)), ("7d", timedelta(days=7))],
+)
+def test_parse_duration(text: str, expected: timedelta) -> None:
+    """Durations are a number and a unit."""
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "24", "h", "1.5h", "-3h", "0m", "3 days"])
+def test_parse_duration_rejects_malformed(text: str) -> None:
+    """Anything else is a usage error."""
+    with pytest.raises(ConfigError):
+        parse_duration(text, "--since")
