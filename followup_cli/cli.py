@@ -165,6 +165,69 @@ def send_due(
         fail(render.stop_line(report), report.exit_code)
 
 
+# -- retry-failed -----------------------------------------------------------------------
+
+
+@app.command("retry-failed")
+@cli_errors
+def retry_failed(
+    ctx: typer.Context,
+    ids: Annotated[
+        list[str] | None, typer.Option("--id", help="Only this follow-up (repeatable).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only those that failed within: 30m, 24h, 7d.")
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Only this failure reason, e.g. Unregistered.")
+    ] = None,
+    in_app_only: Annotated[
+        bool,
+        typer.Option(
+            "--in-app-only",
+            help="Deliver them as the in-app message without a push (needed for dead tokens).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be requeued; change nothing.")
+    ] = False,
+) -> None:
+    """Put failed follow-ups back to scheduled; the next send-due delivers them.
+
+    Without filters every failed follow-up is considered. Those that failed on their
+    device token (BadDeviceToken, Unregistered, DeviceTokenNotForTopic) are held back
+    unless the app stored a new token since, or --in-app-only is given.
+
+    Example: followups retry-failed --since 24h --reason ServiceUnavailable --dry-run
+    """
+    from followup_cli import render
+    from followup_cli.clock import utcnow
+    from followup_cli.db import Database
+    from followup_cli.requeue import retry_failed as run_retry_failed
+    from followup_cli.scheduling import parse_uuid
+
+    try:
+        wanted = [parse_uuid(value, "--id") for value in ids or []]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    failed_since = utcnow() - settings_mod.parse_duration(since, "--since") if since else None
+    if reason is not None and not reason.strip():
+        raise ConfigError("--reason must not be empty")
+    db = Database(_settings(ctx).database_url)
+    try:
+        report = run_retry_failed(
+            db,
+            ids=wanted,
+            failed_since=failed_since,
+            reason=reason,
+            in_app_only=in_app_only,
+            dry_run=dry_run,
+        )
+    finally:
+        db.close()
+    render.requeue_report(report, wanted)
+
+
 # -- db ---------------------------------------------------------------------------------
 
 

@@ -35,6 +35,10 @@ TRANSIENT = "transient"  # worth retrying later: network, 429, 5xx, unknown answ
 PERMANENT = "permanent"  # this device will never take it: bad or unregistered token
 CONFIG = "config"  # our key, team or topic is wrong: stop, fail nothing
 
+# APNs reasons that mean this device token will never work: a requeue needs a new token
+# (or in-app-only delivery).
+DEVICE_REASONS = frozenset({"BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic"})
+
 
 @dataclass(frozen=True)
 class PushRequest:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from followup_cli.delivery import STOP_CONFIG, STOP_OUTAGE, RunReport
+from followup_cli.requeue import RequeueReport
 
 
 def send_due_summary(report: RunReport) -> None:
@@ -26,3 +29,21 @@ def stop_line(report: RunReport) -> str:
             f"{report.released} follow-up(s) left scheduled for the next run"
         )
     return f"run ended: {report.outcome}"
+
+
+def requeue_report(report: RequeueReport, asked_ids: Sequence[str]) -> None:
+    verb = "Would requeue" if report.dry_run else "Requeued"
+    how = " (in-app only, no push)" if report.in_app_only else ""
+    print(f"{verb} {len(report.requeued)} failed follow-up(s){how}.")
+    for f in report.requeued:
+        print(f"  {f.id}  was: {f.reason or '-'}")
+    if report.held_back:
+        print(
+            f"Held back {len(report.held_back)}: APNs rejected their device token and the app "
+            "has not stored a new one; use --in-app-only to deliver them in the app."
+        )
+        for f in report.held_back:
+            print(f"  {f.id}  was: {f.reason}")
+    seen = {f.id for f in report.requeued} | {f.id for f in report.held_back}
+    for missing in (i for i in asked_ids if i not in seen):
+        print(f"  {missing}  is not a failed follow-up (unknown, or not failed)")

@@ -63,6 +63,15 @@ class Failure:
 
 
 @dataclass(frozen=True)
+class FailedFollowUp:
+    id: str
+    reason: str | None
+    failed_at: datetime | None
+    # The app stored a different token since the failure.
+    token_changed: bool
+
+
+@dataclass(frozen=True)
 class AttemptRecord:
     follow_up_id: str
     attempted_at: datetime
@@ -304,6 +313,54 @@ class Repository:
                 outcome=run.outcome,
             )
         )
+
+    # -- retry-failed ---------------------------------------------------------------------
+
+    def find_failed(
+        self,
+        ids: Sequence[str] = (),
+        failed_since: datetime | None = None,
+        reason: str | None = None,
+    ) -> list[FailedFollowUp]:
+        """Failed follow-ups matching every given filter, oldest failure first."""
+        stmt = select(r.id, r.failure_reason, r.failed_at, r.device_token, r.failed_device_token)
+        stmt = stmt.where(r.status == FAILED)
+        if ids:
+            stmt = stmt.where(r.id.in_(list(ids)))
+        if failed_since is not None:
+            stmt = stmt.where(r.failed_at >= failed_since)
+        if reason is not None:
+            stmt = stmt.where(r.failure_reason == reason)
+        stmt = stmt.order_by(r.failed_at, r.id)
+        return [
+            FailedFollowUp(
+                id=row.id,
+                reason=row.failure_reason,
+                failed_at=row.failed_at,
+                token_changed=(row.device_token or None) != (row.failed_device_token or None),
+            )
+            for row in self.conn.execute(stmt)
+        ]
+
+    def requeue(self, ids: Sequence[str], in_app_only: bool) -> int:
+        """failed -> scheduled, so the next send-due delivers them."""
+        if not ids:
+            return 0
+        values: dict[str, Any] = {
+            "status": SCHEDULED,
+            "failure_reason": None,
+            "failed_at": None,
+            "claimed_by": None,
+            "claim_expires_at": None,
+        }
+        if in_app_only:
+            values["in_app_only"] = True
+        stmt = (
+            update(follow_up_requests)
+            .where(r.id.in_(list(ids)), r.status == FAILED)
+            .values(**values)
+        )
+        return self.conn.execute(stmt).rowcount
 
     # -- schedule / cancel (what the app does) --------------------------------------
 
