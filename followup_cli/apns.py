@@ -127,6 +127,12 @@ class KeepAliveAPNSClient(APNSClient):
             )
         return self._client_storage
 
+    def _send_request(
+        self, headers: dict[str, str], json_data: bytes, device_token: str
+    ) -> httpx.Response:
+        # As the library's, with content= (its data= for raw bytes is deprecated in httpx).
+        return self._client.post(f"/3/device/{device_token}", content=json_data, headers=headers)
+
     def push_once(self, notification: IOSNotification, device_token: str) -> None:
         """One attempt; raises pyapns-client's exception classes on failure."""
         self._push(

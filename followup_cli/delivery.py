@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -168,9 +169,12 @@ class _PushRound:
     `outage_threshold` follow-ups in a row exhausted their attempts.
     """
 
-    def __init__(self, pusher: Pusher, outage_threshold: int) -> None:
+    def __init__(
+        self, pusher: Pusher, outage_threshold: int, may_push: Callable[[str], bool]
+    ) -> None:
         self._pusher = pusher
         self._outage_threshold = outage_threshold
+        self._may_push = may_push
         self._lock = threading.Lock()
         self._streak = 0
         self.stop: str | None = None
@@ -204,6 +208,8 @@ class _PushRound:
         for req in reqs:
             if self._stopped.is_set():
                 return
+            if not self._may_push(req.follow_up_id):
+                continue  # cancelled by the app since the claim
             outcome = self._pusher.push(req)
             self._record(req, outcome)
             if progress is not None:
@@ -222,6 +228,34 @@ class _PushRound:
                     self._stopped.set()
             elif outcome.kind == SENT:
                 self._streak = 0
+
+
+class _CancelGate:
+    """Answers "may this follow-up still be pushed?" just before each push.
+
+    The app may cancel a follow-up after it was claimed. Rather than one query per push,
+    the still-claimed set is re-read at most every `interval` seconds (one query for the
+    whole batch), so a cancel is noticed within that interval plus one push.
+    """
+
+    def __init__(self, db: Database, run_id: str, ids: Sequence[str], interval: float) -> None:
+        self._db = db
+        self._run_id = run_id
+        self._pending = set(ids)
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._live: set[str] = set()
+        self._checked_at = float("-inf")
+
+    def may_push(self, follow_up_id: str) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked_at >= self._interval:
+                with self._db.transaction() as repo:
+                    self._live = repo.still_claimed(self._run_id, sorted(self._pending))
+                self._checked_at = now
+            self._pending.discard(follow_up_id)
+            return follow_up_id in self._live
 
 
 class _Timestamps:
@@ -304,16 +338,14 @@ def _deliver_batch(
     lease = timedelta(seconds=settings.lease_seconds)
     plan = _plan(batch, utcnow())
 
-    # The app may have cancelled some since the claim: those are not pushed.
-    with db.transaction() as repo:
-        live = repo.still_claimed(run_id, [f.id for f, _ in plan.push])
-    to_push = [(f, req) for f, req in plan.push if f.id in live]
+    to_push = plan.push
+    gate = _CancelGate(db, run_id, [f.id for f, _ in to_push], settings.cancel_check_seconds)
 
     def renew() -> None:
         with db.transaction() as repo:
             repo.renew_claims(run_id, utcnow() + lease)
 
-    round_ = _PushRound(pusher, settings.outage_threshold)
+    round_ = _PushRound(pusher, settings.outage_threshold, gate.may_push)
     round_.run(to_push, renew, settings.lease_seconds / 3, progress)
 
     delivered: list[DueFollowUp] = list(plan.in_app)
@@ -322,7 +354,7 @@ def _deliver_batch(
     attempts: list[AttemptRecord] = list(plan.notes)
     for f, req in to_push:
         outcome = round_.outcomes.get(f.id)
-        if outcome is None:  # not attempted: the round stopped first
+        if outcome is None:  # not pushed: cancelled meanwhile, or the round stopped first
             release.append(f.id)
             continue
         attempts.extend(_records(f.id, outcome.attempts))
@@ -371,11 +403,7 @@ def _deliver_batch(
 
     if progress is not None:
         progress(len(batch) - len(to_push))
-    pushed_ids = {
-        f.id
-        for f, _ in to_push
-        if round_.outcomes.get(f.id, None) is not None and round_.outcomes[f.id].kind == SENT
-    }
+    pushed_ids = {fid for fid, outcome in round_.outcomes.items() if outcome.kind == SENT}
     report.sent += len(sent_ids)
     report.pushed += len(sent_ids & pushed_ids)
     report.in_app_only += len(sent_ids - pushed_ids)

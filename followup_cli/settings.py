@@ -39,6 +39,8 @@ class Settings:
     # First backoff step between push attempts; the steps double, with full jitter.
     retry_base_seconds: float = 0.5
     lease_seconds: int = 120
+    # How stale the "was it cancelled meanwhile?" check before a push may be.
+    cancel_check_seconds: float = 0.2
     batch_size: int = 500
     # This many follow-ups in a row exhausting their attempts means APNs is down:
     # the run stops and leaves the rest scheduled.
@@ -127,6 +129,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         push_timeout_seconds=_float(env, "FOLLOWUPS_PUSH_TIMEOUT", 10.0, 0.1),
         retry_base_seconds=_float(env, "FOLLOWUPS_RETRY_BASE_SECONDS", 0.5, 0.0),
         lease_seconds=_int(env, "FOLLOWUPS_LEASE_SECONDS", 120, 10),
+        cancel_check_seconds=_float(env, "FOLLOWUPS_CANCEL_CHECK_SECONDS", 0.2, 0.0),
         batch_size=_int(env, "FOLLOWUPS_BATCH_SIZE", 500, 1),
         outage_threshold=_int(env, "FOLLOWUPS_OUTAGE_THRESHOLD", 5, 1),
         alert_webhook_url=_str(env, "FOLLOWUPS_ALERT_WEBHOOK_URL"),
