@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -129,6 +130,13 @@ def send_due(
     limit: Annotated[
         int | None, typer.Option("--limit", help="Deliver at most this many in this run.")
     ] = None,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file",
+            help="Write Prometheus metrics here (node_exporter textfile collector).",
+        ),
+    ] = None,
 ) -> None:
     """Deliver every follow-up that is due now: push, in-app message, status sent.
 
@@ -149,14 +157,15 @@ def send_due(
     from followup_cli.alerts import make_alerter
     from followup_cli.db import Database
     from followup_cli.delivery import send_due as run_send_due
+    from followup_cli.monitoring import after_send_due
     from followup_cli.push import make_pusher
 
     db = Database(settings.database_url)
     pusher = make_pusher(settings)
+    alerter = make_alerter(settings.alert_webhook_url)
     try:
-        report = run_send_due(
-            db, pusher, settings, make_alerter(settings.alert_webhook_url), limit=limit
-        )
+        report = run_send_due(db, pusher, settings, alerter, limit=limit)
+        after_send_due(db, report, settings, alerter, metrics_file)
     finally:
         pusher.close()
         db.close()
@@ -226,6 +235,199 @@ def retry_failed(
     finally:
         db.close()
     render.requeue_report(report, wanted)
+
+
+# -- stats ------------------------------------------------------------------------------
+
+
+@app.command("stats")
+@cli_errors
+def stats(
+    ctx: typer.Context,
+    since: Annotated[str, typer.Option("--since", help="Window: 30m, 24h, 7d.")] = "24h",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    check_: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Monitor mode: exit 1 and name the rule when something is wrong."
+        ),
+    ] = False,
+    min_success_rate: Annotated[
+        float | None, typer.Option("--min-success-rate", help="Percent (default 95).")
+    ] = None,
+    min_attempts: Annotated[
+        int | None,
+        typer.Option("--min-attempts", help="Judge the rate only from this many (default 20)."),
+    ] = None,
+    max_run_age: Annotated[
+        str | None, typer.Option("--max-run-age", help="Last run at most this old (5m).")
+    ] = None,
+    max_overdue: Annotated[
+        str | None, typer.Option("--max-overdue", help="No follow-up overdue longer (10m).")
+    ] = None,
+) -> None:
+    """How follow-ups did in a window, the backlog now, and whether cron looks alive.
+
+    With --check it is a monitor: exit 0 when healthy, 1 when the success rate is low,
+    the last send-due run is too old, or a follow-up is overdue too long.
+
+    Example: followups stats --since 24h --check
+    """
+    from dataclasses import replace
+
+    from followup_cli import render
+    from followup_cli.db import Database
+    from followup_cli.monitoring import CheckRules, check, gather
+
+    window = settings_mod.parse_duration(since, "--since")
+    settings = _settings(ctx)
+    rules = CheckRules.from_settings(settings)
+    if min_success_rate is not None:
+        if not 0 <= min_success_rate <= 100:
+            raise ConfigError(f"--min-success-rate must be 0-100, got {min_success_rate:g}")
+        rules = replace(rules, min_success_rate=min_success_rate)
+    if min_attempts is not None:
+        if min_attempts < 1:
+            raise ConfigError(f"--min-attempts must be at least 1, got {min_attempts}")
+        rules = replace(rules, min_attempts=min_attempts)
+    if max_run_age is not None:
+        rules = replace(
+            rules, max_run_age=settings_mod.parse_duration(max_run_age, "--max-run-age")
+        )
+    if max_overdue is not None:
+        rules = replace(
+            rules, max_overdue=settings_mod.parse_duration(max_overdue, "--max-overdue")
+        )
+    db = Database(settings.database_url)
+    try:
+        result = gather(db, window)
+    finally:
+        db.close()
+    problems = check(result, rules) if check_ else []
+    if as_json:
+        render.stats_json(result, rules, problems if check_ else None)
+    else:
+        render.stats_table(result, rules)
+        if check_:
+            render.check_result(problems)
+    if problems:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+# -- cleanup ----------------------------------------------------------------------------
+
+
+@app.command("cleanup")
+@cli_errors
+def cleanup(
+    ctx: typer.Context,
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Age after which sent/cancelled go: 90d.")
+    ] = "90d",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the counts it would remove.")
+    ] = False,
+    archive: Annotated[
+        bool,
+        typer.Option("--archive", help="Move them to follow_up_requests_archive instead."),
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Rows per short transaction.")
+    ] = 1000,
+) -> None:
+    """Purge sent and cancelled follow-ups older than the window, in short batches.
+
+    Failed and scheduled follow-ups are kept, and follow_up_messages (the parents'
+    history) are never deleted. Sent ones age by sent_at, cancelled ones by created_at.
+
+    Example: followups cleanup --older-than 90d --dry-run
+    """
+    from followup_cli import cleanup as cleanup_mod
+    from followup_cli import render
+    from followup_cli.db import Database
+
+    window = settings_mod.parse_duration(older_than, "--older-than")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    db = Database(_settings(ctx).database_url)
+    try:
+        planned = cleanup_mod.count(db, window)
+        if dry_run:
+            report = planned
+        else:
+            with render.progress("cleanup", planned.total) as advance:
+                report = cleanup_mod.cleanup(
+                    db, window, archive=archive, batch_size=batch_size, progress=advance
+                )
+    finally:
+        db.close()
+    render.cleanup_report(report)
+
+
+# -- test-send --------------------------------------------------------------------------
+
+
+@app.command("test-send")
+@cli_errors
+def test_send(
+    ctx: typer.Context,
+    follow_up_id: Annotated[str, typer.Argument(help="The follow-up's id.")],
+    to: Annotated[
+        str | None, typer.Option("--to", help="Push to this device token instead.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the payload and headers; send nothing.")
+    ] = False,
+    mark_sent: Annotated[
+        bool,
+        typer.Option("--mark-sent", help="On success, also write the message and mark it sent."),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Send even a cancelled one.")] = False,
+) -> None:
+    """Push one follow-up now, whatever its time, and show exactly what went out.
+
+    Prints the payload, the headers and APNs' answer. Changes nothing unless --mark-sent.
+    Exit 2 on a malformed id or no usable token, 1 when not found, cancelled (without
+    --force) or the push failed.
+
+    Example: followups test-send 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20 --to <64-hex token>
+    """
+    from datetime import timedelta
+
+    from followup_cli import render
+    from followup_cli import testsend as testsend_mod
+    from followup_cli.db import Database
+    from followup_cli.push import SENT, make_pusher
+    from followup_cli.scheduling import parse_uuid
+
+    try:
+        follow_up_id = parse_uuid(follow_up_id)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    settings = _settings(ctx)
+    if not dry_run:
+        settings_mod.require_push_config(settings)
+    db = Database(settings.database_url)
+    try:
+        try:
+            prepared = testsend_mod.prepare(db, follow_up_id, to, force, settings.apns_topic)
+        except testsend_mod.NoToken as exc:
+            raise ConfigError(str(exc)) from None
+        render.test_send_request(prepared, settings.push, dry_run)
+        if dry_run:
+            return
+        pusher = make_pusher(settings)
+        try:
+            result = testsend_mod.send(
+                db, pusher, prepared, mark_sent, timedelta(seconds=settings.lease_seconds)
+            )
+        finally:
+            pusher.close()
+    finally:
+        db.close()
+    render.test_send_outcome(result)
+    if result.outcome is None or result.outcome.kind != SENT:
+        raise typer.Exit(EXIT_FAILURE)
 
 
 # -- db ---------------------------------------------------------------------------------

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from followup_cli.delivery import STOP_CONFIG, STOP_OUTAGE, RunReport
 from followup_cli.requeue import RequeueReport
+
+if TYPE_CHECKING:
+    from followup_cli.cleanup import CleanupReport
+    from followup_cli.monitoring import CheckRules, Stats
+    from followup_cli.testsend import TestSendResult
+
+
+def _is_terminal() -> bool:
+    return sys.stdout.isatty()
 
 
 def send_due_summary(report: RunReport) -> None:
@@ -47,3 +60,190 @@ def requeue_report(report: RequeueReport, asked_ids: Sequence[str]) -> None:
     seen = {f.id for f in report.requeued} | {f.id for f in report.held_back}
     for missing in (i for i in asked_ids if i not in seen):
         print(f"  {missing}  is not a failed follow-up (unknown, or not failed)")
+
+
+# -- stats ------------------------------------------------------------------------------
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 120:
+        return f"{value:.1f}s"
+    if value < 7200:
+        return f"{value / 60:.1f}m"
+    return f"{value / 3600:.1f}h"
+
+
+def _stats_rows(stats: Stats, rules: CheckRules) -> list[tuple[str, str]]:
+    rate = stats.success_rate
+    p50, p95, worst = stats.lag if stats.lag else (None, None, None)
+    run = stats.last_run
+    if run is None:
+        last = "never"
+    else:
+        took = (
+            f", took {_seconds((run.finished_at - run.started_at).total_seconds())}"
+            if run.finished_at
+            else ""
+        )
+        last = (
+            f"{run.started_at:%Y-%m-%d %H:%M:%S} UTC ({_seconds(stats.last_run_age_seconds)} ago"
+            f"{took}; claimed {run.claimed}, sent {run.sent}, failed {run.failed}; "
+            f"{run.outcome})"
+        )
+    rows = [
+        ("window", f"last {_seconds(stats.window.total_seconds())}"),
+        ("sent", f"{stats.sent} ({stats.pushed} pushed, {stats.in_app_only} in-app only)"),
+        ("failed", str(stats.failed)),
+    ]
+    rows += [(f"  {reason}", str(n)) for reason, n in sorted(stats.failures_by_reason.items())]
+    rows += [
+        ("cancelled (due in window)", str(stats.cancelled)),
+        ("success rate", "n/a (nothing attempted)" if rate is None else f"{rate:.1f}%"),
+        ("delivery lag p50 / p95 / max", f"{_seconds(p50)} / {_seconds(p95)} / {_seconds(worst)}"),
+        (
+            "backlog: overdue now",
+            f"{stats.overdue} (oldest {_seconds(stats.oldest_overdue_seconds)})"
+            if stats.overdue
+            else "0",
+        ),
+        ("last send-due run", last),
+        ("cron alive", "yes" if stats.cron_alive(rules) else "NO"),
+    ]
+    return rows
+
+
+def _bars(per_hour: Sequence[tuple[str, int]], width: int = 40) -> list[str]:
+    if not per_hour:
+        return []
+    top = max(n for _, n in per_hour) or 1
+    return [f"{hour}  {'#' * max(1, round(width * n / top)):<{width}} {n}" for hour, n in per_hour]
+
+
+def stats_table(stats: Stats, rules: CheckRules) -> None:
+    rows = _stats_rows(stats, rules)
+    bars = _bars(stats.sent_per_hour)
+    if not _is_terminal():
+        label_width = max(len(k) for k, _ in rows)
+        for key, value in rows:
+            print(f"{key:<{label_width}}  {value}")
+        if bars:
+            print("sends per hour (UTC):")
+            for line in bars:
+                print(f"  {line}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="follow-ups", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    console = Console()
+    console.print(table)
+    if bars:
+        console.print("[bold]sends per hour (UTC)[/bold]")
+        for line in bars:
+            console.print(f"  {line}", highlight=False)
+
+
+def stats_json(stats: Stats, rules: CheckRules, problems: list[str] | None) -> None:
+    data = stats.as_json(rules)
+    if problems is not None:
+        data["healthy"] = not problems
+        data["problems"] = problems
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def check_result(problems: Sequence[str]) -> None:
+    if not problems:
+        print("check: OK")
+        return
+    for problem in problems:
+        print(f"check: FAIL {problem}")
+
+
+# -- cleanup ----------------------------------------------------------------------------
+
+
+@contextmanager
+def progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar with the rate on a terminal; nothing under cron."""
+    if not _is_terminal() or total == 0:
+        yield lambda _n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(label, total=total, rate="")
+
+        def advance(n: int) -> None:
+            bar.update(task, advance=n)
+            speed = bar.tasks[task].speed
+            bar.update(task, rate=f"{speed:,.0f}/s" if speed else "")
+
+        yield advance
+
+
+def cleanup_report(report: CleanupReport) -> None:
+    cutoff = f"{report.cutoff:%Y-%m-%d %H:%M} UTC"
+    if report.dry_run:
+        print(
+            f"Would remove {report.total} follow-up(s) older than {cutoff}: "
+            f"{report.sent} sent, {report.cancelled} cancelled. Failed and scheduled ones "
+            "and all follow_up_messages are kept."
+        )
+        return
+    verb = "Archived" if report.archived else "Deleted"
+    print(
+        f"{verb} {report.total} follow-up(s) older than {cutoff}: {report.sent} sent, "
+        f"{report.cancelled} cancelled; removed {report.runs} old run record(s). "
+        "Failed and scheduled ones and all follow_up_messages are kept."
+    )
+
+
+# -- test-send --------------------------------------------------------------------------
+
+
+def test_send_request(result: TestSendResult, backend: str, dry_run: bool) -> None:
+    req = result.request
+    what = "would send" if dry_run else "sending"
+    print(f"test-send {req.follow_up_id}: {what} via push backend {backend!r}")
+    print(f"device token: {req.device_token}")
+    print("headers:")
+    for name, value in sorted(result.headers.items()):
+        print(f"  {name}: {value}")
+    print("payload:")
+    print(json.dumps(result.payload, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+def test_send_outcome(result: TestSendResult) -> None:
+    outcome = result.outcome
+    if outcome is None:
+        return
+    for a in outcome.attempts:
+        status = a.status_code if a.status_code is not None else "-"
+        answer = f"reason {a.reason}" if a.reason else "accepted"
+        print(f"attempt {a.attempt}: status {status}, {answer}, apns-id {a.apns_id or '-'}")
+    if outcome.kind == "sent":
+        tail = "; follow-up marked sent and message written" if result.marked_sent else ""
+        print(f"result: sent{tail}")
+    else:
+        print(f"result: {outcome.kind} ({outcome.reason}); the follow-up was not changed")

@@ -12,9 +12,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Float,
+    and_,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from followup_cli.tables import (
+    ARCHIVED_COLUMNS,
     CANCELLED,
     FAILED,
     SCHEDULED,
@@ -22,7 +36,9 @@ from followup_cli.tables import (
     follow_up_attempts,
     follow_up_messages,
     follow_up_requests,
+    follow_up_requests_archive,
     follow_up_runs,
+    followups_alert_state,
     provider_review_requests,
 )
 
@@ -96,6 +112,18 @@ class RunRecord:
     failed: int
     skipped: int
     outcome: str
+
+
+@dataclass(frozen=True)
+class LastRun:
+    id: str
+    host: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    claimed: int
+    sent: int
+    failed: int
+    outcome: str | None
 
 
 _DUE_COLUMNS = (
@@ -314,6 +342,221 @@ class Repository:
             )
         )
 
+    def claim_one(
+        self, run_id: str, follow_up_id: str, now: datetime, lease_until: datetime
+    ) -> DueFollowUp | None:
+        """Lease one scheduled follow-up, whatever its time (test-send --mark-sent)."""
+        stmt = (
+            update(follow_up_requests)
+            .where(
+                r.id == follow_up_id,
+                r.status == SCHEDULED,
+                or_(r.claim_expires_at.is_(None), r.claim_expires_at <= now),
+            )
+            .values(claimed_by=run_id, claim_expires_at=lease_until)
+            .returning(*_DUE_COLUMNS)
+        )
+        found = self.conn.execute(stmt).first()
+        return None if found is None else _due(found)
+
+    def find_follow_up(self, follow_up_id: str) -> tuple[DueFollowUp, str] | None:
+        """A follow-up and its status, whatever the status."""
+        found = self.conn.execute(
+            select(*_DUE_COLUMNS, r.status).where(r.id == follow_up_id)
+        ).first()
+        return None if found is None else (_due(found), found.status)
+
+    # -- stats and monitoring -------------------------------------------------------
+
+    def count_sent_since(self, since: datetime) -> int:
+        return int(
+            self.conn.scalar(select(func.count()).where(r.status == SENT, r.sent_at >= since)) or 0
+        )
+
+    def failures_by_reason_since(self, since: datetime) -> dict[str, int]:
+        stmt = (
+            select(r.failure_reason, func.count())
+            .where(r.status == FAILED, r.failed_at >= since)
+            .group_by(r.failure_reason)
+        )
+        return {reason or "unknown": int(n) for reason, n in self.conn.execute(stmt)}
+
+    def count_cancelled_due_between(self, since: datetime, until: datetime) -> int:
+        """Cancelled follow-ups that were due in the window (the app records no cancel time)."""
+        return int(
+            self.conn.scalar(
+                select(func.count()).where(
+                    r.status == CANCELLED, r.scheduled_for >= since, r.scheduled_for <= until
+                )
+            )
+            or 0
+        )
+
+    def count_pushed_since(self, since: datetime) -> int:
+        """Sent follow-ups that went out as a push (not test pushes)."""
+        a = follow_up_attempts.c
+        stmt = select(func.count(func.distinct(a.follow_up_id))).where(
+            a.outcome == "sent", a.is_test.is_(False), a.attempted_at >= since
+        )
+        return int(self.conn.scalar(stmt) or 0)
+
+    def lag_seconds_since(self, since: datetime) -> tuple[float, float, float] | None:
+        """p50, p95 and max of sent_at - scheduled_for for follow-ups sent in the window."""
+        where = (r.status == SENT, r.sent_at >= since)
+        if self.dialect == "postgresql":
+            lag = func.extract("epoch", r.sent_at - r.scheduled_for)
+            found = self.conn.execute(
+                select(
+                    func.percentile_cont(0.5).within_group(lag),
+                    func.percentile_cont(0.95).within_group(lag),
+                    func.max(lag),
+                ).where(*where)
+            ).one()
+            if found[2] is None:
+                return None
+            return float(found[0]), float(found[1]), float(found[2])
+        # SQLite has no percentile function: read the lags, sorted, and pick.
+        seconds = cast((func.julianday(r.sent_at) - func.julianday(r.scheduled_for)) * 86400, Float)
+        values = [
+            float(v) for v in self.conn.scalars(select(seconds).where(*where).order_by(seconds))
+        ]
+        if not values:
+            return None
+        return _percentile(values, 0.5), _percentile(values, 0.95), values[-1]
+
+    def backlog(self, now: datetime) -> tuple[int, datetime | None]:
+        """Scheduled follow-ups already due, and the oldest due time among them."""
+        count, oldest = self.conn.execute(
+            select(func.count(), func.min(r.scheduled_for)).where(
+                r.status == SCHEDULED, r.scheduled_for <= now
+            )
+        ).one()
+        if oldest is not None and oldest.tzinfo is None:
+            from datetime import UTC
+
+            oldest = oldest.replace(tzinfo=UTC)
+        return int(count or 0), oldest
+
+    def last_run(self) -> LastRun | None:
+        u = follow_up_runs.c
+        found = self.conn.execute(
+            select(follow_up_runs).order_by(u.started_at.desc()).limit(1)
+        ).first()
+        if found is None:
+            return None
+        return LastRun(
+            id=found.id,
+            host=found.host,
+            started_at=found.started_at,
+            finished_at=found.finished_at,
+            claimed=found.claimed,
+            sent=found.sent,
+            failed=found.failed,
+            outcome=found.outcome,
+        )
+
+    def sent_per_hour_since(self, since: datetime) -> list[tuple[str, int]]:
+        """(hour as 'YYYY-MM-DD HH:00' UTC, sends) for hours that had any."""
+        if self.dialect == "postgresql":
+            hour = func.to_char(
+                func.date_trunc("hour", func.timezone("UTC", r.sent_at)), "YYYY-MM-DD HH24:00"
+            )
+        else:
+            hour = func.strftime("%Y-%m-%d %H:00", r.sent_at)
+        stmt = (
+            select(hour.label("hour"), func.count())
+            .where(r.status == SENT, r.sent_at >= since)
+            .group_by("hour")
+            .order_by("hour")
+        )
+        return [(str(h), int(n)) for h, n in self.conn.execute(stmt)]
+
+    def transition_alert(
+        self, name: str, low: bool, now: datetime, cooldown_until: datetime
+    ) -> bool:
+        """Compare-and-set on an alert's state; True means this caller should alert.
+
+        low=True alerts when the state was ok, or was low and its last alert is older than
+        the cooldown; low=False alerts (recovery) only when the state was low. Concurrent
+        runs race on one UPDATE, so only one of them alerts.
+        """
+        s = followups_alert_state.c
+        if self.conn.execute(select(s.name).where(s.name == name)).first() is None:
+            self.conn.execute(
+                _insert_ignore(self.dialect, followups_alert_state).values(
+                    name=name, state="ok", last_alert_at=None, changed_at=now
+                )
+            )
+        if low:
+            stmt = (
+                update(followups_alert_state)
+                .where(
+                    s.name == name,
+                    or_(
+                        s.state != "low",
+                        s.last_alert_at.is_(None),
+                        s.last_alert_at <= cooldown_until,
+                    ),
+                )
+                .values(state="low", last_alert_at=now, changed_at=now)
+            )
+        else:
+            stmt = (
+                update(followups_alert_state)
+                .where(s.name == name, s.state == "low")
+                .values(state="ok", changed_at=now)
+            )
+        return self.conn.execute(stmt).rowcount == 1
+
+    # -- cleanup --------------------------------------------------------------------
+
+    def count_purgeable(self, cutoff: datetime) -> tuple[int, int]:
+        """(sent older than cutoff, cancelled created before cutoff)."""
+        sent = self.conn.scalar(select(func.count()).where(r.status == SENT, r.sent_at < cutoff))
+        cancelled = self.conn.scalar(
+            select(func.count()).where(r.status == CANCELLED, r.created_at < cutoff)
+        )
+        return int(sent or 0), int(cancelled or 0)
+
+    def purgeable_batch(self, cutoff: datetime, status: str, limit: int) -> list[str]:
+        """Ids of up to `limit` old sent (by sent_at) or cancelled (by created_at) rows,
+        skipping rows another transaction holds."""
+        column = r.sent_at if status == SENT else r.created_at
+        stmt = (
+            select(r.id)
+            .where(r.status == status, column < cutoff)
+            .order_by(column)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list(self.conn.scalars(stmt))
+
+    def archive_requests(self, ids: Sequence[str], archived_at: datetime) -> None:
+        columns = [follow_up_requests.c[name] for name in ARCHIVED_COLUMNS]
+        self.conn.execute(
+            insert(follow_up_requests_archive).from_select(
+                [*ARCHIVED_COLUMNS, "archived_at"],
+                select(
+                    *columns, literal(archived_at, follow_up_requests_archive.c.archived_at.type)
+                ).where(r.id.in_(list(ids))),
+            )
+        )
+
+    def delete_requests(self, ids: Sequence[str]) -> int:
+        """Delete sent/cancelled follow-ups (never failed or scheduled) and their attempt
+        records. follow_up_messages rows stay: they are the parents' history."""
+        if not ids:
+            return 0
+        a = follow_up_attempts.c
+        self.conn.execute(delete(follow_up_attempts).where(a.follow_up_id.in_(list(ids))))
+        return self.conn.execute(
+            delete(follow_up_requests).where(r.id.in_(list(ids)), r.status.in_([SENT, CANCELLED]))
+        ).rowcount
+
+    def delete_runs_before(self, cutoff: datetime) -> int:
+        u = follow_up_runs.c
+        return self.conn.execute(delete(follow_up_runs).where(u.started_at < cutoff)).rowcount
+
     # -- retry-failed ---------------------------------------------------------------------
 
     def find_failed(
@@ -401,3 +644,22 @@ class Repository:
     def get_follow_up(self, follow_up_id: str) -> dict[str, Any] | None:
         row = self.conn.execute(select(follow_up_requests).where(r.id == follow_up_id)).first()
         return None if row is None else dict(row._mapping)
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear interpolation, as PostgreSQL's percentile_cont."""
+    position = (len(sorted_values) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def _insert_ignore(dialect: str, table: Any) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING on either backend."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()

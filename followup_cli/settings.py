@@ -46,6 +46,12 @@ class Settings:
     # the run stops and leaves the rest scheduled.
     outage_threshold: int = 5
     alert_webhook_url: str | None = None
+    heartbeat_url: str | None = None
+    # stats --check and the success-rate alert.
+    check_min_success_rate: float = 95.0
+    check_min_attempts: int = 20
+    check_max_run_age: timedelta = timedelta(minutes=5)
+    check_max_overdue: timedelta = timedelta(minutes=10)
     log_format: str = "text"
 
     @property
@@ -103,6 +109,13 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float) ->
     return value
 
 
+def _duration(env: Mapping[str, str], name: str, default: timedelta) -> timedelta:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return parse_duration(raw, name)
+
+
 def _str(env: Mapping[str, str], name: str) -> str | None:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -133,6 +146,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         batch_size=_int(env, "FOLLOWUPS_BATCH_SIZE", 500, 1),
         outage_threshold=_int(env, "FOLLOWUPS_OUTAGE_THRESHOLD", 5, 1),
         alert_webhook_url=_str(env, "FOLLOWUPS_ALERT_WEBHOOK_URL"),
+        heartbeat_url=_str(env, "FOLLOWUPS_HEARTBEAT_URL"),
+        check_min_success_rate=_float(env, "FOLLOWUPS_CHECK_MIN_SUCCESS_RATE", 95.0, 0.0),
+        check_min_attempts=_int(env, "FOLLOWUPS_CHECK_MIN_ATTEMPTS", 20, 1),
+        check_max_run_age=_duration(env, "FOLLOWUPS_CHECK_MAX_RUN_AGE", timedelta(minutes=5)),
+        check_max_overdue=_duration(env, "FOLLOWUPS_CHECK_MAX_OVERDUE", timedelta(minutes=10)),
         log_format=(_str(env, "FOLLOWUPS_LOG_FORMAT") or "text").lower(),
     )
     return validate(settings)
@@ -162,6 +180,12 @@ def validate(s: Settings) -> Settings:
     if s.alert_webhook_url is not None and not re.match(r"^https?://\S+$", s.alert_webhook_url):
         # The URL is a secret: name the problem, never echo the value.
         raise ConfigError("FOLLOWUPS_ALERT_WEBHOOK_URL must be an http(s) URL")
+    if s.heartbeat_url is not None and not re.match(r"^https?://\S+$", s.heartbeat_url):
+        raise ConfigError("FOLLOWUPS_HEARTBEAT_URL must be an http(s) URL")
+    if s.check_min_success_rate > 100:
+        raise ConfigError(
+            f"FOLLOWUPS_CHECK_MIN_SUCCESS_RATE must be a percentage, got {s.check_min_success_rate}"
+        )
     return s
 
 

@@ -136,6 +136,62 @@ Index(
     sqlite_where=follow_up_requests.c.status == SCHEDULED,
 )
 
+# Window queries (stats) and cleanup read one status at a time.
+Index(
+    "ix_follow_up_requests_sent_at",
+    follow_up_requests.c.sent_at,
+    postgresql_where=follow_up_requests.c.status == SENT,
+    sqlite_where=follow_up_requests.c.status == SENT,
+)
+Index(
+    "ix_follow_up_requests_failed_at",
+    follow_up_requests.c.failed_at,
+    postgresql_where=follow_up_requests.c.status == FAILED,
+    sqlite_where=follow_up_requests.c.status == FAILED,
+)
+Index(
+    "ix_follow_up_requests_cancelled_created",
+    follow_up_requests.c.created_at,
+    postgresql_where=follow_up_requests.c.status == CANCELLED,
+    sqlite_where=follow_up_requests.c.status == CANCELLED,
+)
+
+# Where `cleanup --archive` moves old sent and cancelled follow-ups.
+follow_up_requests_archive = Table(
+    "follow_up_requests_archive",
+    metadata,
+    Column("id", GUID(), primary_key=True),
+    Column("conversation_id", GUID()),
+    Column("user_id", Text),
+    Column("scheduled_for", UTCDateTime()),
+    Column("urgency", Text),
+    Column("display_text", Text),
+    Column("original_message", Text),
+    Column("status", Text),
+    Column("child_name", Text),
+    Column("child_age", Text),
+    Column("device_token", Text),
+    Column("follow_up_days", Integer),
+    Column("follow_up_hours", Integer),
+    Column("follow_up_minutes", Integer),
+    Column("created_at", UTCDateTime()),
+    Column("sent_at", UTCDateTime()),
+    Column("provider_name", Text),
+    Column("archived_at", UTCDateTime(), nullable=False),
+)
+ARCHIVED_COLUMNS = tuple(c.name for c in follow_up_requests_archive.c if c.name != "archived_at")
+
+# Cooldown state of the alerts that must not repeat every minute (e.g. low success rate).
+followups_alert_state = Table(
+    "followups_alert_state",
+    metadata,
+    Column("name", Text, primary_key=True),
+    # ok | low
+    Column("state", Text, nullable=False),
+    Column("last_alert_at", UTCDateTime()),
+    Column("changed_at", UTCDateTime()),
+)
+
 provider_review_requests = Table(
     "provider_review_requests",
     metadata,

@@ -1,0 +1,324 @@
+"""stats, stats --check, the success-rate alert, the heartbeat and the metrics file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from followup_cli.alerts import Alerter
+from followup_cli.clock import utcnow
+from followup_cli.db import Database
+from followup_cli.delivery import RunReport
+from followup_cli.repository import LastRun
+from followup_cli.settings import Settings
+
+log = logging.getLogger("followups.monitoring")
+
+SUCCESS_RATE_ALERT = "success_rate"
+
+
+@dataclass(frozen=True)
+class CheckRules:
+    min_success_rate: float = 95.0  # percent
+    min_attempts: int = 20  # below this many sent+failed, the rate is not judged
+    max_run_age: timedelta = timedelta(minutes=5)
+    max_overdue: timedelta = timedelta(minutes=10)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CheckRules:
+        return cls(
+            min_success_rate=settings.check_min_success_rate,
+            min_attempts=settings.check_min_attempts,
+            max_run_age=settings.check_max_run_age,
+            max_overdue=settings.check_max_overdue,
+        )
+
+
+@dataclass
+class Stats:
+    window: timedelta
+    generated_at: datetime
+    sent: int
+    failed: int
+    cancelled: int
+    pushed: int
+    failures_by_reason: dict[str, int]
+    lag: tuple[float, float, float] | None
+    overdue: int
+    oldest_overdue_since: datetime | None
+    last_run: LastRun | None
+    sent_per_hour: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def in_app_only(self) -> int:
+        return max(0, self.sent - self.pushed)
+
+    @property
+    def success_rate(self) -> float | None:
+        """Percent of attempted deliveries that were sent; None when nothing was attempted."""
+        attempted = self.sent + self.failed
+        return None if attempted == 0 else 100.0 * self.sent / attempted
+
+    @property
+    def oldest_overdue_seconds(self) -> float | None:
+        if self.oldest_overdue_since is None:
+            return None
+        return max(0.0, (self.generated_at - self.oldest_overdue_since).total_seconds())
+
+    @property
+    def last_run_age_seconds(self) -> float | None:
+        if self.last_run is None:
+            return None
+        return max(0.0, (self.generated_at - self.last_run.started_at).total_seconds())
+
+    def cron_alive(self, rules: CheckRules) -> bool:
+        age = self.last_run_age_seconds
+        return age is not None and age <= rules.max_run_age.total_seconds()
+
+    def as_json(self, rules: CheckRules) -> dict[str, Any]:
+        p50, p95, worst = self.lag if self.lag else (None, None, None)
+        run = self.last_run
+        return {
+            "generated_at": self.generated_at.isoformat(),
+            "window_seconds": int(self.window.total_seconds()),
+            "sent": self.sent,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "pushed": self.pushed,
+            "in_app_only": self.in_app_only,
+            "success_rate": None if self.success_rate is None else round(self.success_rate, 2),
+            "failures_by_reason": self.failures_by_reason,
+            "lag_seconds": {"p50": p50, "p95": p95, "max": worst},
+            "overdue": self.overdue,
+            "oldest_overdue_seconds": self.oldest_overdue_seconds,
+            "last_run_at": run.started_at.isoformat() if run else None,
+            "last_run": None
+            if run is None
+            else {
+                "started_at": run.started_at.isoformat(),
+                "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+                "duration_seconds": (run.finished_at - run.started_at).total_seconds()
+                if run.finished_at
+                else None,
+                "host": run.host,
+                "claimed": run.claimed,
+                "sent": run.sent,
+                "failed": run.failed,
+                "outcome": run.outcome,
+            },
+            "cron_alive": self.cron_alive(rules),
+            "sent_per_hour": [{"hour": h, "sent": n} for h, n in self.sent_per_hour],
+        }
+
+
+def gather(db: Database, window: timedelta, *, per_hour: bool = True) -> Stats:
+    now = utcnow()
+    since = now - window
+    with db.transaction() as repo:
+        overdue, oldest = repo.backlog(now)
+        return Stats(
+            window=window,
+            generated_at=now,
+            sent=repo.count_sent_since(since),
+            failed=sum((failures := repo.failures_by_reason_since(since)).values()),
+            cancelled=repo.count_cancelled_due_between(since, now),
+            pushed=repo.count_pushed_since(since),
+            failures_by_reason=failures,
+            lag=repo.lag_seconds_since(since),
+            overdue=overdue,
+            oldest_overdue_since=oldest,
+            last_run=repo.last_run(),
+            sent_per_hour=repo.sent_per_hour_since(since) if per_hour else [],
+        )
+
+
+def check(stats: Stats, rules: CheckRules) -> list[str]:
+    """The monitoring rules that fail, as one sentence each; empty means healthy."""
+    problems = []
+    rate = stats.success_rate
+    attempted = stats.sent + stats.failed
+    if rate is not None and attempted >= rules.min_attempts and rate < rules.min_success_rate:
+        problems.append(
+            f"success rate {rate:.1f}% is below {rules.min_success_rate:g}% "
+            f"({stats.sent} sent, {stats.failed} failed)"
+        )
+    age = stats.last_run_age_seconds
+    if age is None:
+        problems.append("send-due has never run against this database (is cron installed?)")
+    elif age > rules.max_run_age.total_seconds():
+        problems.append(
+            f"last send-due run started {_human(age)} ago "
+            f"(more than {_human(rules.max_run_age.total_seconds())}): is cron running?"
+        )
+    oldest = stats.oldest_overdue_seconds
+    if oldest is not None and oldest > rules.max_overdue.total_seconds():
+        problems.append(
+            f"{stats.overdue} follow-up(s) overdue, the oldest by {_human(oldest)} "
+            f"(more than {_human(rules.max_overdue.total_seconds())})"
+        )
+    return problems
+
+
+def _human(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    return f"{seconds // 86400}d"
+
+
+def alert_on_success_rate(
+    db: Database,
+    alerter: Alerter,
+    rules: CheckRules,
+    window: timedelta = timedelta(hours=1),
+    cooldown: timedelta = timedelta(hours=1),
+) -> str | None:
+    """After a run: alert when the last hour's success rate is low (at most once per
+    cooldown while it stays low) and once when it recovers. Returns the alert sent."""
+    now = utcnow()
+    since = now - window
+    with db.transaction() as repo:
+        sent = repo.count_sent_since(since)
+        failed = sum(repo.failures_by_reason_since(since).values())
+        attempted = sent + failed
+        if attempted < rules.min_attempts:
+            return None
+        rate = 100.0 * sent / attempted
+        low = rate < rules.min_success_rate
+        if not repo.transition_alert(SUCCESS_RATE_ALERT, low, now, now - cooldown):
+            return None
+    if low:
+        text = (
+            f"followups: success rate over the last hour is {rate:.1f}% "
+            f"({sent} sent, {failed} failed), below {rules.min_success_rate:g}%. "
+            "Run `followups stats --since 1h` for the reasons."
+        )
+    else:
+        text = (
+            f"followups: success rate recovered to {rate:.1f}% over the last hour "
+            f"({sent} sent, {failed} failed)."
+        )
+    alerter.alert(text)
+    return text
+
+
+def ping_heartbeat(url: str, timeout: float = 5.0) -> bool:
+    """GET the dead-man's-switch URL (healthchecks.io style). Never raises."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read()
+        return True
+    except (OSError, ValueError) as exc:
+        # The URL may embed a secret token: name the failure only.
+        log.warning("heartbeat ping failed (%s)", type(exc).__name__)
+        return False
+
+
+_SAMPLE = re.compile(r'^(followups_[a-z_]+)(\{outcome="([a-z_]+)"\})?\s+([0-9.eE+-]+)\s*$')
+
+
+def write_metrics(
+    path: Path,
+    *,
+    outcome_counts: dict[str, int],
+    run_started: datetime,
+    run_seconds: float,
+    overdue: int,
+    run_ok: bool,
+) -> None:
+    """Prometheus text format for node_exporter's textfile collector, written atomically.
+
+    Counters accumulate across runs by reading the previous file: a cron job has no
+    long-lived process to hold them. A lost file simply looks like a counter reset.
+    """
+    totals: dict[str, float] = {}
+    runs_total = 0.0
+    try:
+        for line in path.read_text().splitlines():
+            match = _SAMPLE.match(line)
+            if not match:
+                continue
+            name, _, outcome, value = match.groups()
+            if name == "followups_deliveries_total" and outcome:
+                totals[outcome] = float(value)
+            elif name == "followups_runs_total":
+                runs_total = float(value)
+    except (OSError, ValueError):
+        pass
+    for outcome, count in outcome_counts.items():
+        totals[outcome] = totals.get(outcome, 0.0) + count
+    lines = [
+        "# HELP followups_deliveries_total Follow-ups handled by send-due, by outcome.",
+        "# TYPE followups_deliveries_total counter",
+        *(
+            f'followups_deliveries_total{{outcome="{outcome}"}} {int(value)}'
+            for outcome, value in sorted(totals.items())
+        ),
+        "# HELP followups_runs_total send-due runs that wrote this file.",
+        "# TYPE followups_runs_total counter",
+        f"followups_runs_total {int(runs_total) + 1}",
+        "# HELP followups_last_run_timestamp_seconds Start of the last send-due run (Unix time).",
+        "# TYPE followups_last_run_timestamp_seconds gauge",
+        f"followups_last_run_timestamp_seconds {run_started.timestamp():.3f}",
+        "# HELP followups_last_run_duration_seconds Duration of the last send-due run.",
+        "# TYPE followups_last_run_duration_seconds gauge",
+        f"followups_last_run_duration_seconds {run_seconds:.3f}",
+        "# HELP followups_last_run_success 1 if the last run completed, 0 if it stopped.",
+        "# TYPE followups_last_run_success gauge",
+        f"followups_last_run_success {1 if run_ok else 0}",
+        "# HELP followups_backlog_overdue Scheduled follow-ups already due after the run.",
+        "# TYPE followups_backlog_overdue gauge",
+        f"followups_backlog_overdue {overdue}",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write("\n".join(lines) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def after_send_due(
+    db: Database,
+    report: RunReport,
+    settings: Settings,
+    alerter: Alerter,
+    metrics_file: Path | None = None,
+) -> None:
+    """What follows a send-due run: the success-rate alert (only when the run did work,
+    so the idle minute stays cheap), the metrics file, and the heartbeat on success."""
+    if report.claimed:
+        alert_on_success_rate(db, alerter, CheckRules.from_settings(settings))
+    if metrics_file is not None:
+        with db.transaction() as repo:
+            overdue, _ = repo.backlog(utcnow())
+        write_metrics(
+            metrics_file,
+            outcome_counts={
+                "pushed": report.pushed,
+                "in_app_only": report.in_app_only,
+                "failed": report.failed,
+                "skipped": report.skipped,
+            },
+            run_started=report.started_at,
+            run_seconds=report.elapsed_seconds,
+            overdue=overdue,
+            run_ok=report.exit_code == 0,
+        )
+    if settings.heartbeat_url and report.exit_code == 0:
+        ping_heartbeat(settings.heartbeat_url)

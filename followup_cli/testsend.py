@@ -1,0 +1,131 @@
+"""test-send: push one follow-up now, for QA, and show exactly what went out.
+
+It does not change the follow-up or write a message unless mark_sent is asked, in which
+case it claims the follow-up first (so a concurrent send-due cannot deliver it too) and
+finishes it exactly as send-due does. Its attempts are recorded with is_test, so they do
+not count in the success rate.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from followup_cli.clock import utcnow
+from followup_cli.db import Database
+from followup_cli.delivery import is_valid_token, normalize_token
+from followup_cli.push import (
+    SENT,
+    Pusher,
+    PushOutcome,
+    PushRequest,
+    fit_body,
+    headers_for,
+    notification_title,
+    payload_dict,
+)
+from followup_cli.repository import AttemptRecord, Message
+from followup_cli.scheduling import Conflict, NotFound
+from followup_cli.tables import CANCELLED
+
+
+class NoToken(ValueError):
+    """Neither the follow-up nor --to has a usable device token (usage error)."""
+
+
+@dataclass
+class TestSendResult:
+    request: PushRequest
+    payload: dict[str, Any]
+    headers: dict[str, str]
+    outcome: PushOutcome | None = None  # None: dry run
+    marked_sent: bool = False
+
+
+def prepare(
+    db: Database, follow_up_id: str, to: str | None, force: bool, topic: str | None
+) -> TestSendResult:
+    with db.transaction() as repo:
+        found = repo.find_follow_up(follow_up_id)
+    if found is None:
+        raise NotFound(f"no follow-up with id {follow_up_id}")
+    f, status = found
+    if status == CANCELLED and not force:
+        raise Conflict(f"follow-up {follow_up_id} is cancelled; use --force to send it anyway")
+    token = normalize_token(to if to is not None else f.device_token)
+    if token is None:
+        raise NoToken(f"follow-up {follow_up_id} has no device token; give one with --to")
+    if not is_valid_token(token):
+        source = "--to" if to is not None else "the follow-up's device token"
+        raise NoToken(f"{source} is not 64 hexadecimal characters")
+    request = PushRequest(
+        follow_up_id=f.id,
+        conversation_id=f.conversation_id or "",
+        device_token=token,
+        title=notification_title(f.provider_name),
+        body=f.display_text or "",
+        urgent=(f.urgency or "").strip().lower() == "urgent",
+    )
+    return TestSendResult(
+        request=request,
+        payload=payload_dict(request, fit_body(request)),
+        headers=headers_for(request, topic),
+    )
+
+
+def send(
+    db: Database, pusher: Pusher, prepared: TestSendResult, mark_sent: bool, lease: timedelta
+) -> TestSendResult:
+    run_id = f"test-send-{uuid.uuid4()}"
+    req = prepared.request
+    if mark_sent:
+        now = utcnow()
+        with db.transaction() as repo:
+            claimed = repo.claim_one(run_id, req.follow_up_id, now, now + lease)
+        if claimed is None:
+            raise Conflict(
+                f"follow-up {req.follow_up_id} is not scheduled (or is being delivered right "
+                "now); --mark-sent only applies to a scheduled follow-up"
+            )
+    outcome = pusher.push(req)
+    prepared.outcome = outcome
+    with db.transaction() as repo:
+        repo.record_attempts(
+            run_id,
+            [
+                AttemptRecord(
+                    follow_up_id=req.follow_up_id,
+                    attempted_at=a.attempted_at,
+                    attempt=a.attempt,
+                    outcome=a.outcome,
+                    reason=a.reason,
+                    status_code=a.status_code,
+                    apns_id=a.apns_id,
+                    is_test=True,
+                )
+                for a in outcome.attempts
+            ],
+        )
+        if mark_sent:
+            if outcome.kind == SENT:
+                found = repo.find_follow_up(req.follow_up_id)
+                sent = repo.mark_sent(run_id, [req.follow_up_id], utcnow())
+                if sent and found is not None:
+                    f, _ = found
+                    repo.insert_messages(
+                        [
+                            Message(
+                                follow_up_id=f.id,
+                                conversation_id=f.conversation_id,
+                                user_id=f.user_id,
+                                content=f.display_text or "",
+                                timestamp=utcnow(),
+                            )
+                        ]
+                    )
+                    prepared.marked_sent = True
+            else:
+                repo.release(run_id, [req.follow_up_id])
+    return prepared
