@@ -4,6 +4,7 @@ the payload and headers, and every failure class with its attempts, status and a
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import replace
 
@@ -245,6 +246,25 @@ def test_failing_webhook_never_fails_the_run(
     assert len(webhook.posts) == 1
 
 
+def wait_until_claimed(db: Database, follow_up_id: str, timeout: float = 10.0) -> None:
+    """Block until a run has leased the follow-up (its claim is committed)."""
+    deadline = time.monotonic() + timeout
+    while row(db, follow_up_id).claimed_by is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{follow_up_id} was not claimed within {timeout}s")
+        time.sleep(0.005)
+
+
+def cancel_now(db: Database, follow_up_id: str) -> None:
+    """What the app's cancel does to the row."""
+    with db.engine.begin() as conn:
+        conn.execute(
+            update(follow_up_requests)
+            .where(follow_up_requests.c.id == follow_up_id)
+            .values(status="cancelled")
+        )
+
+
 def test_cancelled_after_claim_is_not_pushed(
     db: Database, apns_settings: Settings, apns: FakeAPNs
 ) -> None:
@@ -256,13 +276,10 @@ def test_cancelled_after_claim_is_not_pushed(
     result: list[RunReport] = []
     worker = threading.Thread(target=lambda: result.append(deliver(db, settings)))
     worker.start()
-    apns.wait_for(1, timeout=10)
-    with db.engine.begin() as conn:
-        conn.execute(
-            update(follow_up_requests)
-            .where(follow_up_requests.c.id == second)
-            .values(status="cancelled")
-        )
+    # Both are claimed in one batch; the first push then takes 0.5 s, so the cancel lands
+    # after the claim and before the second push.
+    wait_until_claimed(db, second)
+    cancel_now(db, second)
     worker.join(timeout=20)
     assert [r.token for r in apns.requests] == [TOKEN_A]
     assert row(db, first).status == "sent"
@@ -276,17 +293,14 @@ def test_cancelled_during_its_push_stays_cancelled(
 ) -> None:
     """The final update never overwrites a cancel that happened while the push was out."""
     fid = app_row(db)
-    apns.latency = 0.5
+    apns.latency = 1.0
     worker = threading.Thread(target=lambda: deliver(db, apns_settings))
     worker.start()
-    apns.wait_for(1, timeout=10)
-    with db.engine.begin() as conn:
-        conn.execute(
-            update(follow_up_requests)
-            .where(follow_up_requests.c.id == fid)
-            .values(status="cancelled")
-        )
+    wait_until_claimed(db, fid)
+    time.sleep(0.2)  # the push (answered after 1 s) is now on the wire
+    cancel_now(db, fid)
     worker.join(timeout=20)
+    assert [r.status for r in apns.requests] == [200]
     assert row(db, fid).status == "cancelled"
     assert messages(db, fid) == []
 
