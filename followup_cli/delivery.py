@@ -14,6 +14,7 @@ failures or a process killed mid-run.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -21,7 +22,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -163,7 +163,8 @@ def _is_uuid(value: str | None) -> bool:
 
 
 class _PushRound:
-    """Pushes one batch: conversations in parallel, each conversation in order.
+    """Pushes one batch: conversations in parallel, each conversation in order, at most
+    `pusher.concurrency` notifications in flight.
 
     Stops early (leaving the rest unpushed) on a configuration error, or when
     `outage_threshold` follow-ups in a row exhausted their attempts.
@@ -175,12 +176,10 @@ class _PushRound:
         self._pusher = pusher
         self._outage_threshold = outage_threshold
         self._may_push = may_push
-        self._lock = threading.Lock()
         self._streak = 0
         self.stop: str | None = None
         self.stop_reason: str | None = None
         self.outcomes: dict[str, PushOutcome] = {}
-        self._stopped = threading.Event()
 
     def run(
         self,
@@ -192,42 +191,59 @@ class _PushRound:
         groups: dict[str | None, list[PushRequest]] = {}
         for f, req in items:
             groups.setdefault(f.conversation_id, []).append(req)
-        workers = max(1, min(self._pusher.concurrency, len(groups)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="push") as pool:
-            futures: set[Future[None]] = {
-                pool.submit(self._push_group, reqs, progress) for reqs in groups.values()
-            }
-            while futures:
-                done, futures = wait(futures, timeout=renew_every, return_when=FIRST_EXCEPTION)
-                for fut in done:
-                    fut.result()  # re-raise a programming error instead of hiding it
-                if futures:
-                    renew()
+        if groups:
+            self._pusher.run(self._run(list(groups.values()), renew, renew_every, progress))
 
-    def _push_group(self, reqs: Sequence[PushRequest], progress: ProgressCallback | None) -> None:
+    async def _run(
+        self,
+        groups: list[list[PushRequest]],
+        renew: Callable[[], None],
+        renew_every: float,
+        progress: ProgressCallback | None,
+    ) -> None:
+        slots = asyncio.Semaphore(max(1, self._pusher.concurrency))
+        renewer = asyncio.ensure_future(_renew_periodically(renew, renew_every))
+        try:
+            await asyncio.gather(*(self._push_group(g, slots, progress) for g in groups))
+        finally:
+            renewer.cancel()
+
+    async def _push_group(
+        self,
+        reqs: Sequence[PushRequest],
+        slots: asyncio.Semaphore,
+        progress: ProgressCallback | None,
+    ) -> None:
         for req in reqs:
-            if self._stopped.is_set():
-                return
-            if not self._may_push(req.follow_up_id):
-                continue  # cancelled by the app since the claim
-            outcome = self._pusher.push(req)
+            async with slots:
+                if self.stop is not None:
+                    return
+                if not self._may_push(req.follow_up_id):
+                    continue  # cancelled by the app since the claim
+                outcome = await self._pusher.push(req)
             self._record(req, outcome)
             if progress is not None:
                 progress(1)
 
     def _record(self, req: PushRequest, outcome: PushOutcome) -> None:
-        with self._lock:
-            self.outcomes[req.follow_up_id] = outcome
-            if outcome.kind == CONFIG and self.stop is None:
-                self.stop, self.stop_reason = STOP_CONFIG, outcome.reason
-                self._stopped.set()
-            elif outcome.kind == TRANSIENT:
-                self._streak += 1
-                if self._streak >= self._outage_threshold and self.stop is None:
-                    self.stop, self.stop_reason = STOP_OUTAGE, outcome.reason
-                    self._stopped.set()
-            elif outcome.kind == SENT:
-                self._streak = 0
+        # Runs on the event loop thread only: no lock needed.
+        self.outcomes[req.follow_up_id] = outcome
+        if outcome.kind == CONFIG and self.stop is None:
+            self.stop, self.stop_reason = STOP_CONFIG, outcome.reason
+        elif outcome.kind == TRANSIENT:
+            self._streak += 1
+            if self._streak >= self._outage_threshold and self.stop is None:
+                self.stop, self.stop_reason = STOP_OUTAGE, outcome.reason
+        elif outcome.kind == SENT:
+            self._streak = 0
+
+
+async def _renew_periodically(renew: Callable[[], None], every: float) -> None:
+    """Keeps this run's leases alive while a slow batch is still pushing."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(every)
+        await loop.run_in_executor(None, renew)
 
 
 class _CancelGate:

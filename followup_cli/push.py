@@ -5,17 +5,19 @@
 - APNsPusher (FOLLOWUPS_PUSH=apns, in apns.py): Apple's push service through
   pyapns-client, 3 attempts in all per notification.
 
-Both are thread-safe: the delivery service calls push() from several threads at once.
+push() is a coroutine: the delivery service keeps many in flight on one event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import unicodedata
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from followup_cli.clock import utcnow
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from followup_cli.settings import Settings
 
 log = logging.getLogger("followups.push")
+T = TypeVar("T")
 
 # APNs accepts alert payloads up to 4,096 bytes.
 MAX_PAYLOAD_BYTES = 4096
@@ -87,12 +90,39 @@ class PushOutcome:
 
 
 class Pusher(Protocol):
+    """Sends notifications. push() is a coroutine: many run at once on the pusher's own
+    event loop, which run() drives from synchronous code (one loop for the pusher's life,
+    so a connection made in one batch serves the next)."""
+
     name: str
     concurrency: int
 
-    def push(self, request: PushRequest) -> PushOutcome: ...
+    async def push(self, request: PushRequest) -> PushOutcome: ...
+
+    def run(self, awaitable: Coroutine[Any, Any, T]) -> T: ...
 
     def close(self) -> None: ...
+
+
+class EventLoopOwner:
+    """The event loop a pusher's coroutines run on."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self, awaitable: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(awaitable)
+
+    async def aclose(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.run_until_complete(self.aclose())
+            self._loop.close()
+        self._loop = None
 
 
 def mask_token(token: str | None) -> str:
@@ -175,15 +205,16 @@ def headers_for(req: PushRequest, topic: str | None) -> dict[str, str]:
     return headers
 
 
-class LogPusher:
+class LogPusher(EventLoopOwner):
     """Logs each notification that would be pushed; sends nothing."""
 
     name = "log"
 
-    def __init__(self, concurrency: int = 4) -> None:
+    def __init__(self, concurrency: int = 16) -> None:
+        super().__init__()
         self.concurrency = concurrency
 
-    def push(self, request: PushRequest) -> PushOutcome:
+    async def push(self, request: PushRequest) -> PushOutcome:
         body = fit_body(request)
         log.info(
             "push (log backend, not sent): follow_up=%s conversation=%s token=%s title=%r "
@@ -196,9 +227,6 @@ class LogPusher:
             len(body),
         )
         return PushOutcome(SENT, [Attempt(utcnow(), 1, SENT, None, None, None)])
-
-    def close(self) -> None:
-        return None
 
 
 def make_pusher(settings: Settings) -> Pusher:

@@ -89,7 +89,7 @@ def send(
                 f"follow-up {req.follow_up_id} is not scheduled (or is being delivered right "
                 "now); --mark-sent only applies to a scheduled follow-up"
             )
-    outcome = pusher.push(req)
+    outcome = pusher.run(pusher.push(req))
     prepared.outcome = outcome
     with db.transaction() as repo:
         repo.record_attempts(

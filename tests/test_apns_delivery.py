@@ -124,6 +124,7 @@ def test_transient_errors_are_retried_up_to_three_attempts_in_all(
         (400, "BrandNewReason", {}, "UnknownReason"),
         (500, None, {"body": b"<html>oops</html>"}, "UnreadableResponse"),
         (0, None, {"action": "reset"}, "ConnectionError"),
+        (200, None, {"action": "stall"}, "Timeout"),
     ],
 )
 def test_exhausted_transient_failure_is_failed_after_exactly_three_attempts(
@@ -138,7 +139,7 @@ def test_exhausted_transient_failure_is_failed_after_exactly_three_attempts(
     """Always failing transiently: 3 requests (not 9), status failed, the last reason kept."""
     fid = app_row(db)
     apns.respond(status, reason, **kwargs)  # type: ignore[arg-type]
-    report = deliver(db, apns_settings)
+    report = deliver(db, replace(apns_settings, push_timeout_seconds=0.3))
     assert (report.sent, report.failed, report.exit_code) == (0, 1, 0)
     assert len(apns.requests) == 3
     r = row(db, fid)
