@@ -79,8 +79,10 @@ def test_schedule_writes_what_the_app_writes_and_send_due_delivers_it(
         from sqlalchemy import text
 
         flag = conn.execute(
-            text("SELECT schedule_followup FROM provider_review_requests WHERE conversation_id = :c"),
-            {"c": conversation if db.dialect == "postgresql" else conversation},
+            text(
+                "SELECT schedule_followup FROM provider_review_requests WHERE conversation_id = :c"
+            ),
+            {"c": conversation},
         ).scalar_one()
     assert flag  # sending never clears the badge
 
@@ -128,7 +130,10 @@ def test_cancel_unknown_or_sent_exits_1(db_url: str, db: Database) -> None:
     """Not found and already sent are failures (exit 1), not usage errors."""
     unknown = str(uuid.uuid4())
     result = invoke(db_url, "cancel", unknown)
-    assert (result.exit_code, result.stderr.strip()) == (1, f"Error: no follow-up with id {unknown}")
+    assert (result.exit_code, result.stderr.strip()) == (
+        1,
+        f"Error: no follow-up with id {unknown}",
+    )
     sent = app_row(db, status="sent")
     result = invoke(db_url, "cancel", sent)
     assert result.exit_code == 1
