@@ -965,6 +965,8 @@ def main(argv: list[str] | None = None) -> None:
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT too: a shell starts background jobs with SIGINT ignored.
+    signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGTERM, on_term)
     apns = FakeAPNs(
         latency=args.latency,
