@@ -124,7 +124,7 @@ def send_due(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            "--batch-size", help="Follow-ups claimed per batch (FOLLOWUPS_BATCH_SIZE, 500)."
+            "--batch-size", help="Follow-ups claimed per batch (FOLLOWUPS_BATCH_SIZE, 1000)."
         ),
     ] = None,
     limit: Annotated[

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -298,29 +299,58 @@ def send_due(
     limit: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> RunReport:
-    """Deliver everything due when the run starts (or up to `limit`)."""
+    """Deliver everything due when the run starts (or up to `limit`).
+
+    Pipelined: while one batch is being pushed, a database thread claims the next one
+    and finishes the previous one, so APNs is kept busy. Claiming ahead is safe for the
+    per-conversation order: a later follow-up whose earlier one is still leased (by this
+    run too) is simply not claimed until that one is finished.
+    """
     started = utcnow()
     report = RunReport(run_id=str(uuid.uuid4()), push_backend=pusher.name, started_at=started)
     lease = timedelta(seconds=settings.lease_seconds)
     stamps = _Timestamps()
-    try:
-        while limit is None or report.claimed < limit:
-            size = (
-                settings.batch_size
-                if limit is None
-                else min(settings.batch_size, limit - report.claimed)
-            )
-            now = utcnow()
-            with db.transaction() as repo:
-                batch = repo.claim_due(report.run_id, started, now, now + lease, size)
-            if not batch:
-                break
-            report.claimed += len(batch)
-            _deliver_batch(db, pusher, settings, report, batch, stamps, progress)
-            if report.stop is not None:
-                break
-    finally:
-        report.finished_at = utcnow()
+    wanted = limit
+
+    def claim() -> list[DueFollowUp]:
+        nonlocal wanted
+        size = settings.batch_size if wanted is None else min(settings.batch_size, wanted)
+        if size <= 0:
+            return []
+        now = utcnow()
+        with db.transaction() as repo:
+            batch = repo.claim_due(report.run_id, started, now, now + lease, size)
+        if wanted is not None:
+            wanted -= len(batch)
+        return batch
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="followups-db") as db_thread:
+        finishing: Future[_Finished] | None = None
+        try:
+            batch = claim()
+            while batch:
+                report.claimed += len(batch)
+                next_batch = db_thread.submit(claim)
+                pushed = _push_batch(db, pusher, settings, report.run_id, batch, progress)
+                if finishing is not None:
+                    finishing.result().add_to(report)
+                finishing = db_thread.submit(_finish_batch, db, report.run_id, pushed, stamps)
+                if pushed.stop is not None:
+                    report.stop, report.stop_reason = pushed.stop, pushed.stop_reason
+                    ahead = next_batch.result()
+                    db_thread.submit(_release, db, report.run_id, ahead).result()
+                    break
+                batch = next_batch.result()
+                if not batch:
+                    # Claimed ahead while this batch still held its conversations' earlier
+                    # follow-ups: once it is finished, the later ones may be due to go.
+                    finishing.result().add_to(report)
+                    finishing = None
+                    batch = claim()
+            if finishing is not None:
+                finishing.result().add_to(report)
+        finally:
+            report.finished_at = utcnow()
     _alert(alerter, report)
     with db.transaction() as repo:
         repo.record_run(
@@ -341,19 +371,46 @@ def send_due(
     return report
 
 
-def _deliver_batch(
+@dataclass
+class _Pushed:
+    """One batch after its push round: what to write in the finish transaction."""
+
+    batch: Sequence[DueFollowUp]
+    delivered: list[DueFollowUp]
+    pushed_ids: set[str]
+    failures: list[Failure]
+    release: list[str]
+    attempts: list[AttemptRecord]
+    stop: str | None
+    stop_reason: str | None
+
+
+@dataclass
+class _Finished:
+    sent: set[str]
+    pushed: int
+    failed: list[Failure]
+    released: int
+
+    def add_to(self, report: RunReport) -> None:
+        report.sent += len(self.sent)
+        report.pushed += self.pushed
+        report.in_app_only += len(self.sent) - self.pushed
+        report.failed += len(self.failed)
+        report.released += self.released
+        report.failures.extend((f.follow_up_id, f.reason) for f in self.failed)
+
+
+def _push_batch(
     db: Database,
     pusher: Pusher,
     settings: Settings,
-    report: RunReport,
+    run_id: str,
     batch: Sequence[DueFollowUp],
-    stamps: _Timestamps,
     progress: ProgressCallback | None,
-) -> None:
-    run_id = report.run_id
+) -> _Pushed:
     lease = timedelta(seconds=settings.lease_seconds)
     plan = _plan(batch, utcnow())
-
     to_push = plan.push
     gate = _CancelGate(db, run_id, [f.id for f, _ in to_push], settings.cancel_check_seconds)
 
@@ -394,12 +451,27 @@ def _deliver_batch(
             )
         else:  # a configuration stop, or an outage: nothing is failed, all stays scheduled
             release.append(f.id)
-
+    if progress is not None:
+        progress(len(batch) - len(to_push))
     delivered.sort(key=lambda f: (f.scheduled_for, f.id))
-    by_id = {f.id: f for f in delivered}
+    return _Pushed(
+        batch=batch,
+        delivered=delivered,
+        pushed_ids={fid for fid, o in round_.outcomes.items() if o.kind == SENT},
+        failures=failures,
+        release=release,
+        attempts=attempts,
+        stop=round_.stop,
+        stop_reason=round_.stop_reason,
+    )
+
+
+def _finish_batch(db: Database, run_id: str, pushed: _Pushed, stamps: _Timestamps) -> _Finished:
+    """One transaction: in-app messages and statuses together, attempts recorded, the rest
+    handed back. Guarded updates: what the app cancelled meanwhile stays cancelled."""
     finished_at = utcnow()
     with db.transaction() as repo:
-        sent_ids = repo.mark_sent(run_id, list(by_id), finished_at)
+        sent_ids = repo.mark_sent(run_id, [f.id for f in pushed.delivered], finished_at)
         repo.insert_messages(
             [
                 Message(
@@ -409,27 +481,25 @@ def _deliver_batch(
                     content=f.display_text or "",
                     timestamp=stamps.next(),
                 )
-                for f in delivered
+                for f in pushed.delivered
                 if f.id in sent_ids
             ]
         )
-        failed_ids = repo.mark_failed(run_id, failures, finished_at)
-        repo.release(run_id, release)
-        repo.record_attempts(run_id, attempts)
-
-    if progress is not None:
-        progress(len(batch) - len(to_push))
-    pushed_ids = {fid for fid, outcome in round_.outcomes.items() if outcome.kind == SENT}
-    report.sent += len(sent_ids)
-    report.pushed += len(sent_ids & pushed_ids)
-    report.in_app_only += len(sent_ids - pushed_ids)
-    report.failed += len(failed_ids)
-    report.released += len(release)
-    report.failures.extend(
-        (f.follow_up_id, f.reason) for f in failures if f.follow_up_id in failed_ids
+        failed_ids = repo.mark_failed(run_id, pushed.failures, finished_at)
+        repo.release(run_id, pushed.release)
+        repo.record_attempts(run_id, pushed.attempts)
+    return _Finished(
+        sent=sent_ids,
+        pushed=len(sent_ids & pushed.pushed_ids),
+        failed=[f for f in pushed.failures if f.follow_up_id in failed_ids],
+        released=len(pushed.release),
     )
-    if round_.stop is not None:
-        report.stop, report.stop_reason = round_.stop, round_.stop_reason
+
+
+def _release(db: Database, run_id: str, batch: Sequence[DueFollowUp]) -> None:
+    if batch:
+        with db.transaction() as repo:
+            repo.release(run_id, [f.id for f in batch])
 
 
 def _records(follow_up_id: str, attempts: Sequence[Attempt]) -> list[AttemptRecord]:
@@ -460,12 +530,11 @@ def _alert(alerter: Alerter, report: RunReport) -> None:
     if report.stop == STOP_CONFIG:
         alerter.alert(
             f"followups: send-due stopped: APNs rejected our configuration "
-            f"({report.stop_reason}). Nothing was marked failed; {report.released} "
-            "follow-up(s) stay scheduled. Check FOLLOWUPS_APNS_KEY_FILE, _KEY_ID, _TEAM_ID, "
-            "_TOPIC and _ENV."
+            f"({report.stop_reason}). Nothing was marked failed; the follow-ups stay "
+            "scheduled. Check FOLLOWUPS_APNS_KEY_FILE, _KEY_ID, _TEAM_ID, _TOPIC and _ENV."
         )
     elif report.stop == STOP_OUTAGE:
         alerter.alert(
             f"followups: send-due stopped early: APNs keeps failing ({report.stop_reason}). "
-            f"{report.released} follow-up(s) stay scheduled for the next run."
+            "The remaining follow-ups stay scheduled for the next run."
         )

@@ -33,13 +33,13 @@ def send_due_summary(report: RunReport) -> None:
 def stop_line(report: RunReport) -> str:
     if report.stop == STOP_CONFIG:
         return (
-            f"APNs rejected our configuration ({report.stop_reason}); run stopped, "
-            f"{report.released} follow-up(s) left scheduled"
+            f"APNs rejected our configuration ({report.stop_reason}); run stopped, nothing "
+            "marked failed, the remaining follow-ups stay scheduled"
         )
     if report.stop == STOP_OUTAGE:
         return (
-            f"APNs keeps failing ({report.stop_reason}); run stopped early, "
-            f"{report.released} follow-up(s) left scheduled for the next run"
+            f"APNs keeps failing ({report.stop_reason}); run stopped early, the remaining "
+            "follow-ups stay scheduled for the next run"
         )
     return f"run ended: {report.outcome}"
 

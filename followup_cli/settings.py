@@ -34,14 +34,15 @@ class Settings:
     apns_env: str = "production"
     apns_url: str | None = None
     apns_ca_file: Path | None = None
-    push_concurrency: int = 16
+    # Notifications in flight at once (HTTP/2 streams on the APNs connection).
+    push_concurrency: int = 200
     push_timeout_seconds: float = 10.0
     # First backoff step between push attempts; the steps double, with full jitter.
     retry_base_seconds: float = 0.5
     lease_seconds: int = 120
     # How stale the "was it cancelled meanwhile?" check before a push may be.
     cancel_check_seconds: float = 0.2
-    batch_size: int = 500
+    batch_size: int = 1000
     # This many follow-ups in a row exhausting their attempts means APNs is down:
     # the run stops and leaves the rest scheduled.
     outage_threshold: int = 5
@@ -138,12 +139,12 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         apns_env=(_str(env, "FOLLOWUPS_APNS_ENV") or "production").lower(),
         apns_url=_str(env, "FOLLOWUPS_APNS_URL"),
         apns_ca_file=Path(ca_file) if ca_file else None,
-        push_concurrency=_int(env, "FOLLOWUPS_PUSH_CONCURRENCY", 16, 1),
+        push_concurrency=_int(env, "FOLLOWUPS_PUSH_CONCURRENCY", 200, 1),
         push_timeout_seconds=_float(env, "FOLLOWUPS_PUSH_TIMEOUT", 10.0, 0.1),
         retry_base_seconds=_float(env, "FOLLOWUPS_RETRY_BASE_SECONDS", 0.5, 0.0),
         lease_seconds=_int(env, "FOLLOWUPS_LEASE_SECONDS", 120, 10),
         cancel_check_seconds=_float(env, "FOLLOWUPS_CANCEL_CHECK_SECONDS", 0.2, 0.0),
-        batch_size=_int(env, "FOLLOWUPS_BATCH_SIZE", 500, 1),
+        batch_size=_int(env, "FOLLOWUPS_BATCH_SIZE", 1000, 1),
         outage_threshold=_int(env, "FOLLOWUPS_OUTAGE_THRESHOLD", 5, 1),
         alert_webhook_url=_str(env, "FOLLOWUPS_ALERT_WEBHOOK_URL"),
         heartbeat_url=_str(env, "FOLLOWUPS_HEARTBEAT_URL"),
