@@ -50,3 +50,15 @@ class WebhookAlerter:
 
 def make_alerter(webhook_url: str | None) -> Alerter:
     return WebhookAlerter(webhook_url) if webhook_url else LogAlerter()
+
+
+def ping_heartbeat(url: str, timeout: float = 5.0) -> bool:
+    """GET the dead-man's-switch URL (healthchecks.io style). Never raises."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read()
+        return True
+    except (OSError, ValueError) as exc:
+        # The URL may embed a secret token: name the failure only.
+        log.warning("heartbeat ping failed (%s)", type(exc).__name__)
+        return False

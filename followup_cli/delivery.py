@@ -41,6 +41,7 @@ from followup_cli.push import (
     mask_token,
     notification_title,
 )
+from followup_cli.report import STOP_CONFIG, STOP_OUTAGE, RunReport
 from followup_cli.repository import AttemptRecord, DueFollowUp, Failure, Message, RunRecord
 from followup_cli.settings import Settings
 
@@ -52,46 +53,7 @@ EMPTY_MESSAGE = "empty_message"
 MISSING_RECIPIENT = "missing_recipient"
 INVALID_DEVICE_TOKEN = "invalid_device_token"
 
-STOP_CONFIG = "config_error"
-STOP_OUTAGE = "outage"
-
 ProgressCallback = Callable[[int], None]
-
-
-@dataclass
-class RunReport:
-    run_id: str
-    push_backend: str
-    started_at: datetime
-    finished_at: datetime | None = None
-    claimed: int = 0
-    sent: int = 0
-    pushed: int = 0
-    in_app_only: int = 0
-    failed: int = 0
-    released: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    stop: str | None = None
-    stop_reason: str | None = None
-
-    @property
-    def skipped(self) -> int:
-        """Claimed but neither sent nor failed by this run: cancelled meanwhile, taken
-        over by another run, or given back for the next run."""
-        return self.claimed - self.sent - self.failed
-
-    @property
-    def elapsed_seconds(self) -> float:
-        end = self.finished_at or utcnow()
-        return (end - self.started_at).total_seconds()
-
-    @property
-    def outcome(self) -> str:
-        return self.stop or "completed"
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.stop is None else 1
 
 
 @dataclass

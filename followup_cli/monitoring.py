@@ -6,16 +6,15 @@ import logging
 import os
 import re
 import tempfile
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from followup_cli.alerts import Alerter
+from followup_cli.alerts import Alerter, ping_heartbeat
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.delivery import RunReport
+from followup_cli.report import RunReport
 from followup_cli.repository import LastRun
 from followup_cli.settings import Settings
 
@@ -211,18 +210,6 @@ def alert_on_success_rate(
         )
     alerter.alert(text)
     return text
-
-
-def ping_heartbeat(url: str, timeout: float = 5.0) -> bool:
-    """GET the dead-man's-switch URL (healthchecks.io style). Never raises."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            response.read()
-        return True
-    except (OSError, ValueError) as exc:
-        # The URL may embed a secret token: name the failure only.
-        log.warning("heartbeat ping failed (%s)", type(exc).__name__)
-        return False
 
 
 _SAMPLE = re.compile(r'^(followups_[a-z_]+)(\{outcome="([a-z_]+)"\})?\s+([0-9.eE+-]+)\s*$')

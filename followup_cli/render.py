@@ -8,12 +8,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from followup_cli.delivery import STOP_CONFIG, STOP_OUTAGE, RunReport
-from followup_cli.requeue import RequeueReport
+from followup_cli.report import STOP_CONFIG, STOP_OUTAGE, RunReport
 
 if TYPE_CHECKING:
     from followup_cli.cleanup import CleanupReport
     from followup_cli.monitoring import CheckRules, Stats
+    from followup_cli.requeue import RequeueReport
     from followup_cli.testsend import TestSendResult
 
 

@@ -67,13 +67,17 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    """The URL with its password replaced by ***. Parsed here rather than by SQLAlchemy
+    so that reading settings does not import it (the idle run must start fast)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return "<unparseable URL>"
+    authority, slash, path = rest.partition("/")
+    credentials, at, host = authority.rpartition("@")
+    if at and ":" in credentials:
+        user = credentials.split(":", 1)[0]
+        authority = f"{user}:***@{host}"
+    return f"{scheme}://{authority}{slash}{path}"
 
 
 def normalize_database_url(url: str) -> str:
@@ -198,25 +202,21 @@ def require_push_config(s: Settings) -> None:
 
 
 def _check_database_url(url: str) -> None:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
+    match = re.match(r"^([A-Za-z][A-Za-z0-9.]*)(?:\+([A-Za-z0-9_]+))?://", url)
+    if not match:
         raise ConfigError(
             "FOLLOWUPS_DATABASE_URL is not a database URL "
             "(expected sqlite:///path or postgresql+psycopg://user@host/db)"
-        ) from None
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise ConfigError(
-            "FOLLOWUPS_DATABASE_URL must be a sqlite or postgresql URL, "
-            f"got {parsed.get_backend_name()!r}"
         )
-    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
+    backend, driver = match.group(1).lower(), (match.group(2) or "").lower()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"FOLLOWUPS_DATABASE_URL must be a sqlite or postgresql URL, got {backend!r}"
+        )
+    if backend == "postgresql" and driver != "psycopg":
         raise ConfigError(
             "FOLLOWUPS_DATABASE_URL must use the psycopg driver (postgresql+psycopg://...), "
-            f"got {parsed.get_driver_name()!r}"
+            f"got {driver or 'the default'!r}"
         )
 
 

@@ -1,0 +1,49 @@
+"""What a send-due run did. Light on imports: the idle run prints it without loading the
+database layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from followup_cli.clock import utcnow
+
+# Why a run stopped early (follow_up_runs.outcome); None means it completed.
+STOP_CONFIG = "config_error"
+STOP_OUTAGE = "outage"
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    push_backend: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    claimed: int = 0
+    sent: int = 0
+    pushed: int = 0
+    in_app_only: int = 0
+    failed: int = 0
+    released: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    stop: str | None = None
+    stop_reason: str | None = None
+
+    @property
+    def skipped(self) -> int:
+        """Claimed but neither sent nor failed by this run: cancelled meanwhile, taken
+        over by another run, or given back for the next run."""
+        return self.claimed - self.sent - self.failed
+
+    @property
+    def elapsed_seconds(self) -> float:
+        end = self.finished_at or utcnow()
+        return (end - self.started_at).total_seconds()
+
+    @property
+    def outcome(self) -> str:
+        return self.stop or "completed"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.stop is None else 1
