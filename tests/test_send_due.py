@@ -6,6 +6,7 @@ import uuid
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
 from freezegun import freeze_time
 from sqlalchemy import select, update
 
@@ -178,3 +179,18 @@ def test_each_run_is_recorded(db: Database, settings: Settings) -> None:
     assert r.id == report.run_id
     assert (r.claimed, r.sent, r.failed, r.outcome, r.push_backend) == (1, 1, 0, "completed", "log")
     assert r.finished_at >= r.started_at
+
+
+def test_unparseable_ids_fail_that_row_only(tmp_path: object, settings: Settings) -> None:
+    """SQLite holds whatever the app wrote: a conversation id that is not a UUID fails with
+    missing_recipient and the rest of the batch is delivered."""
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's uuid column cannot hold such a value")
+    db = Database(settings.database_url)
+    bad = app_row(db, conversation_id="conversation-42")
+    good = app_row(db)
+    report = run(db, settings)
+    assert (row(db, bad).status, row(db, bad).failure_reason) == ("failed", "missing_recipient")
+    assert row(db, good).status == "sent"
+    assert (report.sent, report.failed) == (1, 1)
+    db.close()
