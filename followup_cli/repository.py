@@ -15,10 +15,8 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Float,
-    and_,
     cast,
     delete,
-    exists,
     func,
     insert,
     literal,
@@ -169,28 +167,31 @@ class Repository:
         """Lease up to `limit` follow-ups due at `due_before` to this run, oldest first.
 
         Skips rows leased by a live run, rows locked by another transaction (SKIP
-        LOCKED), and rows whose conversation has an earlier follow-up still leased
-        elsewhere, so one conversation's follow-ups go out in order even across runners.
+        LOCKED), and rows whose conversation has a follow-up leased right now, so one
+        conversation's follow-ups go out in order even across runners.
         """
         if self.dialect == "postgresql":
             self.conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
-        earlier = follow_up_requests.alias("earlier")
-        e = earlier.c
+        leased = follow_up_requests.alias("leased")
+        e = leased.c
+        # Conversations with a follow-up in flight (leased by any run, this one too):
+        # they wait until it is finished, so their follow-ups go out one after another,
+        # in order. NOT IN over this small set becomes one hashed lookup whatever the
+        # planner estimates (a correlated NOT EXISTS was planned as a nested loop over
+        # every leased row once several runners held thousands).
+        in_flight = select(e.conversation_id).where(
+            e.status == SCHEDULED,
+            e.claimed_by.is_not(None),
+            e.claim_expires_at > now,
+            e.conversation_id.is_not(None),
+        )
         candidates = (
             select(r.id)
             .where(
                 r.status == SCHEDULED,
                 r.scheduled_for <= due_before,
                 or_(r.claim_expires_at.is_(None), r.claim_expires_at <= now),
-                ~exists().where(
-                    e.conversation_id == r.conversation_id,
-                    e.status == SCHEDULED,
-                    e.claim_expires_at > now,
-                    or_(
-                        e.scheduled_for < r.scheduled_for,
-                        and_(e.scheduled_for == r.scheduled_for, e.id < r.id),
-                    ),
-                ),
+                or_(r.conversation_id.is_(None), r.conversation_id.not_in(in_flight)),
             )
             .order_by(r.scheduled_for, r.id)
             .limit(limit)

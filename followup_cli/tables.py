@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     false,
     func,
     text,
@@ -134,6 +135,19 @@ Index(
     follow_up_requests.c.scheduled_for,
     postgresql_where=follow_up_requests.c.status == SCHEDULED,
     sqlite_where=follow_up_requests.c.status == SCHEDULED,
+)
+
+# "Does this conversation have a follow-up in flight?" during a claim: only leased rows,
+# so the index stays as small as the work in flight.
+Index(
+    "ix_follow_up_requests_leased",
+    follow_up_requests.c.conversation_id,
+    postgresql_where=and_(
+        follow_up_requests.c.status == SCHEDULED, follow_up_requests.c.claimed_by.is_not(None)
+    ),
+    sqlite_where=and_(
+        follow_up_requests.c.status == SCHEDULED, follow_up_requests.c.claimed_by.is_not(None)
+    ),
 )
 
 # Window queries (stats) and cleanup read one status at a time.
