@@ -35,6 +35,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+## bench: send-due throughput against local PostgreSQL and a Node fake APNs (bench/README.md)
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
