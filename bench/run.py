@@ -647,6 +647,7 @@ class Bench:
             self._idle_row(url, fake, 0)
             self.seed_history(url, self.sizes.history, 0)
             self._idle_row(url, fake, self.sizes.history)
+            self._stats_row(url, fake, self.sizes.history)
         finally:
             fake.stop()
         with psycopg.connect(url) as conn:
@@ -670,6 +671,42 @@ class Bench:
             check_rc(res, name)
             all_results.append(res[0])
         return statistics.median(r.wall for r in all_results), all_results
+
+    def _stats_row(self, url: str, fake: FakeAPNs, history: int) -> None:
+        """`followups stats --since 24h --json` over the history table (target < 1 s)."""
+        cmd = [sys.executable, "-m", "followup_cli", "stats", "--since", "24h", "--json"]
+        env = self.env(url, fake)
+        self._median_wall([cmd], env, "stats_warm", 1)
+        median, results = self._median_wall([cmd], env, "stats", 5)
+        walls = sorted(r.wall for r in results)
+        # The queries alone, in this process (start-up and imports excluded).
+        from followup_cli.db import Database
+        from followup_cli.monitoring import gather
+
+        db = Database(sa_url(url))
+        timings = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            gather(db, timedelta(hours=24))
+            timings.append(time.perf_counter() - t0)
+        db.close()
+        ok = "OK" if median < 1.0 else "MISSED"
+        self.rows.append(
+            Row(
+                f"stats --since 24h ({history:,} rows)",
+                None,
+                median,
+                None,
+                max(r.maxrss_mb for r in results),
+                None,
+                [
+                    f"target <1s {ok}",
+                    f"median of {len(walls)} (min {walls[0]:.3f}, max {walls[-1]:.3f})",
+                    "whole process",
+                    f"queries alone {1000 * statistics.median(timings):.0f} ms",
+                ],
+            )
+        )
 
     def _idle_row(self, url: str, fake: FakeAPNs, history: int) -> None:
         env = self.env(url, fake)

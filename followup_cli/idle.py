@@ -109,8 +109,7 @@ def fast_send_due(argv: list[str]) -> int | None:
 
     try:
         settings = settings_mod.from_env()
-        if settings.push == "apns":
-            settings_mod.require_push_config(settings)
+        settings_mod.require_push_config(settings, load_key=False)
         report = try_idle_run(settings)
     except Exception:  # the normal path reports it properly
         return None

@@ -194,11 +194,12 @@ def validate(s: Settings) -> Settings:
     return s
 
 
-def require_push_config(s: Settings) -> None:
+def require_push_config(s: Settings, *, load_key: bool = True) -> None:
     """For commands that push: with FOLLOWUPS_PUSH=apns the key, ids and topic must be
-    there and the key must load, before anything is claimed."""
+    there and the key must load, before anything is claimed. (The idle run, which claims
+    nothing, skips loading the key: that import alone costs a tenth of its time.)"""
     if s.push == "apns":
-        _check_apns(s)
+        _check_apns(s, load_key)
 
 
 def _check_database_url(url: str) -> None:
@@ -220,7 +221,7 @@ def _check_database_url(url: str) -> None:
         )
 
 
-def _check_apns(s: Settings) -> None:
+def _check_apns(s: Settings, load_key: bool) -> None:
     missing = [
         name
         for name, value in (
@@ -240,6 +241,8 @@ def _check_apns(s: Settings) -> None:
         raise ConfigError(
             f"FOLLOWUPS_APNS_KEY_FILE {str(s.apns_key_file)!r} cannot be read: {exc.strerror}"
         ) from None
+    if not load_key:
+        return
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
