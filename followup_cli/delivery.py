@@ -392,7 +392,7 @@ def _push_batch(
         if outcome is None:  # not pushed: cancelled meanwhile, or the round stopped first
             release.append(f.id)
             continue
-        attempts.extend(_records(f.id, outcome.attempts))
+        attempts.extend(attempt_records(f.id, outcome.attempts))
         if outcome.kind == SENT:
             delivered.append(f)
         elif outcome.kind == PERMANENT:
@@ -464,7 +464,9 @@ def _release(db: Database, run_id: str, batch: Sequence[DueFollowUp]) -> None:
             repo.release(run_id, [f.id for f in batch])
 
 
-def _records(follow_up_id: str, attempts: Sequence[Attempt]) -> list[AttemptRecord]:
+def attempt_records(
+    follow_up_id: str, attempts: Sequence[Attempt], *, is_test: bool = False
+) -> list[AttemptRecord]:
     return [
         AttemptRecord(
             follow_up_id=follow_up_id,
@@ -474,6 +476,7 @@ def _records(follow_up_id: str, attempts: Sequence[Attempt]) -> list[AttemptReco
             reason=a.reason,
             status_code=a.status_code,
             apns_id=a.apns_id,
+            is_test=is_test,
         )
         for a in attempts
     ]

@@ -171,29 +171,35 @@ Index(
 )
 
 # Where `cleanup --archive` moves old sent and cancelled follow-ups.
+# The app's columns and the provider name, as they were when archived.
+ARCHIVED_COLUMNS = (
+    "id",
+    "conversation_id",
+    "user_id",
+    "scheduled_for",
+    "urgency",
+    "display_text",
+    "original_message",
+    "status",
+    "child_name",
+    "child_age",
+    "device_token",
+    "follow_up_days",
+    "follow_up_hours",
+    "follow_up_minutes",
+    "created_at",
+    "sent_at",
+    "provider_name",
+)
 follow_up_requests_archive = Table(
     "follow_up_requests_archive",
     metadata,
-    Column("id", GUID(), primary_key=True),
-    Column("conversation_id", GUID()),
-    Column("user_id", Text),
-    Column("scheduled_for", UTCDateTime()),
-    Column("urgency", Text),
-    Column("display_text", Text),
-    Column("original_message", Text),
-    Column("status", Text),
-    Column("child_name", Text),
-    Column("child_age", Text),
-    Column("device_token", Text),
-    Column("follow_up_days", Integer),
-    Column("follow_up_hours", Integer),
-    Column("follow_up_minutes", Integer),
-    Column("created_at", UTCDateTime()),
-    Column("sent_at", UTCDateTime()),
-    Column("provider_name", Text),
+    *(
+        Column(name, follow_up_requests.c[name].type, primary_key=name == "id")
+        for name in ARCHIVED_COLUMNS
+    ),
     Column("archived_at", UTCDateTime(), nullable=False),
 )
-ARCHIVED_COLUMNS = tuple(c.name for c in follow_up_requests_archive.c if c.name != "archived_at")
 
 # Cooldown state of the alerts that must not repeat every minute (e.g. low success rate).
 followups_alert_state = Table(

@@ -15,7 +15,7 @@ from typing import Any
 
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.delivery import is_valid_token, normalize_token
+from followup_cli.delivery import attempt_records, is_valid_token, normalize_token
 from followup_cli.push import (
     SENT,
     Pusher,
@@ -26,7 +26,7 @@ from followup_cli.push import (
     notification_title,
     payload_dict,
 )
-from followup_cli.repository import AttemptRecord, Message
+from followup_cli.repository import Message
 from followup_cli.scheduling import Conflict, NotFound
 from followup_cli.tables import CANCELLED
 
@@ -93,20 +93,7 @@ def send(
     prepared.outcome = outcome
     with db.transaction() as repo:
         repo.record_attempts(
-            run_id,
-            [
-                AttemptRecord(
-                    follow_up_id=req.follow_up_id,
-                    attempted_at=a.attempted_at,
-                    attempt=a.attempt,
-                    outcome=a.outcome,
-                    reason=a.reason,
-                    status_code=a.status_code,
-                    apns_id=a.apns_id,
-                    is_test=True,
-                )
-                for a in outcome.attempts
-            ],
+            run_id, attempt_records(req.follow_up_id, outcome.attempts, is_test=True)
         )
         if mark_sent:
             if outcome.kind == SENT:

@@ -60,14 +60,19 @@ def _pg_available() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def pg_template() -> Iterator[str]:
-    """A migrated database that each PostgreSQL test clones (CREATE DATABASE ... TEMPLATE)."""
+def _require_pg() -> None:
+    """Skip without a server, or fail when .ci/run said PostgreSQL is required."""
     problem = _pg_available()
     if problem is not None:
         if REQUIRE_PG:
             pytest.fail(f"PostgreSQL required but unreachable at {PG_URL}: {problem}")
         pytest.skip(f"PostgreSQL not reachable at {PG_URL} ({problem})")
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated database that each PostgreSQL test clones (CREATE DATABASE ... TEMPLATE)."""
+    _require_pg()
     name = f"followups_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin = _admin_engine()
     with admin.connect() as conn:
@@ -114,11 +119,7 @@ def pg_db_url(pg_template: str) -> Iterator[str]:
 @pytest.fixture
 def empty_pg_url() -> Iterator[str]:
     """A PostgreSQL database with no tables at all (for migration tests)."""
-    problem = _pg_available()
-    if problem is not None:
-        if REQUIRE_PG:
-            pytest.fail(f"PostgreSQL required but unreachable at {PG_URL}: {problem}")
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL} ({problem})")
+    _require_pg()
     name = new_pg_database()
     yield pg_url(name)
     drop_pg_database(name)
