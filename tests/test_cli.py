@@ -193,7 +193,17 @@ def test_db_upgrade_reports_and_is_idempotent(tmp_path: Path) -> None:
 def test_every_command_is_documented() -> None:
     """Each command has help with an example, and docs/cli.md mentions it."""
     docs = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
-    for command in (["send-due"], ["db", "upgrade"], ["schedule"], ["cancel"]):
+    commands = (
+        ["send-due"],
+        ["retry-failed"],
+        ["stats"],
+        ["cleanup"],
+        ["test-send"],
+        ["db", "upgrade"],
+        ["schedule"],
+        ["cancel"],
+    )
+    for command in commands:
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0
         assert "Example:" in result.stdout, command
