@@ -11,11 +11,12 @@ import sys
 
 
 def main() -> None:
-    from followup_cli.idle import fast_send_due
+    if "send-due" in sys.argv[1:]:
+        from followup_cli.idle import fast_send_due
 
-    code = fast_send_due(sys.argv[1:])
-    if code is not None:
-        sys.exit(code)
+        code = fast_send_due(sys.argv[1:])
+        if code is not None:
+            sys.exit(code)
     from followup_cli.cli import main as cli_main
 
     cli_main()

@@ -170,6 +170,13 @@ Index(
     sqlite_where=follow_up_requests.c.status == CANCELLED,
 )
 
+Index(
+    "ix_follow_up_requests_cancelled_due",
+    follow_up_requests.c.scheduled_for,
+    postgresql_where=follow_up_requests.c.status == CANCELLED,
+    sqlite_where=follow_up_requests.c.status == CANCELLED,
+)
+
 # Where `cleanup --archive` moves old sent and cancelled follow-ups.
 # The app's columns and the provider name, as they were when archived.
 ARCHIVED_COLUMNS = (

@@ -1,4 +1,5 @@
-"""Index of leased follow-ups, for the claim's per-conversation ordering check.
+"""Indexes: leased follow-ups (the claim's per-conversation ordering check) and cancelled
+follow-ups by due time (stats' cancelled count).
 
 Revision ID: 0003
 Revises: 0002
@@ -28,7 +29,17 @@ def upgrade() -> None:
         postgresql_where=leased,
         sqlite_where=leased,
     )
+    cancelled: Any = sa.text("status = 'cancelled'")
+    op.create_index(
+        "ix_follow_up_requests_cancelled_due",
+        "follow_up_requests",
+        ["scheduled_for"],
+        if_not_exists=True,
+        postgresql_where=cancelled,
+        sqlite_where=cancelled,
+    )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_follow_up_requests_leased", table_name="follow_up_requests", if_exists=True)
+    for name in ("ix_follow_up_requests_cancelled_due", "ix_follow_up_requests_leased"):
+        op.drop_index(name, table_name="follow_up_requests", if_exists=True)
