@@ -164,7 +164,10 @@ def send_due(
     pusher = make_pusher(settings)
     alerter = make_alerter(settings.alert_webhook_url)
     try:
-        report = run_send_due(db, pusher, settings, alerter, limit=limit)
+        # A person draining a backlog by hand sees a progress bar; cron sees none.
+        total = render.backlog_size(db, limit) if render.is_terminal() else 0
+        with render.progress("send-due", total) as advance:
+            report = run_send_due(db, pusher, settings, alerter, limit=limit, progress=advance)
         after_send_due(db, report, settings, alerter, metrics_file)
     finally:
         pusher.close()

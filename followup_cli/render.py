@@ -12,13 +12,23 @@ from followup_cli.report import STOP_CONFIG, STOP_OUTAGE, RunReport
 
 if TYPE_CHECKING:
     from followup_cli.cleanup import CleanupReport
+    from followup_cli.db import Database
     from followup_cli.monitoring import CheckRules, Stats
     from followup_cli.requeue import RequeueReport
     from followup_cli.testsend import TestSendResult
 
 
-def _is_terminal() -> bool:
+def is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+def backlog_size(db: Database, limit: int | None) -> int:
+    """How many follow-ups are due now: the length of the progress bar."""
+    from followup_cli.clock import utcnow
+
+    with db.transaction() as repo:
+        overdue, _ = repo.backlog(utcnow())
+    return overdue if limit is None else min(overdue, limit)
 
 
 def send_due_summary(report: RunReport) -> None:
@@ -124,7 +134,7 @@ def _bars(per_hour: Sequence[tuple[str, int]], width: int = 40) -> list[str]:
 def stats_table(stats: Stats, rules: CheckRules) -> None:
     rows = _stats_rows(stats, rules)
     bars = _bars(stats.sent_per_hour)
-    if not _is_terminal():
+    if not is_terminal():
         label_width = max(len(k) for k, _ in rows)
         for key, value in rows:
             print(f"{key:<{label_width}}  {value}")
@@ -171,7 +181,7 @@ def check_result(problems: Sequence[str]) -> None:
 @contextmanager
 def progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
     """A rich progress bar with the rate on a terminal; nothing under cron."""
-    if not _is_terminal() or total == 0:
+    if not is_terminal() or total == 0:
         yield lambda _n: None
         return
     from rich.progress import (

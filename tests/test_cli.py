@@ -208,3 +208,29 @@ def test_every_command_is_documented() -> None:
         assert result.exit_code == 0
         assert "Example:" in result.stdout, command
         assert f"followups {' '.join(command)}" in docs, command
+
+
+def test_json_log_format_writes_one_json_object_per_line(db_url: str, db: Database) -> None:
+    """--log-format json: every log line parses, and the privacy rule still holds."""
+    import json
+
+    app_row(db, display_text="Maya's fever", child_name="Maya")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "followup_cli",
+            "--database-url",
+            db_url,
+            "--log-format",
+            "json",
+            "send-due",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert lines and all({"ts", "level", "logger", "msg"} <= set(entry) for entry in lines)
+    assert "Maya" not in result.stderr
