@@ -166,10 +166,14 @@ class _PushRound:
     ) -> None:
         slots = asyncio.Semaphore(max(1, self._pusher.concurrency))
         renewer = asyncio.ensure_future(_renew_periodically(renew, renew_every))
+        tasks = [asyncio.ensure_future(self._push_group(g, slots, progress)) for g in groups]
         try:
-            await asyncio.gather(*(self._push_group(g, slots, progress) for g in groups))
+            await asyncio.gather(*tasks)
         finally:
-            renewer.cancel()
+            # On an error (the database gone mid-batch) nothing is left running behind.
+            for task in (*tasks, renewer):
+                task.cancel()
+            await asyncio.gather(*tasks, renewer, return_exceptions=True)
 
     async def _push_group(
         self,
