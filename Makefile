@@ -28,8 +28,8 @@ demo: install
 	FOLLOWUPS_DATABASE_URL=$(DEMO_DB) FOLLOWUPS_PUSH=log $(BIN)/followups send-due
 	@echo "== the same again: nothing is delivered twice"
 	FOLLOWUPS_DATABASE_URL=$(DEMO_DB) FOLLOWUPS_PUSH=log $(BIN)/followups send-due
-	@echo "== follow-ups by status"
-	$(BIN)/python -c "import sqlite3; c = sqlite3.connect('demo/followups.db'); [print(f'  {s:<10} {n}') for s, n in c.execute('select status, count(*) from follow_up_requests group by 1 order by 1')]"
+	@echo "== followups stats"
+	FOLLOWUPS_DATABASE_URL=$(DEMO_DB) $(BIN)/followups stats --since 1h
 
 ## test: sets up the venv and runs every test (PostgreSQL ones skip if no server)
 test: install

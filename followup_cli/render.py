@@ -82,7 +82,9 @@ def _seconds(value: float | None) -> str:
         return f"{value:.1f}s"
     if value < 7200:
         return f"{value / 60:.1f}m"
-    return f"{value / 3600:.1f}h"
+    if value < 172800:
+        return f"{value / 3600:.1f}h"
+    return f"{value / 86400:.1f}d"
 
 
 def _stats_rows(stats: Stats, rules: CheckRules) -> list[tuple[str, str]]:
