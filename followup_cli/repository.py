@@ -642,10 +642,6 @@ class Repository:
         ).first()
         return None if current is None else (current.status, current.conversation_id)
 
-    def get_follow_up(self, follow_up_id: str) -> dict[str, Any] | None:
-        row = self.conn.execute(select(follow_up_requests).where(r.id == follow_up_id)).first()
-        return None if row is None else dict(row._mapping)
-
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
     """Linear interpolation, as PostgreSQL's percentile_cont."""
