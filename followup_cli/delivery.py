@@ -125,6 +125,13 @@ def _is_uuid(value: str | None) -> bool:
     return True
 
 
+@dataclass
+class _Streak:
+    """Follow-ups in a row, across the run's batches, that exhausted their attempts."""
+
+    count: int = 0
+
+
 class _PushRound:
     """Pushes one batch: conversations in parallel, each conversation in order, at most
     `pusher.concurrency` notifications in flight.
@@ -134,12 +141,16 @@ class _PushRound:
     """
 
     def __init__(
-        self, pusher: Pusher, outage_threshold: int, may_push: Callable[[str], bool]
+        self,
+        pusher: Pusher,
+        outage_threshold: int,
+        may_push: Callable[[str], bool],
+        streak: _Streak,
     ) -> None:
         self._pusher = pusher
         self._outage_threshold = outage_threshold
         self._may_push = may_push
-        self._streak = 0
+        self._streak = streak
         self.stop: str | None = None
         self.stop_reason: str | None = None
         self.outcomes: dict[str, PushOutcome] = {}
@@ -198,11 +209,11 @@ class _PushRound:
         if outcome.kind == CONFIG and self.stop is None:
             self.stop, self.stop_reason = STOP_CONFIG, outcome.reason
         elif outcome.kind == TRANSIENT:
-            self._streak += 1
-            if self._streak >= self._outage_threshold and self.stop is None:
+            self._streak.count += 1
+            if self._streak.count >= self._outage_threshold and self.stop is None:
                 self.stop, self.stop_reason = STOP_OUTAGE, outcome.reason
         elif outcome.kind == SENT:
-            self._streak = 0
+            self._streak.count = 0
 
 
 async def _renew_periodically(renew: Callable[[], None], every: float) -> None:
@@ -276,6 +287,7 @@ def send_due(
     report = RunReport(run_id=str(uuid.uuid4()), push_backend=pusher.name, started_at=started)
     lease = timedelta(seconds=settings.lease_seconds)
     stamps = _Timestamps()
+    streak = _Streak()
     wanted = limit
 
     def claim() -> list[DueFollowUp]:
@@ -297,7 +309,7 @@ def send_due(
             while batch:
                 report.claimed += len(batch)
                 next_batch = db_thread.submit(claim)
-                pushed = _push_batch(db, pusher, settings, report.run_id, batch, progress)
+                pushed = _push_batch(db, pusher, settings, report.run_id, batch, streak, progress)
                 if finishing is not None:
                     finishing.result().add_to(report)
                 finishing = db_thread.submit(_finish_batch, db, report.run_id, pushed, stamps)
@@ -373,6 +385,7 @@ def _push_batch(
     settings: Settings,
     run_id: str,
     batch: Sequence[DueFollowUp],
+    streak: _Streak,
     progress: ProgressCallback | None,
 ) -> _Pushed:
     lease = timedelta(seconds=settings.lease_seconds)
@@ -384,7 +397,7 @@ def _push_batch(
         with db.transaction() as repo:
             repo.renew_claims(run_id, utcnow() + lease)
 
-    round_ = _PushRound(pusher, settings.outage_threshold, gate.may_push)
+    round_ = _PushRound(pusher, settings.outage_threshold, gate.may_push, streak)
     round_.run(to_push, renew, settings.lease_seconds / 3, progress)
 
     delivered: list[DueFollowUp] = list(plan.in_app)

@@ -329,3 +329,47 @@ def test_bad_rows_get_a_clear_outcome_and_do_not_stop_the_batch(
     assert len(push.body) <= 4096
     assert row(db, future).status == "scheduled"
     assert (report.sent, report.failed) == (2, 3)
+
+
+def test_outage_is_counted_across_batches(
+    db: Database, apns_settings: Settings, apns: FakeAPNs
+) -> None:
+    """Small batches: the streak carries over, so the run still stops as an outage."""
+    ids = [app_row(db) for _ in range(10)]
+    apns.respond(503, "ServiceUnavailable")
+    settings = replace(apns_settings, outage_threshold=3, push_concurrency=1, batch_size=2)
+    report = deliver(db, settings)
+    assert (report.stop, report.exit_code) == ("outage", 1)
+    assert report.failed == 2  # the first batch, finished before the streak reached 3
+    assert sum(row(db, fid).status == "scheduled" for fid in ids) == 8
+
+
+def test_webhook_answering_garbage_never_fails_the_run(
+    db: Database, apns_settings: Settings, apns: FakeAPNs
+) -> None:
+    """An endpoint that does not even speak HTTP: logged, and the run completes."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def answer_garbage() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"this is not HTTP\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    app_row(db, device_token=TOKEN_B)
+    apns.respond(410, "Unregistered", token=TOKEN_B)
+    pusher = make_pusher(apns_settings)
+    try:
+        port = listener.getsockname()[1]
+        report = send_due(
+            db, pusher, apns_settings, WebhookAlerter(f"http://127.0.0.1:{port}/hook")
+        )
+    finally:
+        pusher.close()
+        listener.close()
+    assert (report.failed, report.exit_code) == (1, 0)
