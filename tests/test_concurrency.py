@@ -1,23 +1,33 @@
-"""Exactly once with several real `send-due` processes at once on PostgreSQL, directly and
-through PgBouncer in transaction pooling mode."""
+"""Exactly once, in order, with several real `send-due` processes at once on PostgreSQL,
+reached directly and through PgBouncer in transaction pooling mode.
+
+Eight processes start together over 2,000 due follow-ups in 300 conversations, with
+small batches so their claims interleave and a little APNs latency so their pushes
+overlap. Afterwards every row, every in-app message and every push the fake APNs
+accepted is checked.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import Engine, insert, select
 
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.tables import follow_up_messages, follow_up_requests
+from followup_cli.tables import follow_up_messages, follow_up_requests, follow_up_runs
 from tests.conftest import (
     PGBOUNCER_URL,
     REQUIRE_PG,
@@ -28,102 +38,163 @@ from tests.conftest import (
 from tests.fake_apns import FakeAPNs
 from tests.helpers import apns_env
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
 ROWS = 2000
 CONVERSATIONS = 300
 PROCESSES = 8
+BATCH_SIZE = 50
+
+
+@dataclass(frozen=True)
+class Seeded:
+    id: str
+    conversation_id: str
+    scheduled_for: datetime
+    device_token: str | None
+
+
+def seed(
+    engine: Engine, rows: int, conversations: int, *, tokenless_every: int = 0
+) -> list[Seeded]:
+    """Insert `rows` due follow-ups with only the app's columns, in one multi-row INSERT.
+
+    Row i belongs to conversation i % conversations and is due i seconds after the first
+    (so each conversation has several, at distinct times). Every `tokenless_every`-th row
+    has no device token (0: all have one); the tokens all differ (64 hex characters).
+    """
+    start = utcnow() - timedelta(hours=1)
+    convs = [str(uuid.uuid4()) for _ in range(conversations)]
+    seeded: list[Seeded] = []
+    values: list[dict[str, Any]] = []
+    for i in range(rows):
+        no_token = tokenless_every > 0 and i % tokenless_every == tokenless_every - 1
+        token = None if no_token else hashlib.sha256(f"device-{i}".encode()).hexdigest()
+        item = Seeded(
+            str(uuid.uuid4()), convs[i % conversations], start + timedelta(seconds=i), token
+        )
+        seeded.append(item)
+        values.append(
+            {
+                "id": item.id,
+                "conversation_id": item.conversation_id,
+                "user_id": f"parent-{i % conversations}",
+                "scheduled_for": item.scheduled_for,
+                "urgency": "urgent" if i % 3 == 0 else "routine",
+                "display_text": f"How is your child feeling today? ({i})",
+                "original_message": f"How is your child feeling today? ({i})",
+                "status": "scheduled",
+                "child_name": "Maya",
+                "child_age": "4",
+                "device_token": token,
+                "follow_up_days": 0,
+                "follow_up_hours": 1,
+                "follow_up_minutes": 0,
+            }
+        )
+    with engine.begin() as conn:
+        conn.execute(insert(follow_up_requests).values(values))
+    return seeded
+
+
+def send_due_command(url: str) -> list[str]:
+    return [sys.executable, "-m", "followup_cli", "--database-url", url, "send-due"]
+
+
+def run_processes(
+    url: str, apns: FakeAPNs, count: int, out_dir: Path, timeout: float = 90.0
+) -> list[tuple[int, str, str]]:
+    """Start `count` send-due processes at once; (exit code, stdout, stderr) of each.
+
+    Output goes to files, so no process can block on a full pipe while another is waited for.
+    """
+    env = {**os.environ, **apns_env(apns), "FOLLOWUPS_BATCH_SIZE": str(BATCH_SIZE)}
+    started: list[tuple[subprocess.Popen[bytes], Path, Path]] = []
+    for n in range(count):
+        out, err = out_dir / f"run{n}.out", out_dir / f"run{n}.err"
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            proc = subprocess.Popen(send_due_command(url), env=env, stdout=stdout, stderr=stderr)
+        started.append((proc, out, err))
+    results = []
+    try:
+        for proc, out, err in started:
+            code = proc.wait(timeout=timeout)
+            results.append((code, out.read_text(), err.read_text()))
+    finally:
+        for proc, _, _ in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
 
 
 @pytest.fixture(params=["direct", "pgbouncer"])
 def shared_url(request: pytest.FixtureRequest, pg_template: str) -> Iterator[str]:
     """A fresh migrated database, reached directly or through PgBouncer."""
-    if request.param == "pgbouncer" and not PGBOUNCER_URL:
-        if REQUIRE_PG:
-            pytest.fail("FOLLOWUPS_TEST_PGBOUNCER_URL is required (set by .ci/run)")
-        pytest.skip("FOLLOWUPS_TEST_PGBOUNCER_URL not set (start one with .ci/pgbouncer.sh)")
+    base = None
+    if request.param == "pgbouncer":
+        if not PGBOUNCER_URL:
+            reason = "FOLLOWUPS_TEST_PGBOUNCER_URL is not set (start one: .ci/pgbouncer.sh start)"
+            if REQUIRE_PG:
+                pytest.fail(f"{reason}; FOLLOWUPS_TEST_REQUIRE_POSTGRES=1 requires it")
+            pytest.skip(reason)
+        base = PGBOUNCER_URL
     name = new_pg_database(pg_template)
-    yield pg_url(name) if request.param == "direct" else pg_url(name, base=PGBOUNCER_URL or "")
+    yield pg_url(name) if base is None else pg_url(name, base=base)
     drop_pg_database(name)
 
 
-def seed(db: Database, rows: int, conversations: int) -> dict[str, str | None]:
-    """Due follow-ups spread over conversations, each with its own time; 90 % with a
-    token. Returns id -> token."""
-    start = utcnow() - timedelta(hours=2)
-    convs = [str(uuid.uuid4()) for _ in range(conversations)]
-    values: list[dict[str, Any]] = []
-    for i in range(rows):
-        token = None if i % 10 == 9 else f"{i:064x}"
-        values.append(
-            {
-                "id": str(uuid.uuid4()),
-                "conversation_id": convs[i % conversations],
-                "user_id": f"parent-{i % conversations}",
-                "scheduled_for": start + timedelta(seconds=i),
-                "urgency": "urgent" if i % 3 == 0 else "routine",
-                "display_text": f"check-in {i}",
-                "original_message": f"check-in {i}",
-                "status": "scheduled",
-                "device_token": token,
-            }
-        )
-    with db.engine.begin() as conn:
-        conn.execute(insert(follow_up_requests), values)
-    return {v["id"]: v["device_token"] for v in values}
-
-
-def run_at_once(url: str, apns: FakeAPNs, processes: int, **env: str) -> list[Any]:
-    environment = {
-        **os.environ,
-        **apns_env(apns),
-        "FOLLOWUPS_DATABASE_URL": url,
-        "FOLLOWUPS_BATCH_SIZE": "50",
-        "FOLLOWUPS_PUSH_CONCURRENCY": "20",
-        **env,
-    }
-    command = [sys.executable, "-m", "followup_cli", "--quiet", "send-due"]
-    procs = [
-        subprocess.Popen(
-            command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(processes)
-    ]
-    return [(p.wait(timeout=120), *p.communicate()) for p in procs]
-
-
-def test_eight_processes_deliver_each_follow_up_exactly_once(
-    shared_url: str, apns: FakeAPNs
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_eight_processes_deliver_each_follow_up_exactly_once_in_order(
+    shared_url: str, apns: FakeAPNs, tmp_path: Path
 ) -> None:
-    """8 runs over 2,000 due: all sent, one message and one push each, order kept."""
+    """8 concurrent runs over 2,000 due: all sent, one message and one push each, in order."""
     apns.latency = 0.002
     db = Database(shared_url)
-    tokens = seed(db, ROWS, CONVERSATIONS)
-    results = run_at_once(shared_url, apns, PROCESSES)
+    try:
+        seeded = seed(db.engine, ROWS, CONVERSATIONS, tokenless_every=10)
+        results = run_processes(shared_url, apns, PROCESSES, tmp_path)
+        r, m, u = follow_up_requests.c, follow_up_messages.c, follow_up_runs.c
+        with db.engine.connect() as conn:
+            statuses = Counter(conn.scalars(select(r.status)))
+            still_claimed = conn.scalars(select(r.id).where(r.claimed_by.is_not(None))).all()
+            stamps = dict(conn.execute(select(m.follow_up_id, m.timestamp)).all())
+            per_follow_up = Counter(conn.scalars(select(m.follow_up_id)))
+            runs = conn.execute(select(u.claimed, u.sent, u.outcome)).all()
+    finally:
+        db.close()
+
     for code, _out, err in results:
         assert code == 0, err
-    claimed = [int(out.split("claimed ")[1].split(",")[0]) for _, out, _ in results]
-    assert sum(claimed) == ROWS
-    assert sum(1 for c in claimed if c > 0) >= 2  # the runs really overlapped
-
-    r, m = follow_up_requests.c, follow_up_messages.c
-    with db.engine.connect() as conn:
-        statuses = Counter(conn.scalars(select(r.status)))
-        per_follow_up = Counter(conn.scalars(select(m.follow_up_id)))
-        ordered = conn.execute(
-            select(r.conversation_id, r.scheduled_for, m.timestamp)
-            .join(follow_up_messages, m.follow_up_id == r.id)
-            .order_by(r.conversation_id, r.scheduled_for)
-        ).all()
-    db.close()
     assert statuses == {"sent": ROWS}
+    assert still_claimed == []
     assert len(per_follow_up) == ROWS and set(per_follow_up.values()) == {1}
+    assert set(per_follow_up) == {s.id for s in seeded}
+
+    # The runs really shared the work, and between them claimed each follow-up once.
+    assert len(runs) == PROCESSES and {o for _, _, o in runs} == {"completed"}
+    assert sum(c for c, _, _ in runs) == ROWS and sum(s for _, s, _ in runs) == ROWS
+    assert sum(1 for c, _, _ in runs if c > 0) >= 2, runs
+
+    # One accepted push per follow-up with a token, to its own device; none without.
+    tokens = {s.id: s.device_token for s in seeded}
     pushes = Counter(apns.collapse_ids())
     with_token = {fid for fid, token in tokens.items() if token}
+    assert len(with_token) == ROWS - ROWS // 10
     assert set(pushes) == with_token
-    assert set(pushes.values()) == {1}
-    stamps: dict[str, list[Any]] = defaultdict(list)
-    for conversation, _, stamp in ordered:
-        stamps[conversation].append(stamp)
-    for conversation, times in stamps.items():
-        assert times == sorted(times) and len(set(times)) == len(times), conversation
+    assert [fid for fid, n in pushes.items() if n != 1] == []
+    assert sum(pushes.values()) == len(with_token)
+    assert all(p.token == tokens[p.headers["apns-collapse-id"]] for p in apns.accepted())
+    assert [p for p in apns.requests if p.status != 200] == []
+
+    # Per conversation: message timestamps strictly increase in scheduled_for order, and
+    # the pushes reached APNs in that order too.
+    by_conversation: dict[str, list[Seeded]] = defaultdict(list)
+    for s in sorted(seeded, key=lambda s: s.scheduled_for):
+        by_conversation[s.conversation_id].append(s)
+    assert min(len(v) for v in by_conversation.values()) >= 2
+    push_position = {p.headers["apns-collapse-id"]: n for n, p in enumerate(apns.accepted())}
+    for conversation, items in by_conversation.items():
+        times = [stamps[s.id] for s in items]
+        assert all(a < b for a, b in pairwise(times)), conversation
+        positions = [push_position[s.id] for s in items if s.device_token]
+        assert positions == sorted(positions), conversation
