@@ -86,6 +86,12 @@ class GUID(TypeDecorator[str]):
 
 metadata = MetaData()
 
+
+def partial_index(name: str, *columns: Any, where: Any, unique: bool = False) -> Index:
+    """An index over the rows matching `where`, on PostgreSQL and SQLite alike."""
+    return Index(name, *columns, unique=unique, postgresql_where=where, sqlite_where=where)
+
+
 # An autoincrementing 64-bit key on PostgreSQL that is still SQLite's rowid alias.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -121,60 +127,43 @@ follow_up_requests = Table(
 
 # The due scan reads only scheduled rows; a partial index keeps it independent of how
 # many millions of sent and cancelled rows accumulate.
-Index(
+partial_index(
     "ix_follow_up_requests_due",
     follow_up_requests.c.scheduled_for,
     follow_up_requests.c.id,
-    postgresql_where=follow_up_requests.c.status == SCHEDULED,
-    sqlite_where=follow_up_requests.c.status == SCHEDULED,
-)
-# Per-conversation ordering check during a claim ("is an earlier one still in flight?").
-Index(
-    "ix_follow_up_requests_scheduled_conversation",
-    follow_up_requests.c.conversation_id,
-    follow_up_requests.c.scheduled_for,
-    postgresql_where=follow_up_requests.c.status == SCHEDULED,
-    sqlite_where=follow_up_requests.c.status == SCHEDULED,
+    where=follow_up_requests.c.status == SCHEDULED,
 )
 
 # "Does this conversation have a follow-up in flight?" during a claim: only leased rows,
 # so the index stays as small as the work in flight.
-Index(
+partial_index(
     "ix_follow_up_requests_leased",
     follow_up_requests.c.conversation_id,
-    postgresql_where=and_(
-        follow_up_requests.c.status == SCHEDULED, follow_up_requests.c.claimed_by.is_not(None)
-    ),
-    sqlite_where=and_(
+    where=and_(
         follow_up_requests.c.status == SCHEDULED, follow_up_requests.c.claimed_by.is_not(None)
     ),
 )
 
 # Window queries (stats) and cleanup read one status at a time.
-Index(
+partial_index(
     "ix_follow_up_requests_sent_at",
     follow_up_requests.c.sent_at,
-    postgresql_where=follow_up_requests.c.status == SENT,
-    sqlite_where=follow_up_requests.c.status == SENT,
+    where=follow_up_requests.c.status == SENT,
 )
-Index(
+partial_index(
     "ix_follow_up_requests_failed_at",
     follow_up_requests.c.failed_at,
-    postgresql_where=follow_up_requests.c.status == FAILED,
-    sqlite_where=follow_up_requests.c.status == FAILED,
+    where=follow_up_requests.c.status == FAILED,
 )
-Index(
+partial_index(
     "ix_follow_up_requests_cancelled_created",
     follow_up_requests.c.created_at,
-    postgresql_where=follow_up_requests.c.status == CANCELLED,
-    sqlite_where=follow_up_requests.c.status == CANCELLED,
+    where=follow_up_requests.c.status == CANCELLED,
 )
-
-Index(
+partial_index(
     "ix_follow_up_requests_cancelled_due",
     follow_up_requests.c.scheduled_for,
-    postgresql_where=follow_up_requests.c.status == CANCELLED,
-    sqlite_where=follow_up_requests.c.status == CANCELLED,
+    where=follow_up_requests.c.status == CANCELLED,
 )
 
 # Where `cleanup --archive` moves old sent and cancelled follow-ups.
@@ -242,12 +231,11 @@ follow_up_messages = Table(
 )
 # At most one in-app message per follow-up, enforced by the database as a last line of
 # defence behind the claim protocol.
-Index(
+partial_index(
     "ux_follow_up_messages_follow_up_id",
     follow_up_messages.c.follow_up_id,
     unique=True,
-    postgresql_where=follow_up_messages.c.follow_up_id.is_not(None),
-    sqlite_where=follow_up_messages.c.follow_up_id.is_not(None),
+    where=follow_up_messages.c.follow_up_id.is_not(None),
 )
 Index(
     "ix_follow_up_messages_conversation",

@@ -95,3 +95,21 @@ def test_sql_mode_prints_idempotent_ddl_without_connecting() -> None:
     assert "CREATE INDEX IF NOT EXISTS ix_follow_up_requests_due" in sql
     assert "WHERE status = 'scheduled'" in sql
     assert migrate.VERSION_TABLE in sql
+
+
+def test_migrations_match_the_tables_the_code_uses(empty_db: Database) -> None:
+    """After db upgrade, Alembic finds no difference between the schema and tables.py."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from followup_cli.tables import metadata
+
+    migrate.upgrade(empty_db)
+    with empty_db.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": migrate.VERSION_TABLE})
+        differences = [
+            d
+            for d in compare_metadata(context, metadata)
+            if not (d[0] == "remove_table" and d[1].name == migrate.VERSION_TABLE)
+        ]
+    assert differences == []

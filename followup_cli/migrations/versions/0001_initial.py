@@ -155,12 +155,6 @@ def upgrade() -> None:
             {"postgresql_where": scheduled, "sqlite_where": scheduled},
         ),
         (
-            "ix_follow_up_requests_scheduled_conversation",
-            "follow_up_requests",
-            ["conversation_id", "scheduled_for"],
-            {"postgresql_where": scheduled, "sqlite_where": scheduled},
-        ),
-        (
             "ix_provider_review_requests_conversation",
             "provider_review_requests",
             ["conversation_id"],
@@ -194,7 +188,6 @@ def downgrade() -> None:
         ("ix_follow_up_attempts_follow_up", "follow_up_attempts"),
         ("ux_follow_up_messages_follow_up_id", "follow_up_messages"),
         ("ix_follow_up_messages_conversation", "follow_up_messages"),
-        ("ix_follow_up_requests_scheduled_conversation", "follow_up_requests"),
         ("ix_follow_up_requests_due", "follow_up_requests"),
     ):
         op.drop_index(name, table_name=table, if_exists=True)
