@@ -221,7 +221,12 @@ async def _renew_periodically(renew: Callable[[], None], every: float) -> None:
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(every)
-        await loop.run_in_executor(None, renew)
+        try:
+            await loop.run_in_executor(None, renew)
+        except Exception as exc:  # one failed renewal must not end the renewals
+            # A lapsed lease could let another run push this batch again; the next try
+            # comes at the next interval, well before the lease ends.
+            log.warning("could not renew this run's leases (%s); retrying", type(exc).__name__)
 
 
 class _CancelGate:

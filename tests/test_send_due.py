@@ -194,3 +194,27 @@ def test_unparseable_ids_fail_that_row_only(tmp_path: object, settings: Settings
     assert row(db, good).status == "sent"
     assert (report.sent, report.failed) == (1, 1)
     db.close()
+
+
+def test_a_failed_lease_renewal_does_not_stop_the_renewals() -> None:
+    """A renewal that fails once (a dropped connection) is logged and retried, so a slow
+    batch keeps its leases and is never taken over by another run."""
+    import asyncio
+
+    from followup_cli.delivery import _renew_periodically
+
+    calls: list[int] = []
+
+    def renew() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("connection reset")
+
+    async def run_for_a_while() -> None:
+        renewer = asyncio.ensure_future(_renew_periodically(renew, 0.01))
+        while len(calls) < 3:
+            await asyncio.sleep(0.01)
+        renewer.cancel()
+
+    asyncio.run(asyncio.wait_for(run_for_a_while(), timeout=5))
+    assert len(calls) >= 3
