@@ -18,7 +18,6 @@ import asyncio
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -242,22 +241,21 @@ class _CancelGate:
         self._run_id = run_id
         self._pending = set(ids)
         self._interval = interval
-        self._lock = threading.Lock()
         self._live: set[str] = set()
         self._checked_at = float("-inf")
 
     def may_push(self, follow_up_id: str) -> bool:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._checked_at >= self._interval:
-                with self._db.transaction() as repo:
-                    self._live = repo.still_claimed(self._run_id, sorted(self._pending))
-                self._checked_at = now
-            self._pending.discard(follow_up_id)
-            return follow_up_id in self._live
+        # Called on the event loop thread only.
+        now = time.monotonic()
+        if now - self._checked_at >= self._interval:
+            with self._db.transaction() as repo:
+                self._live = repo.still_claimed(self._run_id, sorted(self._pending))
+            self._checked_at = now
+        self._pending.discard(follow_up_id)
+        return follow_up_id in self._live
 
 
-class _Timestamps:
+class MessageClock:
     """Strictly increasing message timestamps: one transaction's NOW() is the same for
     every row, so two follow-ups of one conversation would otherwise tie."""
 
@@ -291,7 +289,7 @@ def send_due(
     started = utcnow()
     report = RunReport(run_id=str(uuid.uuid4()), push_backend=pusher.name, started_at=started)
     lease = timedelta(seconds=settings.lease_seconds)
-    stamps = _Timestamps()
+    stamps = MessageClock()
     streak = _Streak()
     wanted = limit
 
@@ -308,7 +306,7 @@ def send_due(
         return batch
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="followups-db") as db_thread:
-        finishing: Future[_Finished] | None = None
+        finishing: Future[Finished] | None = None
         try:
             batch = claim()
             while batch:
@@ -317,7 +315,7 @@ def send_due(
                 pushed = _push_batch(db, pusher, settings, report.run_id, batch, streak, progress)
                 if finishing is not None:
                     finishing.result().add_to(report)
-                finishing = db_thread.submit(_finish_batch, db, report.run_id, pushed, stamps)
+                finishing = db_thread.submit(finish_batch, db, report.run_id, pushed, stamps)
                 if pushed.stop is not None:
                     report.stop, report.stop_reason = pushed.stop, pushed.stop_reason
                     ahead = next_batch.result()
@@ -355,10 +353,9 @@ def send_due(
 
 
 @dataclass
-class _Pushed:
+class PushedBatch:
     """One batch after its push round: what to write in the finish transaction."""
 
-    batch: Sequence[DueFollowUp]
     delivered: list[DueFollowUp]
     pushed_ids: set[str]
     failures: list[Failure]
@@ -369,18 +366,16 @@ class _Pushed:
 
 
 @dataclass
-class _Finished:
+class Finished:
     sent: set[str]
     pushed: int
     failed: list[Failure]
-    released: int
 
     def add_to(self, report: RunReport) -> None:
         report.sent += len(self.sent)
         report.pushed += self.pushed
         report.in_app_only += len(self.sent) - self.pushed
         report.failed += len(self.failed)
-        report.released += self.released
         report.failures.extend((f.follow_up_id, f.reason) for f in self.failed)
 
 
@@ -392,7 +387,7 @@ def _push_batch(
     batch: Sequence[DueFollowUp],
     streak: _Streak,
     progress: ProgressCallback | None,
-) -> _Pushed:
+) -> PushedBatch:
     lease = timedelta(seconds=settings.lease_seconds)
     plan = _plan(batch, utcnow())
     to_push = plan.push
@@ -438,8 +433,7 @@ def _push_batch(
     if progress is not None:
         progress(len(batch) - len(to_push))
     delivered.sort(key=lambda f: (f.scheduled_for, f.id))
-    return _Pushed(
-        batch=batch,
+    return PushedBatch(
         delivered=delivered,
         pushed_ids={fid for fid, o in round_.outcomes.items() if o.kind == SENT},
         failures=failures,
@@ -450,7 +444,7 @@ def _push_batch(
     )
 
 
-def _finish_batch(db: Database, run_id: str, pushed: _Pushed, stamps: _Timestamps) -> _Finished:
+def finish_batch(db: Database, run_id: str, pushed: PushedBatch, stamps: MessageClock) -> Finished:
     """One transaction: in-app messages and statuses together, attempts recorded, the rest
     handed back. Guarded updates: what the app cancelled meanwhile stays cancelled."""
     finished_at = utcnow()
@@ -472,11 +466,10 @@ def _finish_batch(db: Database, run_id: str, pushed: _Pushed, stamps: _Timestamp
         failed_ids = repo.mark_failed(run_id, pushed.failures, finished_at)
         repo.release(run_id, pushed.release)
         repo.record_attempts(run_id, pushed.attempts)
-    return _Finished(
+    return Finished(
         sent=sent_ids,
         pushed=len(sent_ids & pushed.pushed_ids),
         failed=[f for f in pushed.failures if f.follow_up_id in failed_ids],
-        released=len(pushed.release),
     )
 
 

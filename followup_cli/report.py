@@ -24,7 +24,6 @@ class RunReport:
     pushed: int = 0
     in_app_only: int = 0
     failed: int = 0
-    released: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     stop: str | None = None
     stop_reason: str | None = None

@@ -15,7 +15,14 @@ from typing import Any
 
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.delivery import attempt_records, is_valid_token, normalize_token
+from followup_cli.delivery import (
+    MessageClock,
+    PushedBatch,
+    attempt_records,
+    finish_batch,
+    is_valid_token,
+    normalize_token,
+)
 from followup_cli.push import (
     SENT,
     Pusher,
@@ -26,7 +33,7 @@ from followup_cli.push import (
     notification_title,
     payload_dict,
 )
-from followup_cli.repository import Message
+from followup_cli.repository import DueFollowUp
 from followup_cli.scheduling import Conflict, NotFound
 from followup_cli.tables import CANCELLED
 
@@ -80,6 +87,7 @@ def send(
 ) -> TestSendResult:
     run_id = f"test-send-{uuid.uuid4()}"
     req = prepared.request
+    claimed: DueFollowUp | None = None
     if mark_sent:
         now = utcnow()
         with db.transaction() as repo:
@@ -91,28 +99,27 @@ def send(
             )
     outcome = pusher.run(pusher.push(req))
     prepared.outcome = outcome
-    with db.transaction() as repo:
-        repo.record_attempts(
-            run_id, attempt_records(req.follow_up_id, outcome.attempts, is_test=True)
-        )
-        if mark_sent:
-            if outcome.kind == SENT:
-                found = repo.find_follow_up(req.follow_up_id)
-                sent = repo.mark_sent(run_id, [req.follow_up_id], utcnow())
-                if sent and found is not None:
-                    f, _ = found
-                    repo.insert_messages(
-                        [
-                            Message(
-                                follow_up_id=f.id,
-                                conversation_id=f.conversation_id,
-                                user_id=f.user_id,
-                                content=f.display_text or "",
-                                timestamp=utcnow(),
-                            )
-                        ]
-                    )
-                    prepared.marked_sent = True
-            else:
-                repo.release(run_id, [req.follow_up_id])
+    records = attempt_records(req.follow_up_id, outcome.attempts, is_test=True)
+    if claimed is None:
+        with db.transaction() as repo:
+            repo.record_attempts(run_id, records)
+        return prepared
+    # Finished exactly as send-due finishes a batch: message and status together, or the
+    # claim handed back when the push failed.
+    sent = outcome.kind == SENT
+    finished = finish_batch(
+        db,
+        run_id,
+        PushedBatch(
+            delivered=[claimed] if sent else [],
+            pushed_ids={claimed.id} if sent else set(),
+            failures=[],
+            release=[] if sent else [claimed.id],
+            attempts=records,
+            stop=None,
+            stop_reason=None,
+        ),
+        MessageClock(),
+    )
+    prepared.marked_sent = bool(finished.sent)
     return prepared
