@@ -33,10 +33,12 @@ from followup_cli.push import (
     PERMANENT,
     SENT,
     TRANSIENT,
+    UNSENT,
     Attempt,
     Pusher,
     PushOutcome,
     PushRequest,
+    config_hint,
     mask_token,
     notification_title,
 )
@@ -124,32 +126,17 @@ def _is_uuid(value: str | None) -> bool:
     return True
 
 
-@dataclass
-class _Streak:
-    """Follow-ups in a row, across the run's batches, that exhausted their attempts."""
-
-    count: int = 0
-
-
 class _PushRound:
     """Pushes one batch: conversations in parallel, each conversation in order, at most
     `pusher.concurrency` notifications in flight.
 
-    Stops early (leaving the rest unpushed) on a configuration error, or when
-    `outage_threshold` follow-ups in a row exhausted their attempts.
+    Stops early (leaving the rest unpushed) on a configuration error, or once the
+    pusher's outage breaker has tripped (it counts failed attempts across the run).
     """
 
-    def __init__(
-        self,
-        pusher: Pusher,
-        outage_threshold: int,
-        may_push: Callable[[str], bool],
-        streak: _Streak,
-    ) -> None:
+    def __init__(self, pusher: Pusher, may_push: Callable[[str], bool]) -> None:
         self._pusher = pusher
-        self._outage_threshold = outage_threshold
         self._may_push = may_push
-        self._streak = streak
         self.stop: str | None = None
         self.stop_reason: str | None = None
         self.outcomes: dict[str, PushOutcome] = {}
@@ -195,6 +182,9 @@ class _PushRound:
             async with slots:
                 if self.stop is not None:
                     return
+                if self._pusher.breaker.tripped:
+                    self._stop_for_outage()
+                    return
                 if not self._may_push(req.follow_up_id):
                     continue  # cancelled by the app since the claim
                 outcome = await self._pusher.push(req)
@@ -207,12 +197,12 @@ class _PushRound:
         self.outcomes[req.follow_up_id] = outcome
         if outcome.kind == CONFIG and self.stop is None:
             self.stop, self.stop_reason = STOP_CONFIG, outcome.reason
-        elif outcome.kind == TRANSIENT:
-            self._streak.count += 1
-            if self._streak.count >= self._outage_threshold and self.stop is None:
-                self.stop, self.stop_reason = STOP_OUTAGE, outcome.reason
-        elif outcome.kind == SENT:
-            self._streak.count = 0
+        elif self._pusher.breaker.tripped:
+            self._stop_for_outage()
+
+    def _stop_for_outage(self) -> None:
+        if self.stop is None:
+            self.stop, self.stop_reason = STOP_OUTAGE, self._pusher.breaker.reason
 
 
 async def _renew_periodically(renew: Callable[[], None], every: float) -> None:
@@ -290,7 +280,6 @@ def send_due(
     report = RunReport(run_id=str(uuid.uuid4()), push_backend=pusher.name, started_at=started)
     lease = timedelta(seconds=settings.lease_seconds)
     stamps = MessageClock()
-    streak = _Streak()
     wanted = limit
 
     def claim() -> list[DueFollowUp]:
@@ -312,7 +301,7 @@ def send_due(
             while batch:
                 report.claimed += len(batch)
                 next_batch = db_thread.submit(claim)
-                pushed = _push_batch(db, pusher, settings, report.run_id, batch, streak, progress)
+                pushed = _push_batch(db, pusher, settings, report.run_id, batch, progress)
                 if finishing is not None:
                     finishing.result().add_to(report)
                 finishing = db_thread.submit(finish_batch, db, report.run_id, pushed, stamps)
@@ -385,7 +374,6 @@ def _push_batch(
     settings: Settings,
     run_id: str,
     batch: Sequence[DueFollowUp],
-    streak: _Streak,
     progress: ProgressCallback | None,
 ) -> PushedBatch:
     lease = timedelta(seconds=settings.lease_seconds)
@@ -397,7 +385,7 @@ def _push_batch(
         with db.transaction() as repo:
             repo.renew_claims(run_id, utcnow() + lease)
 
-    round_ = _PushRound(pusher, settings.outage_threshold, gate.may_push, streak)
+    round_ = _PushRound(pusher, gate.may_push)
     round_.run(to_push, renew, settings.lease_seconds / 3, progress)
 
     delivered: list[DueFollowUp] = list(plan.in_app)
@@ -406,7 +394,8 @@ def _push_batch(
     attempts: list[AttemptRecord] = list(plan.notes)
     for f, req in to_push:
         outcome = round_.outcomes.get(f.id)
-        if outcome is None:  # not pushed: cancelled meanwhile, or the round stopped first
+        if outcome is None or outcome.kind == UNSENT:
+            # Not pushed: cancelled meanwhile, or the run stopped before it went out.
             release.append(f.id)
             continue
         attempts.extend(attempt_records(f.id, outcome.attempts))
@@ -511,7 +500,7 @@ def _alert(alerter: Alerter, report: RunReport) -> None:
         alerter.alert(
             f"followups: send-due stopped: APNs rejected our configuration "
             f"({report.stop_reason}). Nothing was marked failed; the follow-ups stay "
-            "scheduled. Check FOLLOWUPS_APNS_KEY_FILE, _KEY_ID, _TEAM_ID, _TOPIC and _ENV."
+            f"scheduled. {config_hint(report.stop_reason)}"
         )
     elif report.stop == STOP_OUTAGE:
         alerter.alert(

@@ -37,6 +37,7 @@ SENT = "sent"
 TRANSIENT = "transient"  # worth retrying later: network, 429, 5xx, unknown answers
 PERMANENT = "permanent"  # this device will never take it: bad or unregistered token
 CONFIG = "config"  # our key, team or topic is wrong: stop, fail nothing
+UNSENT = "unsent"  # never sent: the run had stopped (configuration or outage) first
 
 # APNs reasons that mean this device token will never work: a requeue needs a new token
 # (or in-app-only delivery).
@@ -89,13 +90,53 @@ class PushOutcome:
         return self.attempts[-1].status_code if self.attempts else None
 
 
+class OutageBreaker:
+    """Counts a run's failed push *attempts* in a row: server errors (5xx), timeouts and
+    connection failures. Any real answer from the push service (accepted, or refused for
+    this one notification) resets the count; APNs' per-device 429 leaves it alone.
+
+    At `threshold` failures in a row it trips for the rest of the run: no new push and no
+    further retry starts, and the run stops as an outage with nothing marked failed.
+    While the count is above zero the pusher lets one attempt through at a time (see
+    `suspect`), so a full outage costs about `threshold` requests however big the batch,
+    instead of every in-flight stream failing and retrying three times.
+    """
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = max(1, threshold)
+        self.failures = 0
+        self.reason: str | None = None
+
+    @property
+    def tripped(self) -> bool:
+        return self.failures >= self.threshold
+
+    @property
+    def suspect(self) -> bool:
+        """The last attempt failed: probe one attempt at a time until one succeeds."""
+        return self.failures > 0
+
+    def failure(self, reason: str) -> None:
+        if not self.tripped:
+            self.failures += 1
+            self.reason = reason
+
+    def answered(self) -> None:
+        if not self.tripped:
+            self.failures = 0
+
+
 class Pusher(Protocol):
     """Sends notifications. push() is a coroutine: many run at once on the pusher's own
     event loop, which run() drives from synchronous code (one loop for the pusher's life,
-    so a connection made in one batch serves the next)."""
+    so a connection made in one batch serves the next).
+
+    `breaker` lives as long as the pusher (one run): the delivery service starts no push
+    once it has tripped, and the pusher starts no retry."""
 
     name: str
     concurrency: int
+    breaker: OutageBreaker
 
     async def push(self, request: PushRequest) -> PushOutcome: ...
 
@@ -123,6 +164,19 @@ class EventLoopOwner:
             self._loop.run_until_complete(self.aclose())
             self._loop.close()
         self._loop = None
+
+
+def config_hint(reason: str | None) -> str:
+    """What the operator checks after APNs refused our configuration with `reason`."""
+    if reason == "TooManyProviderTokenUpdates":
+        return (
+            "APNs refused a provider token renewed within 20 minutes of the last one: "
+            "something else signs tokens with this key (give each sender its own key) or a "
+            "host's clock is far off. The next run tries again with the same token."
+        )
+    if reason == "ExpiredProviderToken":
+        return "APNs calls a freshly signed provider token expired: check the host's clock (NTP)."
+    return "Check FOLLOWUPS_APNS_KEY_FILE, _KEY_ID, _TEAM_ID, _TOPIC and _ENV."
 
 
 def mask_token(token: str | None) -> str:
@@ -213,6 +267,7 @@ class LogPusher(EventLoopOwner):
     def __init__(self, concurrency: int = 16) -> None:
         super().__init__()
         self.concurrency = concurrency
+        self.breaker = OutageBreaker(1)  # nothing to fail: never trips
 
     async def push(self, request: PushRequest) -> PushOutcome:
         body = fit_body(request)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from followup_cli.push import config_hint
 from followup_cli.report import STOP_CONFIG, STOP_OUTAGE, RunReport
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ def stop_line(report: RunReport) -> str:
     if report.stop == STOP_CONFIG:
         return (
             f"APNs rejected our configuration ({report.stop_reason}); run stopped, nothing "
-            "marked failed, the remaining follow-ups stay scheduled"
+            f"marked failed, the remaining follow-ups stay scheduled. "
+            f"{config_hint(report.stop_reason)}"
         )
     if report.stop == STOP_OUTAGE:
         return (

@@ -43,8 +43,8 @@ class Settings:
     # How stale the "was it cancelled meanwhile?" check before a push may be.
     cancel_check_seconds: float = 0.2
     batch_size: int = 1000
-    # This many follow-ups in a row exhausting their attempts means APNs is down:
-    # the run stops and leaves the rest scheduled.
+    # This many failed push attempts in a row (5xx, timeouts, connection failures) means
+    # APNs is down: the run stops and leaves the rest scheduled.
     outage_threshold: int = 5
     alert_webhook_url: str | None = None
     heartbeat_url: str | None = None

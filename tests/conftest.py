@@ -168,10 +168,13 @@ def apns_server() -> Iterator[FakeAPNs]:
 def apns(apns_server: FakeAPNs) -> Iterator[FakeAPNs]:
     apns_server.clear_rules()
     apns_server.reset_records()
+    apns_server.reset_tokens()
     apns_server.latency = 0.0
+    apns_server.goaway_after = None
     yield apns_server
     apns_server.clear_rules()
     apns_server.reset_records()
+    apns_server.goaway_after = None
 
 
 @pytest.fixture

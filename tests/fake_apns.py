@@ -30,6 +30,25 @@ status and ``{"reason": ...}`` body:
 Otherwise 200 with an empty body. Every answer carries ``apns-id`` (the request's, else a
 new uuid4).
 
+The connection and token rules Apple's servers enforce (Apple's "Sending notification
+requests to APNs" and "Establishing a token-based connection to APNs", and what pushy,
+apns2, PyAPNs2 and aioapns learned in their issue trackers), on unless switched off:
+
+- ``stream_gating``: a new connection advertises SETTINGS_MAX_CONCURRENT_STREAMS = 1 until
+  a notification is accepted, then ``max_streams`` (1000); a rejected notification drops
+  it to 1 again, the next accepted one raises it. The SETTINGS frame goes out before the
+  answer that caused it. A stream above the advertised limit (counting streams not yet
+  answered) is reset with REFUSED_STREAM and recorded with reason "refused".
+- ``token_rules``: per key id and team, a provider token never seen before is a renewal;
+  a renewal within 20 minutes of the previous one is answered 429
+  TooManyProviderTokenUpdates, across every connection and client (``token_renewals``
+  counts them). A token with ``iat`` over an hour old is 403 ExpiredProviderToken.
+- ``goaway_after``: after that many requests on a connection, GOAWAY (NO_ERROR, debug
+  data ``{"reason": "Shutdown"}``) with the last stream id received; streams at or below
+  it are still answered, then the connection closes. Streams above it are never
+  processed (recorded with reason "goaway"). ``goaway_now()`` does it on every open
+  connection at once.
+
 Each request that reached the handler is recorded in :attr:`FakeAPNs.requests` just
 before its answer is written, so once a client has its response the record is there.
 Requests never answered are recorded with ``status=0`` and ``reason`` "reset", "stall"
@@ -115,6 +134,50 @@ _PUSH_TYPES: Final = frozenset(
         "controls",
     }
 )
+TOKEN_RENEWAL_MIN_SECONDS: Final = 20 * 60
+_HIGH_STREAM_LIMIT: Final = 1000
+_AUTH_STATUS: Final[dict[str, int]] = {"TooManyProviderTokenUpdates": 429}
+
+
+class _UnenforcedSettings(h2.settings.Settings):
+    """h2 would end the whole connection (PROTOCOL_ERROR) on a stream above the advertised
+    limit; APNs refuses just that stream, which the protocol below does itself."""
+
+    @property  # type: ignore[override]
+    def max_concurrent_streams(self) -> int:
+        return 2**31 - 1
+
+
+_Inputs = h2.connection.ConnectionInputs
+_CLOSED = h2.connection.ConnectionState.CLOSED
+
+
+class _DrainingStateMachine(h2.connection.H2ConnectionStateMachine):
+    """After its GOAWAY a server still answers the streams at or below the last stream id;
+    h2 would refuse to send or receive anything once the GOAWAY is out."""
+
+    _transitions = {
+        **h2.connection.H2ConnectionStateMachine._transitions,
+        **{
+            (_CLOSED, event): (None, _CLOSED)
+            for event in (
+                _Inputs.SEND_HEADERS,
+                _Inputs.SEND_DATA,
+                _Inputs.SEND_RST_STREAM,
+                _Inputs.SEND_WINDOW_UPDATE,
+                _Inputs.SEND_SETTINGS,
+                _Inputs.RECV_HEADERS,
+                _Inputs.RECV_DATA,
+                _Inputs.RECV_RST_STREAM,
+                _Inputs.RECV_WINDOW_UPDATE,
+                _Inputs.RECV_SETTINGS,
+                _Inputs.RECV_PING,
+                _Inputs.RECV_PRIORITY,
+            )
+        },
+    }
+
+
 _DEFAULT_REASONS: Final[dict[int, str]] = {
     400: "BadDeviceToken",
     403: "InvalidProviderToken",
@@ -127,7 +190,7 @@ _DEFAULT_REASONS: Final[dict[int, str]] = {
     503: "ServiceUnavailable",
 }
 
-Action = Literal["reset", "stall"]
+Action = Literal["reset", "stall", "refuse"]
 
 
 @dataclass(frozen=True)
@@ -313,7 +376,20 @@ class _H2Protocol(asyncio.Protocol):
         self._conn = h2.connection.H2Connection(
             config=h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
+        self._conn.state_machine = _DrainingStateMachine()
+        self._limit = 1 if server.stream_gating else _HIGH_STREAM_LIMIT
+        self._conn.local_settings = _UnenforcedSettings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self._limit,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 2**16,
+            },
+        )
         self._streams: dict[int, _Stream] = {}
+        self._active: set[int] = set()  # received, not yet answered or reset
+        self._requests_seen = 0
+        self._last_request_id = 0
+        self._goaway_last: int | None = None
         self._closed = False
 
     # asyncio callbacks
@@ -329,7 +405,6 @@ class _H2Protocol(asyncio.Protocol):
             return
         self._server._connection_opened(self)
         self._conn.initiate_connection()
-        self._conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
         self._flush()
 
     def data_received(self, data: bytes) -> None:
@@ -375,6 +450,37 @@ class _H2Protocol(asyncio.Protocol):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._transport.abort()
 
+    def goaway(self, reason: str = "Shutdown") -> None:
+        """GOAWAY with the last stream received: those still get their answers."""
+        if self._closed or self._goaway_last is not None:
+            return
+        self._goaway_last = self._last_request_id
+        self._conn.close_connection(
+            h2.errors.ErrorCodes.NO_ERROR,
+            additional_data=json.dumps({"reason": reason}).encode(),
+            last_stream_id=self._goaway_last,
+        )
+        self._server._goaway_sent()
+        self._flush()
+        self._close_if_drained()
+
+    def _stream_done(self, stream_id: int) -> None:
+        self._active.discard(stream_id)
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self._goaway_last is not None and not self._active:
+            self.close()
+
+    def _advertise_for(self, status: int) -> None:
+        """APNs' limit follows its answers: 1 after a rejection, high after an acceptance."""
+        if not self._server.stream_gating:
+            return
+        wanted = _HIGH_STREAM_LIMIT if status == 200 else 1
+        if wanted != self._limit:
+            self._limit = wanted
+            self._conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: wanted})
+
     # HTTP/2
 
     def _flush(self) -> None:
@@ -394,7 +500,21 @@ class _H2Protocol(asyncio.Protocol):
                 elif not name.startswith(":"):
                     previous = stream.headers.get(name)
                     stream.headers[name] = value if previous is None else f"{previous}, {value}"
+            if self._goaway_last is not None and event.stream_id > self._goaway_last:
+                self._server._record_unanswered(stream, "goaway")  # ignored, as RFC 9113 says
+                return
+            if len(self._active) >= self._limit:
+                self._conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                self._server._record_unanswered(stream, "refused")
+                return
             self._streams[event.stream_id] = stream
+            self._last_request_id = event.stream_id
+            self._active.add(event.stream_id)
+            self._server._in_flight(len(self._active))
+            self._requests_seen += 1
+            after = self._server.goaway_after
+            if after is not None and self._requests_seen >= after and self._goaway_last is None:
+                self.goaway()
         elif isinstance(event, h2.events.DataReceived):
             data = event.data or b""
             stream_or_none = self._streams.get(event.stream_id)
@@ -412,6 +532,7 @@ class _H2Protocol(asyncio.Protocol):
                     self._respond(event.stream_id, stream_or_none)
                 )
         elif isinstance(event, h2.events.StreamReset):
+            self._stream_done(event.stream_id)
             stream_or_none = self._streams.pop(event.stream_id, None)
             if stream_or_none is not None:
                 if stream_or_none.task is not None:
@@ -433,6 +554,7 @@ class _H2Protocol(asyncio.Protocol):
     async def _respond(self, stream_id: int, stream: _Stream) -> None:
         server = self._server
         recorded = False
+        stalled = False
         try:
             token, answer, apns_id, payload, claims = server._decide(stream)
 
@@ -454,8 +576,14 @@ class _H2Protocol(asyncio.Protocol):
                     )
                 )
 
+            if answer.action == "refuse":
+                record(0, "refused")
+                self._conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                self._flush()
+                return
             if answer.action == "stall":
                 record(0, "stall")
+                stalled = True  # holds its stream slot until the client resets it
                 return
             latency = server.latency
             if latency > 0:
@@ -467,6 +595,7 @@ class _H2Protocol(asyncio.Protocol):
             if self._closed:
                 return  # recorded as "cancelled" below
             record(answer.status, answer.reason)
+            self._advertise_for(answer.status)
             headers = [(":status", str(answer.status)), ("apns-id", apns_id)]
             if answer.body:
                 headers.append(("content-type", "application/json"))
@@ -488,6 +617,8 @@ class _H2Protocol(asyncio.Protocol):
         finally:
             if not recorded:
                 server._record_unanswered(stream, "cancelled")
+            if not stalled:
+                self._stream_done(stream_id)
 
     async def _send_body(self, stream_id: int, stream: _Stream, data: bytes) -> None:
         while data:
@@ -520,13 +651,25 @@ class FakeAPNs:
         key_id: str = "ABC123DEFG",
         team_id: str = "TEAM123456",
         port: int = 0,
+        stream_gating: bool = True,
+        token_rules: bool = True,
+        goaway_after: int | None = None,
     ) -> None:
         self.latency = latency
         self.topic = topic
         self.key_id = key_id
         self.team_id = team_id
+        self.stream_gating = stream_gating
+        self.token_rules = token_rules
+        self.goaway_after = goaway_after
         self.requests: list[Received] = []
         self.connections_opened = 0
+        self.goaways_sent = 0
+        self.max_streams_in_flight = 0  # on one connection, since the last reset_records()
+        # Provider-token renewals per (kid, iss): tokens seen, and when the last was new.
+        self.token_renewals = 0
+        self._tokens_seen: dict[tuple[str, str], set[str]] = {}
+        self._last_renewal: dict[tuple[str, str], float] = {}
 
         self._requested_port = port
         self._port: int | None = None
@@ -702,6 +845,45 @@ class FakeAPNs:
         with self._lock:
             return len(self._protocols)
 
+    def goaway_now(self, reason: str = "Shutdown") -> None:
+        """Send GOAWAY on every open connection (streams in flight still get answers)."""
+        self._on_loop(lambda: [p.goaway(reason) for p in list(self._protocols)])
+
+    def _on_loop(self, action: Callable[[], object]) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                action()
+            finally:
+                done.set()
+
+        loop.call_soon_threadsafe(run)
+        done.wait(timeout=2.0)
+
+    def _in_flight(self, streams: int) -> None:
+        if streams > self.max_streams_in_flight:
+            self.max_streams_in_flight = streams
+
+    def _goaway_sent(self) -> None:
+        with self._lock:
+            self.goaways_sent += 1
+
+    def reset_tokens(self) -> None:
+        """Forget every provider token seen: the next one is a first, not a renewal."""
+        with self._lock:
+            self._tokens_seen.clear()
+            self._last_renewal.clear()
+            self.token_renewals = 0
+
+    def refused(self) -> list[Received]:
+        """Requests refused with REFUSED_STREAM (above the advertised stream limit)."""
+        with self._lock:
+            return [r for r in self.requests if r.reason == "refused"]
+
     def drop_connections(self) -> None:
         """Abruptly close every client connection (the listener stays up)."""
         loop = self._loop
@@ -734,9 +916,10 @@ class FakeAPNs:
         raw ``body``) ``times`` times (None: forever), after the auth and topic checks.
         ``reason`` None: APNs's usual reason for ``status``. 410 answers carry a
         ``timestamp`` unless ``timestamp=False``. ``action="reset"`` drops the connection
-        instead of answering; ``action="stall"`` never answers."""
-        if action not in (None, "reset", "stall"):
-            raise ValueError(f"action must be None, 'reset' or 'stall', not {action!r}")
+        instead of answering; ``action="stall"`` never answers; ``action="refuse"`` resets the
+        stream with REFUSED_STREAM (not processed)."""
+        if action not in (None, "reset", "stall", "refuse"):
+            raise ValueError(f"action must be None, 'reset', 'stall' or 'refuse', not {action!r}")
         if times is not None and times < 1:
             raise ValueError("times must be None or >= 1")
         with self._lock:
@@ -788,6 +971,9 @@ class FakeAPNs:
     def reset_records(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.connections_opened = 0
+            self.goaways_sent = 0
+            self.max_streams_in_flight = 0
 
     def _record(self, received: Received) -> None:
         with self._recorded:
@@ -842,7 +1028,8 @@ class FakeAPNs:
             return token, answer(403, "MissingProviderToken"), apns_id, payload, claims
         claims, auth_problem = self._check_provider_token(authorization)
         if auth_problem is not None:
-            return token, answer(403, auth_problem), apns_id, payload, claims
+            status = _AUTH_STATUS.get(auth_problem, 403)
+            return token, answer(status, auth_problem), apns_id, payload, claims
 
         topic = headers.get("apns-topic")
         if topic is None:
@@ -909,7 +1096,26 @@ class FakeAPNs:
             return sent, "InvalidProviderToken"
         if time.time() - iat > TOKEN_MAX_AGE_SECONDS:
             return sent, "ExpiredProviderToken"
+        if self.token_rules and not self._is_allowed_renewal(
+            (str(header.get("kid")), str(sent.get("iss"))), token
+        ):
+            return sent, "TooManyProviderTokenUpdates"
         return sent, None
+
+    def _is_allowed_renewal(self, signer: tuple[str, str], token: str) -> bool:
+        """A token not seen before is a renewal: at most one per 20 minutes per key."""
+        now = time.time()
+        with self._lock:
+            seen = self._tokens_seen.setdefault(signer, set())
+            if token in seen:
+                return True
+            last = self._last_renewal.get(signer)
+            if last is not None and now - last < TOKEN_RENEWAL_MIN_SECONDS:
+                return False
+            seen.add(token)
+            self._last_renewal[signer] = now
+            self.token_renewals += 1
+            return True
 
     @staticmethod
     def _check_headers(headers: dict[str, str]) -> str | None:
@@ -958,6 +1164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topic", default="com.example.parent")
     parser.add_argument("--key-id", default="ABC123DEFG")
     parser.add_argument("--team-id", default="TEAM123456")
+    parser.add_argument("--goaway-after", type=int, default=None, help="requests per connection")
+    parser.add_argument("--no-gating", action="store_true", help="no APNs stream limits")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
@@ -974,6 +1182,8 @@ def main(argv: list[str] | None = None) -> None:
         key_id=args.key_id,
         team_id=args.team_id,
         port=args.port,
+        stream_gating=not args.no_gating,
+        goaway_after=args.goaway_after,
     )
     with apns:
         print(f"FOLLOWUPS_APNS_URL={apns.url}")

@@ -1,0 +1,318 @@
+"""send-due against the fake APNs with Apple's connection rules in force: stream limits
+that start at 1 and follow rejections, refused streams, GOAWAY, one provider token per
+key and 20 minutes across runs and processes, the 60-minute expiry, and the outage
+breaker. Each test names the rule it holds the client to."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from dataclasses import replace
+from datetime import timedelta
+
+import jwt
+import pytest
+from freezegun import freeze_time
+from sqlalchemy import select
+
+from followup_cli.alerts import LogAlerter, WebhookAlerter
+from followup_cli.clock import utcnow
+from followup_cli.db import Database
+from followup_cli.delivery import send_due
+from followup_cli.push import PushRequest, make_pusher
+from followup_cli.report import RunReport
+from followup_cli.settings import Settings
+from followup_cli.tables import follow_up_attempts
+from tests.fake_apns import FakeAPNs
+from tests.fake_webhook import FakeWebhook
+from tests.helpers import apns_env, app_row, row
+
+
+def deliver(db: Database, settings: Settings, webhook: FakeWebhook | None = None) -> RunReport:
+    pusher = make_pusher(settings)
+    alerter = WebhookAlerter(webhook.url) if webhook else LogAlerter()
+    try:
+        return send_due(db, pusher, settings, alerter)
+    finally:
+        pusher.close()
+
+
+def token(n: int) -> str:
+    return f"{n:064x}"
+
+
+def attempt_counts(db: Database) -> Counter[str]:
+    a = follow_up_attempts.c
+    with db.engine.connect() as conn:
+        return Counter(conn.scalars(select(a.follow_up_id)))
+
+
+def pushes_per_follow_up(apns: FakeAPNs) -> Counter[str]:
+    """How many times APNs accepted each follow-up (its collapse id)."""
+    return Counter(apns.collapse_ids())
+
+
+def test_new_connection_sends_one_stream_until_apns_has_answered(
+    db: Database, apns_settings: Settings, apns: FakeAPNs
+) -> None:
+    """APNs allows 1 stream until a push is accepted: no stream is refused, one
+    connection serves the whole run, and the limit is used once it is raised."""
+    ids = [app_row(db, device_token=token(i)) for i in range(400)]
+    apns.latency = 0.005
+    report = deliver(db, apns_settings)
+    assert (report.sent, report.failed, report.stop) == (400, 0, None)
+    assert apns.refused() == []
+    assert apns.connections_opened == 1
+    assert apns.max_streams_in_flight > 1  # the raised limit was used
+    assert set(pushes_per_follow_up(apns).values()) == {1}
+    assert attempt_counts(db) == Counter(dict.fromkeys(ids, 1))
+
+
+def test_limit_follows_rejections_down_and_up_without_reconnects(
+    db: Database, apns_settings: Settings, apns: FakeAPNs
+) -> None:
+    """10 % dead tokens: the limit drops to 1 after each rejection and rises after the next
+    acceptance. Streams refused meanwhile are sent again, never counted as attempts."""
+    dead = {token(i) for i in range(0, 400, 10)}
+    ids = [app_row(db, device_token=token(i)) for i in range(400)]
+    for t in dead:
+        apns.respond(410, "Unregistered", token=t)
+    apns.latency = 0.005
+    report = deliver(db, apns_settings)
+    assert (report.sent, report.failed, report.stop) == (360, 40, None)
+    assert apns.connections_opened == 1
+    assert attempt_counts(db) == Counter(dict.fromkeys(ids, 1))
+    assert set(pushes_per_follow_up(apns).values()) == {1}
+    assert all(row(db, fid).failure_reason == "Unregistered" for fid in ids[::10])
+
+
+def test_refused_stream_is_sent_again_without_using_an_attempt(
+    db: Database, apns_settings: Settings, apns: FakeAPNs
+) -> None:
+    """REFUSED_STREAM means not processed: sent again, no attempt used, and the outage
+    breaker (here tripping at the first failed attempt) does not count it."""
+    fid = app_row(db)
+    apns.respond(200, action="refuse", times=3)
+    report = deliver(db, replace(apns_settings, outage_threshold=1))
+    assert (report.sent, report.stop) == (1, None)
+    assert [r.reason for r in apns.requests] == ["refused"] * 3 + [None]
+    assert attempt_counts(db) == Counter({fid: 1})
+
+
+def test_goaway_mid_batch_pushes_each_follow_up_once_and_never_stops_the_run(
+    db: Database, apns_settings: Settings, apns: FakeAPNs, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GOAWAY after every 100 requests: streams at or below the last-stream-id are
+    answered and waited for, those above it go again on a new connection, the reason is
+    logged, and nothing is pushed twice."""
+    ids = [app_row(db, device_token=token(i)) for i in range(400)]
+    apns.latency = 0.005
+    apns.goaway_after = 100
+    with caplog.at_level(logging.INFO, logger="followups.push"):
+        report = deliver(db, apns_settings)
+    assert (report.sent, report.failed, report.stop) == (400, 0, None)
+    assert apns.goaways_sent >= 3
+    assert apns.connections_opened in (apns.goaways_sent, apns.goaways_sent + 1)
+    assert set(pushes_per_follow_up(apns).values()) == {1}
+    assert len(pushes_per_follow_up(apns)) == 400
+    assert attempt_counts(db) == Counter(dict.fromkeys(ids, 1))
+    assert "GOAWAY, reason Shutdown" in caplog.text
+
+
+def test_goaway_while_a_stream_is_in_flight_still_reads_its_answer(
+    db: Database, apns_settings: Settings, apns: FakeAPNs
+) -> None:
+    """A GOAWAY whose last-stream-id covers the push in flight: its answer still counts."""
+    app_row(db)
+    apns.goaway_after = 1
+    report = deliver(db, apns_settings)
+    assert (report.sent, report.stop) == (1, None)
+    [push] = apns.requests
+    assert push.status == 200
+
+
+def _cli_send_due(url: str, apns: FakeAPNs) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUPS_")}
+    env.update(apns_env(apns))
+    return subprocess.Popen(
+        [sys.executable, "-m", "followup_cli", "--database-url", url, "send-due"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_every_run_and_host_uses_the_same_provider_token(
+    db_url: str, db: Database, apns: FakeAPNs
+) -> None:
+    """Three cron minutes in a row, the third on two hosts at once: one token renewal in
+    all, every follow-up delivered, no TooManyProviderTokenUpdates."""
+    ids: list[str] = []
+    for runs in (1, 1, 2):
+        ids += [app_row(db, device_token=token(len(ids) + i)) for i in range(50)]
+        procs = [_cli_send_due(db_url, apns) for _ in range(runs)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+    assert all(row(db, fid).status == "sent" for fid in ids)
+    assert apns.token_renewals == 1
+    assert not [r for r in apns.requests if r.reason == "TooManyProviderTokenUpdates"]
+    assert len({r.headers["authorization"] for r in apns.requests}) == 1
+
+
+def test_token_renewed_at_most_every_20_minutes_and_never_used_past_an_hour(
+    apns_settings: Settings, apns: FakeAPNs
+) -> None:
+    """One long-lived pusher pushing every 7 minutes for two hours: each token APNs sees is
+    younger than an hour, renewals are at least 20 minutes apart, none is refused."""
+    pusher = make_pusher(apns_settings)
+    start = utcnow().replace(minute=3, second=0, microsecond=0)
+    try:
+        for step in range(18):
+            with freeze_time(start + timedelta(minutes=7 * step)):
+                request = PushRequest(
+                    str(uuid.uuid4()), str(uuid.uuid4()), token(step), "T", "B", False
+                )
+                outcome = pusher.run(pusher.push(request))
+                assert outcome.kind == "sent", outcome.reason
+    finally:
+        pusher.close()
+    issued = [r.jwt_claims["iat"] for r in apns.requests if r.jwt_claims is not None]
+    seen_at = [start + timedelta(minutes=7 * step) for step in range(18)]
+    assert all(0 <= at.timestamp() - iat < 3600 for at, iat in zip(seen_at, issued, strict=True))
+    renewals = sorted(set(issued))
+    assert all(b - a >= 20 * 60 for a, b in zip(renewals, renewals[1:], strict=False))
+    assert apns.token_renewals == len(renewals) >= 4
+
+
+def _other_signer_renews_now(apns: FakeAPNs) -> None:
+    """Something else signs a token with the same key (another service, a script)."""
+    with open(apns.key_file, "rb") as f:
+        key = f.read()
+    other = jwt.encode(
+        {"iss": apns.team_id, "iat": int(utcnow().timestamp())},
+        key,
+        algorithm="ES256",
+        headers={"kid": apns.key_id},
+    )
+    accepted = apns._check_provider_token(f"bearer {other}")[1]
+    assert accepted is None
+
+
+def test_too_many_provider_token_updates_stops_once_and_the_next_run_goes_on(
+    db: Database, apns_settings: Settings, apns: FakeAPNs, webhook: FakeWebhook
+) -> None:
+    """429 TooManyProviderTokenUpdates: a configuration stop. Nothing failed, no attempt
+    used up, one alert; once 20 minutes have passed the next run delivers everything."""
+    ids = [app_row(db, device_token=token(i)) for i in range(5)]
+    now = utcnow()
+    with freeze_time(now):
+        _other_signer_renews_now(apns)
+        report = deliver(db, apns_settings, webhook)
+    assert (report.stop, report.stop_reason, report.failed) == (
+        "config_error",
+        "TooManyProviderTokenUpdates",
+        0,
+    )
+    assert len(apns.requests) == 1, [
+        (r.reason, r.token[:4], r.headers.get(":path")) for r in apns.requests
+    ]
+    assert all((row(db, f).status, row(db, f).claimed_by) == ("scheduled", None) for f in ids)
+    [text] = webhook.texts()
+    assert "TooManyProviderTokenUpdates" in text
+    with freeze_time(now + timedelta(minutes=21)):
+        later = deliver(db, apns_settings)
+    assert (later.sent, later.stop) == (5, None)
+
+
+def test_expired_provider_token_is_signed_again_once_and_resent(
+    db: Database, apns_settings: Settings, apns: FakeAPNs
+) -> None:
+    """403 ExpiredProviderToken once: the token is signed anew and the push resent; the
+    follow-up keeps its attempts."""
+    fid = app_row(db)
+    apns.respond(403, "ExpiredProviderToken", times=1)
+    report = deliver(db, apns_settings)
+    assert (report.sent, report.stop) == (1, None)
+    assert [r.status for r in apns.requests] == [403, 200]
+    assert attempt_counts(db) == Counter({fid: 1})
+
+
+def test_provider_token_still_expired_after_signing_again_is_a_configuration_stop(
+    db: Database, apns_settings: Settings, apns: FakeAPNs
+) -> None:
+    """Expired twice in a row means this host's clock is off: stop, fail nothing."""
+    fid = app_row(db)
+    apns.respond(403, "ExpiredProviderToken")
+    report = deliver(db, apns_settings)
+    assert (report.stop, report.stop_reason, report.failed) == (
+        "config_error",
+        "ExpiredProviderToken",
+        0,
+    )
+    assert len(apns.requests) == 2
+    assert row(db, fid).status == "scheduled"
+
+
+def test_full_outage_costs_a_few_requests_however_big_the_batch(
+    db: Database, apns_settings: Settings, apns: FakeAPNs, webhook: FakeWebhook
+) -> None:
+    """Every push answered 503: the breaker counts failed attempts and lets one through
+    at a time once one failed, so 1,000 due follow-ups cost about the threshold in
+    requests. Nothing is marked failed; one alert."""
+    ids = [app_row(db, device_token=token(i)) for i in range(1000)]
+    apns.respond(503, "ServiceUnavailable")
+    settings = replace(apns_settings, outage_threshold=5, batch_size=1000, push_concurrency=200)
+    report = deliver(db, settings, webhook)
+    assert (report.stop, report.exit_code, report.failed) == ("outage", 1, 0)
+    assert 5 <= len(apns.requests) <= 2 * 5
+    assert sum(row(db, fid).status == "scheduled" for fid in ids) == 1000
+    assert [t for t in webhook.texts() if "APNs keeps failing" in t]
+
+
+def test_outage_on_an_established_connection_is_bounded_by_what_was_in_flight(
+    db: Database, apns_settings: Settings, apns: FakeAPNs
+) -> None:
+    """APNs fails mid-run on a connection whose limit is already high: the pushes in
+    flight fail once each, then no retry starts."""
+    ids = [app_row(db, device_token=token(i)) for i in range(600)]
+    apns.latency = 0.002
+    apns.respond(200, times=100)
+    apns.respond(503, "ServiceUnavailable")
+    settings = replace(apns_settings, outage_threshold=5, push_concurrency=50)
+    report = deliver(db, settings)
+    assert (report.stop, report.failed) == ("outage", 0)
+    failed_requests = [r for r in apns.requests if r.status == 503]
+    assert len(failed_requests) <= 50 + 5
+    assert sum(row(db, fid).status == "sent" for fid in ids) == 100
+
+
+def test_breaker_counts_failed_attempts_across_batches(
+    db: Database, apns_settings: Settings, apns: FakeAPNs
+) -> None:
+    """Batches of one: the first follow-up uses its 3 attempts and is failed; the count
+    carries into the next batch, where the 5th failed attempt in a row trips it."""
+    ids = [app_row(db, device_token=token(i)) for i in range(10)]
+    apns.respond(503, "ServiceUnavailable")
+    settings = replace(apns_settings, outage_threshold=5, push_concurrency=1, batch_size=1)
+    report = deliver(db, settings)
+    assert (report.stop, report.exit_code, report.failed) == ("outage", 1, 1)
+    assert len(apns.requests) == 5
+    assert sum(row(db, fid).status == "scheduled" for fid in ids) == 9
+
+
+def test_rate_limited_device_answers_do_not_trip_the_breaker(
+    db: Database, apns_settings: Settings, apns: FakeAPNs
+) -> None:
+    """429 TooManyRequests is about one device, not an outage."""
+    ids = [app_row(db, device_token=token(i)) for i in range(4)]
+    apns.respond(429, "TooManyRequests", token=token(0))
+    report = deliver(db, replace(apns_settings, outage_threshold=2, push_concurrency=1))
+    assert report.stop is None
+    assert (report.sent, report.failed) == (3, 1)
+    assert row(db, ids[0]).failure_reason == "TooManyRequests"
