@@ -252,10 +252,21 @@ def _check_apns(s: Settings, load_key: bool) -> None:
         raise ConfigError(
             f"FOLLOWUPS_APNS_KEY_FILE {str(s.apns_key_file)!r} is not a PEM (.p8) private key"
         ) from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ConfigError(
             f"FOLLOWUPS_APNS_KEY_FILE {str(s.apns_key_file)!r} is not an ES256 (P-256) APNs key"
         )
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    from followup_cli.provider_token import ProviderToken
+
+    try:  # every host must sign the same token: deterministic ECDSA (RFC 6979)
+        ProviderToken(key, s.apns_key_id or "", s.apns_team_id or "").sign(0)
+    except UnsupportedAlgorithm:
+        raise ConfigError(
+            "this host's cryptography library cannot sign deterministically (RFC 6979); "
+            "install cryptography 44 or later, built with OpenSSL 3.2 or later"
+        ) from None
     if s.apns_ca_file is not None and not s.apns_ca_file.is_file():
         raise ConfigError(f"FOLLOWUPS_APNS_CA_FILE {str(s.apns_ca_file)!r} is not a readable file")
 
