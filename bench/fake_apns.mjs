@@ -50,7 +50,8 @@
 // answer a client's own GOAWAY or close are apart), streams not processed after a GOAWAY,
 // how often the limit was raised and lowered, token updates (accepted and refused),
 // repeated_collapse_ids (a notification accepted twice: the client sent it again after
-// APNs had taken it), and this process's CPU time. Frames are counted by a small tap
+// APNs had taken it), unanswered (processed, but the stream or connection went before the
+// answer), and this process's CPU time. Frames are counted by a small tap
 // between TLS and nghttp2, which also writes the gated limit into the SETTINGS frames.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -142,6 +143,8 @@ const stats = {
   // Accepted pushes whose apns-collapse-id had been accepted before: a client that sent
   // one notification twice (e.g. again after losing the first answer).
   repeated_collapse_ids: 0,
+  // Processed requests whose stream or connection went before the answer was written.
+  unanswered: 0,
   jwt_verifications: 0,
   token_updates: 0,
   token_updates_refused: 0,
@@ -551,14 +554,22 @@ function closeIfDrained(conn) {
   setImmediate(closeWhenFlushed);
 }
 
+// Errors of streams this fake did not process (refused, above a GOAWAY, closed before
+// Node even announced them) are expected; Node reports them all the same.
+function onStreamError(err) {
+  if (this.fakeProcessed) bump(stats.stream_errors, err);
+}
+
 h2server.on('stream', (stream, headers) => {
+  // First of all: Node emits 'stream' a tick late, and a stream closed in between (by a
+  // GOAWAY, say) still emits its error, which would end this process if unheard.
+  stream.on('error', onStreamError);
   const session = stream.session;
   if (!session) return; // the connection went while the stream was being set up
   const conn = session.fakeConn;
   if (conn.goawayLast !== null && stream.id > conn.goawayLast) {
     // Opened before the client saw the GOAWAY: not processed (nghttp2 closes it once the
-    // GOAWAY is out, which Node reports as an error of the stream; the tap counts it).
-    stream.on('error', () => {});
+    // GOAWAY is out; the tap counts it).
     stream.resume();
     return;
   }
@@ -568,11 +579,10 @@ h2server.on('stream', (stream, headers) => {
     // that had already acknowledged the limit broke it knowingly (APNs may then end the
     // connection: "Maximum active streams violated for this endpoint").
     if (conn.inFlight >= acknowledged) stats.refused_beyond_acknowledged_limit += 1;
-    stream.on('error', () => {});
     stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
     return;
   }
-  stream.on('error', (err) => bump(stats.stream_errors, err));
+  stream.fakeProcessed = true;
   stats.requests += 1;
   stats.in_flight += 1;
   conn.processed += 1;
@@ -597,8 +607,12 @@ h2server.on('stream', (stream, headers) => {
     conn.inFlight -= 1;
     closeIfDrained(conn);
   };
-  // A stream reset by the client (or cut by a connection error) before its answer.
-  stream.on('close', done);
+  // A stream reset by the client (or cut by a connection error) before its answer: APNs
+  // may or may not have delivered it, the client cannot know.
+  stream.on('close', () => {
+    if (!answered) stats.unanswered += 1;
+    done();
+  });
   let bytes = 0;
   stream.on('data', (chunk) => { bytes += chunk.length; });
   stream.on('end', () => {
@@ -606,6 +620,7 @@ h2server.on('stream', (stream, headers) => {
     const apnsId = headers['apns-id'] || crypto.randomUUID();
     const answer = () => {
       if (stream.destroyed || stream.closed) {
+        if (!answered) stats.unanswered += 1;
         done();
         return;
       }

@@ -475,14 +475,15 @@ class Bench:
     def send_due_cmd(self) -> list[str]:
         return [*self.followups, "--quiet", "send-due"]
 
-    def fake(self, gating: bool | None = None) -> FakeAPNs:
-        """A fresh fake APNs with this run's rules (gating as --gating unless given)."""
+    def fake(self, gating: bool | None = None, *, all_rules: bool = True) -> FakeAPNs:
+        """A fresh fake APNs with this run's rules (gating as --gating unless given; the
+        GOAWAY and 410 rules only with all_rules)."""
         rules = []
         if not (self.args.gating != "off" if gating is None else gating):
             rules.append("--no-gating")
-        if self.args.goaway_after:
+        if all_rules and self.args.goaway_after:
             rules += ["--goaway-after", str(self.args.goaway_after)]
-        if self.args.reject_every:
+        if all_rules and self.args.reject_every:
             rules += ["--reject-every", str(self.args.reject_every)]
         return FakeAPNs(self.pki, self.args.latency_ms, rules)
 
@@ -858,10 +859,12 @@ class Bench:
         return f"claim scan: {kind}, est. {cost}, actual {buffers.lower()}", text
 
     def fake_ceiling(self) -> None:
-        """The fake's own capacity: a Node client with many streams, no DB, no Python."""
+        """The fake's own capacity: a Node client with many streams, no DB, no Python. With
+        the run's stream gating, without its GOAWAY and 410 rules (the load generator
+        does not reconnect)."""
         import jwt
 
-        fake = self.fake()
+        fake = self.fake(all_rules=False)
         try:
             token = jwt.encode(
                 {"iss": TEAM_ID, "iat": int(time.time())},
@@ -1023,6 +1026,7 @@ def fake_rules_note(stats: dict[str, Any]) -> str:
         "beyond acked limit": stats.get("refused_beyond_acknowledged_limit"),
         "not processed after GOAWAY": stats.get("not_processed_after_goaway"),
         "token updates refused": stats.get("token_updates_refused"),
+        "unanswered (connection gone)": stats.get("unanswered"),
         "limit dropped to 1": stats.get("limit_lowered"),
     }
     parts += [f"{k} {v}" for k, v in extra.items() if v]
