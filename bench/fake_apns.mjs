@@ -488,8 +488,9 @@ const NGHTTP2_NO_LIMIT = 2 ** 32 - 1;
 const h2server = http2.createServer({
   peerMaxConcurrentStreams: 1000,
   maxSessionMemory: 64,
-  // DATA frames that arrive for a refused stream are the client's race to recover from,
-  // not a reason for Node to give up on the connection after its default 1,000.
+  // Refused streams, and the DATA frames that still arrive for them, are the client's
+  // race to recover from, not a reason for Node to end the connection (by default after
+  // 100 and 1,000 of them).
   maxSessionInvalidFrames: 2 ** 31,
   maxSessionRejectedStreams: 2 ** 31,
   // Every change of the limit is one SETTINGS frame waiting for the client's ACK.
