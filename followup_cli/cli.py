@@ -413,7 +413,7 @@ def test_send(
     db = Database(settings.database_url)
     try:
         try:
-            prepared = testsend_mod.prepare(db, follow_up_id, to, force, settings.apns_topic)
+            prepared = testsend_mod.prepare(db, follow_up_id, to, force, settings)
         except testsend_mod.NoToken as exc:
             raise ConfigError(str(exc)) from None
         render.test_send_request(prepared, settings.push, dry_run)
