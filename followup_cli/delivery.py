@@ -38,9 +38,9 @@ from followup_cli.push import (
     Pusher,
     PushOutcome,
     PushRequest,
+    build_request,
     config_hint,
     mask_token,
-    notification_title,
 )
 from followup_cli.report import STOP_CONFIG, STOP_OUTAGE, RunReport
 from followup_cli.repository import AttemptRecord, DueFollowUp, Failure, Message, RunRecord
@@ -79,7 +79,7 @@ def is_valid_token(token: str) -> bool:
     return len(token) == 64 and all(c in "0123456789abcdef" for c in token)
 
 
-def _plan(batch: Sequence[DueFollowUp], now: datetime) -> _Plan:
+def _plan(batch: Sequence[DueFollowUp], now: datetime, settings: Settings) -> _Plan:
     plan = _Plan()
     for f in batch:
         if not (f.display_text or "").strip():
@@ -99,20 +99,7 @@ def _plan(batch: Sequence[DueFollowUp], now: datetime) -> _Plan:
                 AttemptRecord(f.id, now, 1, "skipped", INVALID_DEVICE_TOKEN, None, None)
             )
             continue
-        assert f.conversation_id is not None
-        plan.push.append(
-            (
-                f,
-                PushRequest(
-                    follow_up_id=f.id,
-                    conversation_id=f.conversation_id,
-                    device_token=token,
-                    title=notification_title(f.provider_name),
-                    body=f.display_text or "",
-                    urgent=(f.urgency or "").strip().lower() == "urgent",
-                ),
-            )
-        )
+        plan.push.append((f, build_request(f, token, settings)))
     return plan
 
 
@@ -377,7 +364,7 @@ def _push_batch(
     progress: ProgressCallback | None,
 ) -> PushedBatch:
     lease = timedelta(seconds=settings.lease_seconds)
-    plan = _plan(batch, utcnow())
+    plan = _plan(batch, utcnow(), settings)
     to_push = plan.push
     gate = _CancelGate(db, run_id, [f.id for f, _ in to_push], settings.cancel_check_seconds)
 

@@ -17,6 +17,9 @@ DEFAULT_DATABASE_URL = "sqlite:///followups.db"
 PUSH_BACKENDS = ("log", "apns")
 APNS_ENVIRONMENTS = ("production", "development")
 LOG_FORMATS = ("text", "json")
+# What a push shows on the lock screen: the message itself, or a fixed text.
+PUSH_BODIES = ("full", "generic")
+DEFAULT_GENERIC_TEXT = "You have a new message from your care team"
 
 
 class ConfigError(ValueError):
@@ -46,6 +49,10 @@ class Settings:
     # This many failed push attempts in a row (5xx, timeouts, connection failures) means
     # APNs is down: the run stops and leaves the rest scheduled.
     outage_threshold: int = 5
+    # generic: the push carries PUSH_GENERIC_TEXT instead of the message (the in-app
+    # message keeps the full text).
+    push_body: str = "full"
+    push_generic_text: str = DEFAULT_GENERIC_TEXT
     alert_webhook_url: str | None = None
     heartbeat_url: str | None = None
     # stats --check and the success-rate alert.
@@ -150,6 +157,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         cancel_check_seconds=_float(env, "FOLLOWUPS_CANCEL_CHECK_SECONDS", 0.2, 0.0),
         batch_size=_int(env, "FOLLOWUPS_BATCH_SIZE", 1000, 1),
         outage_threshold=_int(env, "FOLLOWUPS_OUTAGE_THRESHOLD", 5, 1),
+        push_body=(_str(env, "FOLLOWUPS_PUSH_BODY") or "full").lower(),
+        push_generic_text=_str(env, "FOLLOWUPS_PUSH_GENERIC_TEXT") or DEFAULT_GENERIC_TEXT,
         alert_webhook_url=_str(env, "FOLLOWUPS_ALERT_WEBHOOK_URL"),
         heartbeat_url=_str(env, "FOLLOWUPS_HEARTBEAT_URL"),
         check_min_success_rate=_float(env, "FOLLOWUPS_CHECK_MIN_SUCCESS_RATE", 95.0, 0.0),
@@ -173,6 +182,10 @@ def validate(s: Settings) -> Settings:
     if s.apns_env not in APNS_ENVIRONMENTS:
         raise ConfigError(
             f"FOLLOWUPS_APNS_ENV must be one of {', '.join(APNS_ENVIRONMENTS)}, got {s.apns_env!r}"
+        )
+    if s.push_body not in PUSH_BODIES:
+        raise ConfigError(
+            f"FOLLOWUPS_PUSH_BODY must be one of {', '.join(PUSH_BODIES)}, got {s.push_body!r}"
         )
     if s.log_format not in LOG_FORMATS:
         raise ConfigError(

@@ -28,13 +28,14 @@ from followup_cli.push import (
     Pusher,
     PushOutcome,
     PushRequest,
+    build_request,
     fit_body,
     headers_for,
-    notification_title,
     payload_dict,
 )
 from followup_cli.repository import DueFollowUp
 from followup_cli.scheduling import Conflict, NotFound
+from followup_cli.settings import Settings
 from followup_cli.tables import CANCELLED
 
 
@@ -52,7 +53,7 @@ class TestSendResult:
 
 
 def prepare(
-    db: Database, follow_up_id: str, to: str | None, force: bool, topic: str | None
+    db: Database, follow_up_id: str, to: str | None, force: bool, settings: Settings
 ) -> TestSendResult:
     with db.transaction() as repo:
         found = repo.find_follow_up(follow_up_id)
@@ -67,18 +68,11 @@ def prepare(
     if not is_valid_token(token):
         source = "--to" if to is not None else "the follow-up's device token"
         raise NoToken(f"{source} is not 64 hexadecimal characters")
-    request = PushRequest(
-        follow_up_id=f.id,
-        conversation_id=f.conversation_id or "",
-        device_token=token,
-        title=notification_title(f.provider_name),
-        body=f.display_text or "",
-        urgent=(f.urgency or "").strip().lower() == "urgent",
-    )
+    request = build_request(f, token, settings)
     return TestSendResult(
         request=request,
         payload=payload_dict(request, fit_body(request)),
-        headers=headers_for(request, topic),
+        headers=headers_for(request, settings.apns_topic),
     )
 
 
