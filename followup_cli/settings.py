@@ -55,6 +55,7 @@ class Settings:
     push_generic_text: str = DEFAULT_GENERIC_TEXT
     alert_webhook_url: str | None = None
     heartbeat_url: str | None = None
+    pushgateway_url: str | None = None
     # stats --check and the success-rate alert.
     check_min_success_rate: float = 95.0
     check_min_attempts: int = 20
@@ -161,6 +162,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         push_generic_text=_str(env, "FOLLOWUPS_PUSH_GENERIC_TEXT") or DEFAULT_GENERIC_TEXT,
         alert_webhook_url=_str(env, "FOLLOWUPS_ALERT_WEBHOOK_URL"),
         heartbeat_url=_str(env, "FOLLOWUPS_HEARTBEAT_URL"),
+        pushgateway_url=_str(env, "FOLLOWUPS_PUSHGATEWAY_URL"),
         check_min_success_rate=_float(env, "FOLLOWUPS_CHECK_MIN_SUCCESS_RATE", 95.0, 0.0),
         check_min_attempts=_int(env, "FOLLOWUPS_CHECK_MIN_ATTEMPTS", 20, 1),
         check_max_run_age=_duration(env, "FOLLOWUPS_CHECK_MAX_RUN_AGE", timedelta(minutes=5)),
@@ -200,6 +202,8 @@ def validate(s: Settings) -> Settings:
         raise ConfigError("FOLLOWUPS_ALERT_WEBHOOK_URL must be an http(s) URL")
     if s.heartbeat_url is not None and not re.match(r"^https?://\S+$", s.heartbeat_url):
         raise ConfigError("FOLLOWUPS_HEARTBEAT_URL must be an http(s) URL")
+    if s.pushgateway_url is not None and not re.match(r"^https?://\S+$", s.pushgateway_url):
+        raise ConfigError("FOLLOWUPS_PUSHGATEWAY_URL must be an http(s) URL")
     if s.check_min_success_rate > 100:
         raise ConfigError(
             f"FOLLOWUPS_CHECK_MIN_SUCCESS_RATE must be a percentage, got {s.check_min_success_rate}"
