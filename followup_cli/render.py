@@ -33,9 +33,10 @@ def backlog_size(db: Database, limit: int | None) -> int:
 
 def send_due_summary(report: RunReport) -> None:
     pushed = f"{report.pushed} pushed, {report.in_app_only} in-app only"
+    held = f", held {report.held}" if report.held else ""
     print(
         f"send-due: claimed {report.claimed}, sent {report.sent} ({pushed}), "
-        f"failed {report.failed}, skipped {report.skipped} | push backend: "
+        f"failed {report.failed}{held}, skipped {report.skipped} | push backend: "
         f"{report.push_backend} | {report.elapsed_seconds:.2f}s"
     )
 
@@ -57,9 +58,17 @@ def stop_line(report: RunReport) -> str:
 def requeue_report(report: RequeueReport, asked_ids: Sequence[str]) -> None:
     verb = "Would requeue" if report.dry_run else "Requeued"
     how = " (in-app only, no push)" if report.in_app_only else ""
-    print(f"{verb} {len(report.requeued)} failed follow-up(s){how}.")
+    what = "failed or held" if any(f.held for f in report.requeued) else "failed"
+    print(f"{verb} {len(report.requeued)} {what} follow-up(s){how}.")
     for f in report.requeued:
-        print(f"  {f.id}  was: {f.reason or '-'}")
+        state = "held" if f.held else "was"
+        detail = f" ({f.detail})" if f.detail else ""
+        again = (
+            "; already pushed, so in-app only"
+            if f.id in report.already_pushed and not report.in_app_only
+            else ""
+        )
+        print(f"  {f.id}  {state}: {f.reason or '-'}{detail}{again}")
     if report.held_back:
         print(
             f"Held back {len(report.held_back)}: APNs rejected their device token and the app "
@@ -69,7 +78,7 @@ def requeue_report(report: RequeueReport, asked_ids: Sequence[str]) -> None:
             print(f"  {f.id}  was: {f.reason}")
     seen = {f.id for f in report.requeued} | {f.id for f in report.held_back}
     for missing in (i for i in asked_ids if i not in seen):
-        print(f"  {missing}  is not a failed follow-up (unknown, or not failed)")
+        print(f"  {missing}  is not a failed follow-up (unknown, or neither failed nor held)")
 
 
 # -- stats ------------------------------------------------------------------------------
@@ -123,6 +132,17 @@ def _stats_rows(stats: Stats, rules: CheckRules) -> list[tuple[str, str]]:
         ("last send-due run", last),
         ("cron alive", "yes" if stats.cron_alive(rules) else "NO"),
     ]
+    if stats.held:
+        since = stats.oldest_held_since
+        rows.insert(
+            -2,
+            (
+                "held: refused by the database",
+                f"{stats.held} (oldest since {since:%Y-%m-%d %H:%M} UTC)"
+                if since
+                else str(stats.held),
+            ),
+        )
     return rows
 
 
