@@ -446,6 +446,9 @@ def db_upgrade(
 ) -> None:
     """Create or update the schema (idempotent; the app's rows are never touched).
 
+    First checks the app's schema, as `db check` does: an error stops it before it
+    changes anything (exit 1); warnings are printed and the upgrade goes on.
+
     Example: followups db upgrade --sql > followups-schema.sql
     """
     from followup_cli import migrate
@@ -454,10 +457,19 @@ def db_upgrade(
     if sql:
         migrate.upgrade_sql(settings.database_url, sys.stdout)
         return
+    from followup_cli import render, schemacheck
     from followup_cli.db import Database
 
     db = Database(settings.database_url)
     try:
+        findings = schemacheck.run(db)
+        render.schema_findings(findings)
+        problems = schemacheck.errors(findings)
+        if problems:
+            fail(
+                f"the app's schema would make delivery fail ({len(problems)} error(s) above); "
+                "nothing was changed. Apply the fixes, then run `followups db upgrade` again"
+            )
         before, after = migrate.upgrade(db)
     finally:
         db.close()
@@ -466,6 +478,32 @@ def db_upgrade(
         print(f"Schema already at revision {after} ({where}).")
     else:
         print(f"Schema upgraded from {before or 'empty'} to revision {after} ({where}).")
+
+
+@db_app.command("check")
+@cli_errors
+def db_check(ctx: typer.Context) -> None:
+    """Check the app's schema for what would make delivery fail; read-only, for a DBA.
+
+    One line per finding with the SQL that fixes it: a status CHECK or enum without
+    'sent' or 'failed', NOT NULL columns of follow_up_messages this tool does not fill,
+    triggers on the app's tables, foreign keys from follow_up_messages. Exit 1 when any
+    is an error, 0 when there are only warnings or none.
+
+    Example: followups --database-url postgresql+psycopg://dba@db/app db check
+    """
+    from followup_cli import render, schemacheck
+    from followup_cli.db import Database
+
+    db = Database(_settings(ctx).database_url)
+    try:
+        findings = schemacheck.run(db)
+    finally:
+        db.close()
+    render.schema_findings(findings)
+    render.schema_check_summary(findings)
+    if schemacheck.errors(findings):
+        raise typer.Exit(EXIT_FAILURE)
 
 
 # -- schedule / cancel ------------------------------------------------------------------

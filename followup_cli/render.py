@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from followup_cli.db import Database
     from followup_cli.monitoring import CheckRules, Stats
     from followup_cli.requeue import RequeueReport
+    from followup_cli.schemacheck import Finding
     from followup_cli.testsend import TestSendResult
 
 
@@ -279,3 +280,21 @@ def test_send_outcome(result: TestSendResult) -> None:
         print(f"result: sent{tail}")
     else:
         print(f"result: {outcome.kind} ({outcome.reason}); the follow-up was not changed")
+
+
+# -- db check ---------------------------------------------------------------------------
+
+
+def schema_findings(findings: Sequence[Finding]) -> None:
+    """One line per finding: its level, what is wrong, and the SQL that fixes it."""
+    for f in findings:
+        fix = f" Fix: {f.fix}" if f.fix else ""
+        print(f"{f.level}: {f.message}.{fix}")
+
+
+def schema_check_summary(findings: Sequence[Finding]) -> None:
+    if not findings:
+        print("db check: OK, nothing in the app's schema would make delivery fail")
+        return
+    errors = sum(1 for f in findings if f.level == "error")
+    print(f"db check: {errors} error(s), {len(findings) - errors} warning(s)")

@@ -200,6 +200,7 @@ def test_every_command_is_documented() -> None:
         ["cleanup"],
         ["test-send"],
         ["db", "upgrade"],
+        ["db", "check"],
         ["schedule"],
         ["cancel"],
     )
