@@ -184,12 +184,12 @@ def kill_and_settle(run: subprocess.Popen[str], apns: FakeAPNs, name: str) -> No
 def test_kill_9_mid_batch_repeats_only_the_last_pushes(
     backend: tuple[str, str], apns: FakeAPNs
 ) -> None:
-    """SIGKILL deep into one 600 batch: nothing lost, one message each, and only the pushes
-    answered since the last finished group (or still in flight) are repeated."""
+    """SIGKILL deep into one 1,000 batch: nothing lost, one message each, and only the
+    pushes answered since the last finished group (or still in flight) are repeated."""
     name, url = backend
     engine = open_engine(url)
-    batch, concurrency = 600, 8
-    seeded = seed(engine, 600, 200)  # every one with its own device token
+    batch, concurrency = 1000, 8
+    seeded = seed(engine, 1000, 300)  # every one with its own device token
     apns.latency = 0.05
     run = start(
         url,
@@ -197,7 +197,9 @@ def test_kill_9_mid_batch_repeats_only_the_last_pushes(
         FOLLOWUPS_BATCH_SIZE=str(batch),
         FOLLOWUPS_PUSH_CONCURRENCY=str(concurrency),
     )
-    apns.wait_for(500, timeout=60)  # 5/6 of the way through the only batch
+    # More pushes than the bound asserted below (a run that finished only whole batches
+    # would repeat them all), with 400 still to go in the only batch.
+    apns.wait_for(600, timeout=60)
     kill_and_settle(run, apns, name)
 
     pushed_before = Counter(apns.collapse_ids())
