@@ -446,6 +446,9 @@ def db_upgrade(
 ) -> None:
     """Create or update the schema (idempotent; the app's rows are never touched).
 
+    First checks the app's schema, as `db check` does: an error stops it before it
+    changes anything (exit 1); warnings are printed and the upgrade goes on.
+
     Example: followups db upgrade --sql > followups-schema.sql
     """
     from followup_cli import migrate
@@ -454,12 +457,19 @@ def db_upgrade(
     if sql:
         migrate.upgrade_sql(settings.database_url, sys.stdout)
         return
-    from followup_cli import render
+    from followup_cli import render, schemacheck
     from followup_cli.db import Database
-    from followup_cli.security import check_exposure
 
     db = Database(settings.database_url)
     try:
+        findings = schemacheck.run(db, schemacheck.APP_CHECKS)
+        render.schema_findings(findings)
+        problems = schemacheck.errors(findings)
+        if problems:
+            fail(
+                f"the app's schema would make delivery fail ({len(problems)} error(s) above); "
+                "nothing was changed. Apply the fixes, then run `followups db upgrade` again"
+            )
         before, after = migrate.upgrade(db)
         where = settings.safe_database_url
         if before == after:
@@ -467,7 +477,7 @@ def db_upgrade(
         else:
             print(f"Schema upgraded from {before or 'empty'} to revision {after} ({where}).")
         # Advice only: the exit code stays the upgrade's.
-        render.findings(check_exposure(db))
+        render.schema_findings(schemacheck.run(db, schemacheck.ACCESS_CHECKS))
     finally:
         db.close()
 
@@ -497,6 +507,33 @@ def db_grants(
     finally:
         db.close()
     render.grant_script(script, role)
+
+
+@db_app.command("check")
+@cli_errors
+def db_check(ctx: typer.Context) -> None:
+    """Check the app's schema for what would make delivery fail; read-only, for a DBA.
+
+    One line per finding with the SQL that fixes it: a status CHECK or enum without
+    'sent' or 'failed', NOT NULL columns of follow_up_messages this tool does not fill,
+    triggers on the app's tables, foreign keys from follow_up_messages, and tables the
+    API roles (anon, authenticated) can read. Exit 1 when any is an error, 0 when there
+    are only warnings or none.
+
+    Example: followups --database-url postgresql+psycopg://dba@db/app db check
+    """
+    from followup_cli import render, schemacheck
+    from followup_cli.db import Database
+
+    db = Database(_settings(ctx).database_url)
+    try:
+        findings = schemacheck.run(db)
+    finally:
+        db.close()
+    render.schema_findings(findings)
+    render.schema_check_summary(findings)
+    if schemacheck.errors(findings):
+        raise typer.Exit(EXIT_FAILURE)
 
 
 # -- schedule / cancel ------------------------------------------------------------------

@@ -8,8 +8,12 @@ failures or a process killed mid-run.
   lease that expires, so a dead run's rows come back).
 - Push: no transaction is open; each conversation's follow-ups go out in order, different
   conversations concurrently; leases are renewed while pushes are slow.
-- Finish: one transaction writes the in-app messages and the statuses together, guarded
-  by "still scheduled and still ours", so a cancel by the app is never overwritten.
+- Finish: while the batch is still being pushed, answered follow-ups are finished in
+  small groups, each one transaction that writes the in-app messages and the statuses
+  together, guarded by "still scheduled and still ours", so a cancel by the app is never
+  overwritten and a crash repeats only the last few pushes. A group the database
+  refuses is finished again in smaller parts, so one bad row never holds the others
+  back; a database that is away for a moment is waited for, as long as the leases last.
 """
 
 from __future__ import annotations
@@ -17,23 +21,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from followup_cli.alerts import Alerter
 from followup_cli.clock import utcnow
-from followup_cli.db import Database
+from followup_cli.db import Database, classify_error
 from followup_cli.push import (
     CONFIG,
     PERMANENT,
     SENT,
     TRANSIENT,
-    UNSENT,
     Attempt,
     Pusher,
     PushOutcome,
@@ -42,17 +51,48 @@ from followup_cli.push import (
     config_hint,
     mask_token,
 )
-from followup_cli.report import STOP_CONFIG, STOP_OUTAGE, RunReport
-from followup_cli.repository import AttemptRecord, DueFollowUp, Failure, Message, RunRecord
+from followup_cli.report import (
+    REFUSED_FAILED,
+    REFUSED_HELD,
+    REFUSED_UNRECORDED,
+    STOP_CONFIG,
+    STOP_OUTAGE,
+    Refused,
+    RunReport,
+)
+from followup_cli.repository import (
+    AttemptRecord,
+    DueFollowUp,
+    Failure,
+    Message,
+    Repository,
+    RunRecord,
+)
 from followup_cli.settings import Settings
 
 log = logging.getLogger("followups.delivery")
+T = TypeVar("T")
 
 # Why a follow-up was not pushed or not delivered, as recorded in failure_reason and in
 # follow_up_attempts.reason.
 EMPTY_MESSAGE = "empty_message"
 MISSING_RECIPIENT = "missing_recipient"
 INVALID_DEVICE_TOKEN = "invalid_device_token"
+# The database refused to record the delivery (a constraint or trigger of the app's).
+DATABASE_REJECTED = "database_rejected"
+
+# Answered follow-ups are finished in groups of this many answers, or after this long,
+# whichever comes first, while their batch is still being pushed: after a crash only
+# the pushes in flight and those answered since the last group are repeated.
+FINISH_EVERY_ANSWERS = 200
+FINISH_EVERY_SECONDS = 0.2
+# Pushes APNs accepted that are not finished yet (one group being written, one
+# filling). Beyond this, new pushes wait for the database: a database that is slow or
+# away must not let unrecorded pushes pile up.
+MAX_UNFINISHED = 2 * FINISH_EVERY_ANSWERS
+# Waits between tries while the database is away: doubling, with jitter, up to the cap.
+DB_RETRY_FIRST_SECONDS = 0.1
+DB_RETRY_MAX_SECONDS = 2.0
 
 ProgressCallback = Callable[[int], None]
 
@@ -121,9 +161,18 @@ class _PushRound:
     pusher's outage breaker has tripped (it counts failed attempts across the run).
     """
 
-    def __init__(self, pusher: Pusher, may_push: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        pusher: Pusher,
+        may_push: Callable[[str], bool],
+        on_answer: Callable[[PushRequest, PushOutcome], None] | None = None,
+        before_push: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._pusher = pusher
         self._may_push = may_push
+        # Hands each outcome to the incremental finish, which may hold new pushes back.
+        self._on_answer = on_answer
+        self._before_push = before_push
         self.stop: str | None = None
         self.stop_reason: str | None = None
         self.outcomes: dict[str, PushOutcome] = {}
@@ -167,6 +216,8 @@ class _PushRound:
     ) -> None:
         for req in reqs:
             async with slots:
+                if self._before_push is not None:
+                    await self._before_push()
                 if self.stop is not None:
                     return
                 if self._pusher.breaker.tripped:
@@ -186,6 +237,8 @@ class _PushRound:
             self.stop, self.stop_reason = STOP_CONFIG, outcome.reason
         elif self._pusher.breaker.tripped:
             self._stop_for_outage()
+        if self._on_answer is not None:
+            self._on_answer(req, outcome)
 
     def _stop_for_outage(self) -> None:
         if self.stop is None:
@@ -211,25 +264,60 @@ class _CancelGate:
     The app may cancel a follow-up after it was claimed. Rather than one query per push,
     the still-claimed set is re-read at most every `interval` seconds (one query for the
     whole batch), so a cancel is noticed within that interval plus one push.
+
+    While the database does not answer, nothing is pushed: the push could not be
+    recorded either. Such a follow-up goes back to the queue with the rest of its
+    conversation in this batch, so that a later one never overtakes it.
     """
 
-    def __init__(self, db: Database, run_id: str, ids: Sequence[str], interval: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        run_id: str,
+        conversations: dict[str, str | None],
+        interval: float,
+    ) -> None:
         self._db = db
         self._run_id = run_id
-        self._pending = set(ids)
+        self._conversations = conversations
+        self._pending = set(conversations)
         self._interval = interval
-        self._live: set[str] = set()
+        self._live: set[str] | None = set()  # None: the database did not answer
         self._checked_at = float("-inf")
+        self._held_back: set[str | None] = set()
 
     def may_push(self, follow_up_id: str) -> bool:
         # Called on the event loop thread only.
         now = time.monotonic()
         if now - self._checked_at >= self._interval:
-            with self._db.transaction() as repo:
-                self._live = repo.still_claimed(self._run_id, sorted(self._pending))
+            self._check()
             self._checked_at = now
         self._pending.discard(follow_up_id)
+        conversation = self._conversations.get(follow_up_id)
+        if self._live is None:
+            self._held_back.add(conversation)
+        if self._live is None or conversation in self._held_back:
+            return False
         return follow_up_id in self._live
+
+    def _check(self) -> None:
+        for last_try in (False, True):
+            try:
+                with self._db.transaction() as repo:
+                    self._live = repo.still_claimed(self._run_id, sorted(self._pending))
+                return
+            except SQLAlchemyError as exc:
+                problem = classify_error(exc)
+                if not problem.transient:
+                    raise
+                # A connection the server dropped mid-query: a new one may well answer.
+                if last_try:
+                    if self._live is not None:
+                        log.warning(
+                            "cancel check failed (%s); not pushing until the database answers",
+                            problem.summary,
+                        )
+                    self._live = None
 
 
 class MessageClock:
@@ -259,13 +347,14 @@ def send_due(
     """Deliver everything due when the run starts (or up to `limit`).
 
     Pipelined: while one batch is being pushed, a database thread claims the next one
-    and finishes the previous one, so APNs is kept busy. Claiming ahead is safe for the
-    per-conversation order: a later follow-up whose earlier one is still leased (by this
-    run too) is simply not claimed until that one is finished.
+    and finishes the answered follow-ups in small groups, so APNs is kept busy. Claiming
+    ahead is safe for the per-conversation order: a later follow-up whose earlier one is
+    still leased (by this run too) is simply not claimed until that one is finished.
     """
     started = utcnow()
     report = RunReport(run_id=str(uuid.uuid4()), push_backend=pusher.name, started_at=started)
     lease = timedelta(seconds=settings.lease_seconds)
+    leases = _RunLeases(db, report.run_id, settings.lease_seconds)
     stamps = MessageClock()
     wanted = limit
 
@@ -274,41 +363,56 @@ def send_due(
         size = settings.batch_size if wanted is None else min(settings.batch_size, wanted)
         if size <= 0:
             return []
-        now = utcnow()
-        with db.transaction() as repo:
-            batch = repo.claim_due(report.run_id, started, now, now + lease, size)
+
+        def claim_once(_retrying: bool) -> tuple[list[DueFollowUp], float]:
+            claimed_at = time.monotonic()
+            now = utcnow()
+            with db.transaction() as repo:
+                return repo.claim_due(report.run_id, started, now, now + lease, size), claimed_at
+
+        batch, claimed_at = leases.retry(claim_once, "claiming")
+        if batch:
+            leases.batch_claimed(claimed_at)
         if wanted is not None:
             wanted -= len(batch)
         return batch
 
+    def finish(part: PushedBatch) -> Finished:
+        return finish_batch(db, report.run_id, part, stamps, retry=leases.retry)
+
+    def release(batch: Sequence[DueFollowUp]) -> None:
+        ids = [f.id for f in batch]
+        if ids:
+            leases.retry(lambda _r: _release(db, report.run_id, ids), "handing back a batch")
+            leases.batch_finished()
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="followups-db") as db_thread:
-        finishing: Future[Finished] | None = None
+        finisher = _Finisher(db_thread, finish, leases.batch_finished)
         try:
             batch = claim()
             while batch:
                 report.claimed += len(batch)
                 next_batch = db_thread.submit(claim)
-                pushed = _push_batch(db, pusher, settings, report.run_id, batch, progress)
-                if finishing is not None:
-                    finishing.result().add_to(report)
-                finishing = db_thread.submit(finish_batch, db, report.run_id, pushed, stamps)
-                if pushed.stop is not None:
-                    report.stop, report.stop_reason = pushed.stop, pushed.stop_reason
+                stop, stop_reason = _push_batch(
+                    db, pusher, settings, report.run_id, batch, progress, finisher, leases
+                )
+                finisher.collect(report, wait=False)
+                if stop is not None:
+                    report.stop, report.stop_reason = stop, stop_reason
                     ahead = next_batch.result()
-                    db_thread.submit(_release, db, report.run_id, ahead).result()
+                    db_thread.submit(release, ahead).result()
                     break
                 batch = next_batch.result()
                 if not batch:
                     # Claimed ahead while this batch still held its conversations' earlier
                     # follow-ups: once it is finished, the later ones may be due to go.
-                    finishing.result().add_to(report)
-                    finishing = None
+                    finisher.collect(report, wait=True)
                     batch = claim()
-            if finishing is not None:
-                finishing.result().add_to(report)
+            finisher.collect(report, wait=True)
         finally:
             report.finished_at = utcnow()
     _alert(alerter, report)
+
     with db.transaction() as repo:
         repo.record_run(
             RunRecord(
@@ -328,31 +432,374 @@ def send_due(
     return report
 
 
+class _RunLeases:
+    """How long this run's leases surely last, their renewal, and the retries of database
+    work while the database is away for a moment (a restart or failover of managed
+    PostgreSQL takes seconds to a minute).
+
+    Every row a run holds carries a lease that ends `lease_seconds` after its claim or
+    the last renewal, whichever is later. Retrying past that point would gain nothing:
+    another run may take the rows over and push them again. Batches are finished in the
+    order they were claimed, so the oldest lease at stake is the oldest unfinished
+    batch's claim, or the last renewal if that came later.
+    """
+
+    def __init__(self, db: Database, run_id: str, lease_seconds: float) -> None:
+        self._db = db
+        self._run_id = run_id
+        self._lease_seconds = lease_seconds
+        self._lock = threading.Lock()
+        self._claims: deque[float] = deque()  # monotonic claim times of unfinished batches
+        self._renewed_at = float("-inf")
+
+    def batch_claimed(self, at: float) -> None:
+        with self._lock:
+            self._claims.append(at)
+
+    def batch_finished(self) -> None:
+        with self._lock:
+            if self._claims:
+                self._claims.popleft()
+
+    def seconds_left(self) -> float | None:
+        """Until the first lease at stake ends; None when the run holds nothing."""
+        with self._lock:
+            if not self._claims:
+                return None
+            since = max(self._claims[0], self._renewed_at)
+        return since + self._lease_seconds - time.monotonic()
+
+    def renew(self) -> None:
+        started = time.monotonic()
+        with self._db.transaction() as repo:
+            repo.renew_claims(self._run_id, utcnow() + timedelta(seconds=self._lease_seconds))
+        with self._lock:
+            self._renewed_at = max(self._renewed_at, started)
+
+    def retry(self, work: Callable[[bool], T], what: str) -> T:
+        """`work(retrying)` until it succeeds, retrying transient database errors while the
+        leases last, renewing them between tries. With nothing at stake (no lease held)
+        there is no retry: the run ends at once, as it would have to anyway. Any other
+        error, or the last transient one, is raised."""
+        delay = DB_RETRY_FIRST_SECONDS
+        waited = 0.0
+        retrying = False
+        while True:
+            try:
+                result = work(retrying)
+            except SQLAlchemyError as exc:
+                problem = classify_error(exc)
+                left = self.seconds_left() if problem.transient else None
+                if left is None:
+                    raise
+                # The sum of the waits bounds it too, should the clock stand still.
+                left = min(left, self._lease_seconds - waited)
+                if left <= 0:
+                    raise
+                if not retrying:
+                    log.warning(
+                        "database unavailable while %s (%s); trying again for up to %.0fs, "
+                        "as long as this run's leases last",
+                        what,
+                        problem.summary,
+                        left,
+                    )
+                pause = min(left, delay / 2 + random.uniform(0, delay / 2))
+                time.sleep(pause)
+                waited += pause
+                delay = min(delay * 2, DB_RETRY_MAX_SECONDS)
+                retrying = True
+                try:
+                    self.renew()
+                except SQLAlchemyError:
+                    pass  # still away: the next try tells
+                continue
+            if retrying:
+                log.warning("database back after %.1fs; %s done", waited, what)
+            return result
+
+
 @dataclass
 class PushedBatch:
-    """One batch after its push round: what to write in the finish transaction."""
+    """Follow-ups ready to be finished (a group of a batch, or a whole one): what to write
+    in one finish transaction.
+
+    Every attempt belongs to a follow-up listed in `delivered`, `failures` or `release`;
+    `delivered` is in scheduled order within each conversation.
+    """
 
     delivered: list[DueFollowUp]
     pushed_ids: set[str]
     failures: list[Failure]
     release: list[str]
     attempts: list[AttemptRecord]
-    stop: str | None
-    stop_reason: str | None
+    stop: str | None = None
+    stop_reason: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.delivered) + len(self.failures) + len(self.release)
+
+    def ids(self) -> list[str]:
+        return [
+            *(f.id for f in self.delivered),
+            *(f.follow_up_id for f in self.failures),
+            *self.release,
+        ]
+
+    def only(self, keep: set[str]) -> PushedBatch:
+        return PushedBatch(
+            delivered=[f for f in self.delivered if f.id in keep],
+            pushed_ids=self.pushed_ids & keep,
+            failures=[f for f in self.failures if f.follow_up_id in keep],
+            release=[fid for fid in self.release if fid in keep],
+            attempts=[a for a in self.attempts if a.follow_up_id in keep],
+            stop=self.stop,
+            stop_reason=self.stop_reason,
+        )
+
+    def halves(self) -> tuple[PushedBatch, PushedBatch]:
+        """Two parts, the earlier follow-ups first, so that messages keep their order."""
+        ids = self.ids()
+        first = set(ids[: len(ids) // 2])
+        return self.only(first), self.only(set(ids) - first)
 
 
 @dataclass
 class Finished:
-    sent: set[str]
-    pushed: int
-    failed: list[Failure]
+    sent: set[str] = field(default_factory=set)
+    pushed: int = 0
+    failed: list[Failure] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
+
+    def __add__(self, other: Finished) -> Finished:
+        return Finished(
+            sent=self.sent | other.sent,
+            pushed=self.pushed + other.pushed,
+            failed=self.failed + other.failed,
+            refused=self.refused + other.refused,
+        )
 
     def add_to(self, report: RunReport) -> None:
         report.sent += len(self.sent)
         report.pushed += self.pushed
         report.in_app_only += len(self.sent) - self.pushed
         report.failed += len(self.failed)
+        report.failed += sum(1 for r in self.refused if r.outcome == REFUSED_FAILED)
+        report.held += sum(1 for r in self.refused if r.outcome == REFUSED_HELD)
         report.failures.extend((f.follow_up_id, f.reason) for f in self.failed)
+        report.refused.extend(self.refused)
+
+
+class _Finisher:
+    """Hands groups of answered follow-ups to the database thread, which finishes them in
+    the order they were handed over, and keeps count of the accepted pushes that are not
+    recorded yet."""
+
+    def __init__(
+        self,
+        db_thread: ThreadPoolExecutor,
+        finish: Callable[[PushedBatch], Finished],
+        batch_finished: Callable[[], None],
+    ) -> None:
+        self._db_thread = db_thread
+        self._finish = finish
+        self._batch_finished = batch_finished
+        self._lock = threading.Lock()
+        self._unfinished = 0
+        self._futures: deque[Future[Finished]] = deque()
+        # The first error of the database thread: the pushes stop at once.
+        self.error: BaseException | None = None
+
+    @property
+    def unfinished(self) -> int:
+        with self._lock:
+            return self._unfinished
+
+    def submit(self, part: PushedBatch, *, last_of_batch: bool = False) -> None:
+        if not part.size and not part.attempts and not last_of_batch:
+            return
+        accepted = len(part.pushed_ids)
+        with self._lock:
+            self._unfinished += accepted
+        self._futures.append(self._db_thread.submit(self._run, part, accepted, last_of_batch))
+
+    def _run(self, part: PushedBatch, accepted: int, last_of_batch: bool) -> Finished:
+        try:
+            if not part.size and not part.attempts:
+                return Finished()
+            return self._finish(part)
+        except BaseException as exc:
+            if self.error is None:
+                self.error = exc
+            raise
+        finally:
+            with self._lock:
+                self._unfinished -= accepted
+            if last_of_batch:
+                self._batch_finished()
+
+    def collect(self, report: RunReport, *, wait: bool) -> None:
+        """Adds the finished groups to the report, in order (waiting for all of them when
+        asked); the first group that failed raises its error."""
+        while self._futures and (wait or self._futures[0].done()):
+            self._futures.popleft().result().add_to(report)
+
+
+@dataclass
+class _Entry:
+    follow_up: DueFollowUp
+    request: PushRequest | None  # None: delivered in-app only
+    notes: list[AttemptRecord] = field(default_factory=list)
+    outcome: PushOutcome | None = None
+    passed_over: bool = False  # not pushed: cancelled since the claim, or the round stopped
+
+    @property
+    def waiting(self) -> bool:
+        return self.request is not None and self.outcome is None and not self.passed_over
+
+
+class _Tracker:
+    """Sorts one batch's answers, as they come, into what can be finished now and what
+    waits for the end of the batch, and hands the former to the finisher in groups.
+
+    A conversation's follow-ups are handed over in scheduled order: one delivered in-app
+    only waits behind an earlier follow-up of its conversation that is still being
+    pushed, so message timestamps keep the conversation's order. An answer that needs the
+    whole round to be judged (transient: failed, or left scheduled by an outage stop;
+    configuration: left scheduled) waits for the end. Runs on the event loop thread.
+    """
+
+    def __init__(self, batch: Sequence[DueFollowUp], plan: _Plan, finisher: _Finisher) -> None:
+        self._finisher = finisher
+        self._queues: dict[str | None, deque[_Entry]] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._ready = _empty_part()
+        self._answered_later: list[_Entry] = []
+        self._not_pushed: list[str] = []
+        self._waiting = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        requests = {f.id: req for f, req in plan.push}
+        in_app = {f.id for f in plan.in_app}
+        notes: dict[str, list[AttemptRecord]] = {}
+        for note in plan.notes:
+            notes.setdefault(note.follow_up_id, []).append(note)
+        self._ready.failures.extend(plan.invalid)
+        for f in batch:
+            if f.id not in requests and f.id not in in_app:
+                continue
+            entry = _Entry(f, requests.get(f.id), notes.get(f.id, []))
+            self._entries[f.id] = entry
+            self._queues.setdefault(f.conversation_id, deque()).append(entry)
+        for conversation in list(self._queues):
+            self._advance(conversation)
+
+    def answered(self, req: PushRequest, outcome: PushOutcome) -> None:
+        entry = self._entries[req.follow_up_id]
+        entry.outcome = outcome
+        conversation = entry.follow_up.conversation_id
+        # A conversation's follow-ups are pushed one after the other: the earlier ones
+        # still without an answer were passed over.
+        for earlier in self._queues.get(conversation, ()):
+            if earlier is entry:
+                break
+            if earlier.waiting:
+                earlier.passed_over = True
+        self._advance(conversation)
+        if self._ready.size >= FINISH_EVERY_ANSWERS:
+            self._flush()
+        elif self._timer is None and self._ready.size:
+            self._timer = asyncio.get_running_loop().call_later(FINISH_EVERY_SECONDS, self._flush)
+
+    async def wait_for_room(self) -> None:
+        """Holds a push back while too many accepted pushes are not recorded yet."""
+        if self._has_room():
+            return
+        # One waiter polls the database thread's progress; the others queue behind it.
+        async with self._waiting:
+            while not self._has_room():
+                if self._ready.pushed_ids:
+                    self._flush()
+                await asyncio.sleep(0.01)
+
+    def _has_room(self) -> bool:
+        if self._finisher.error is not None:
+            raise self._finisher.error
+        return self._finisher.unfinished + len(self._ready.pushed_ids) < MAX_UNFINISHED
+
+    def end(self, stop: str | None) -> PushedBatch:
+        """Everything not handed over yet, once the round is over: what was not pushed
+        goes back to the queue, and transient failures are judged by how the round
+        ended."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        part, self._ready = self._ready, _empty_part()
+        for queue in self._queues.values():
+            while queue:
+                self._sort(queue.popleft(), part)
+        part.release.extend(self._not_pushed)
+        for entry in self._answered_later:
+            outcome = entry.outcome
+            assert outcome is not None
+            if outcome.kind == TRANSIENT and stop != STOP_OUTAGE:
+                part.failures.append(Failure(entry.follow_up.id, outcome.reason or "unknown"))
+                log.warning(
+                    "follow-up %s failed after %d attempts: %s",
+                    entry.follow_up.id,
+                    len(outcome.attempts),
+                    outcome.reason,
+                )
+            else:  # a configuration stop, or an outage: nothing is failed, all stays scheduled
+                part.release.append(entry.follow_up.id)
+            part.attempts.extend(attempt_records(entry.follow_up.id, outcome.attempts))
+        self._not_pushed.clear()
+        self._answered_later.clear()
+        return part
+
+    def _advance(self, conversation: str | None) -> None:
+        queue = self._queues[conversation]
+        while queue and not queue[0].waiting:
+            self._sort(queue.popleft(), self._ready)
+
+    def _sort(self, entry: _Entry, part: PushedBatch) -> None:
+        """A follow-up whose turn has come: into `part`, or aside until the round is over."""
+        outcome = entry.outcome
+        if entry.request is not None and outcome is None:
+            self._not_pushed.append(entry.follow_up.id)
+        elif outcome is not None and outcome.kind not in (SENT, PERMANENT):
+            self._answered_later.append(entry)
+        else:
+            self._take(entry, part)
+
+    def _take(self, entry: _Entry, part: PushedBatch) -> None:
+        """An in-app delivery, an accepted push or a permanent failure, into `part`."""
+        f, outcome = entry.follow_up, entry.outcome
+        part.attempts.extend(entry.notes)
+        if outcome is None:
+            part.delivered.append(f)
+            return
+        part.attempts.extend(attempt_records(f.id, outcome.attempts))
+        if outcome.kind == SENT:
+            part.delivered.append(f)
+            part.pushed_ids.add(f.id)
+            return
+        part.failures.append(Failure(f.id, outcome.reason or "unknown"))
+        token = entry.request.device_token if entry.request else None
+        log.warning(
+            "follow-up %s not delivered: %s (token %s)", f.id, outcome.reason, mask_token(token)
+        )
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        part, self._ready = self._ready, _empty_part()
+        self._finisher.submit(part)
+
+
+def _empty_part() -> PushedBatch:
+    return PushedBatch(delivered=[], pushed_ids=set(), failures=[], release=[], attempts=[])
 
 
 def _push_batch(
@@ -362,67 +809,71 @@ def _push_batch(
     run_id: str,
     batch: Sequence[DueFollowUp],
     progress: ProgressCallback | None,
-) -> PushedBatch:
-    lease = timedelta(seconds=settings.lease_seconds)
+    finisher: _Finisher,
+    leases: _RunLeases,
+) -> tuple[str | None, str | None]:
+    """Pushes one batch; its follow-ups are finished as they are answered. Returns why the
+    round stopped early, if it did."""
     plan = _plan(batch, utcnow(), settings)
     to_push = plan.push
-    gate = _CancelGate(db, run_id, [f.id for f, _ in to_push], settings.cancel_check_seconds)
-
-    def renew() -> None:
-        with db.transaction() as repo:
-            repo.renew_claims(run_id, utcnow() + lease)
-
-    round_ = _PushRound(pusher, gate.may_push)
-    round_.run(to_push, renew, settings.lease_seconds / 3, progress)
-
-    delivered: list[DueFollowUp] = list(plan.in_app)
-    failures: list[Failure] = list(plan.invalid)
-    release: list[str] = []
-    attempts: list[AttemptRecord] = list(plan.notes)
-    for f, req in to_push:
-        outcome = round_.outcomes.get(f.id)
-        if outcome is None or outcome.kind == UNSENT:
-            # Not pushed: cancelled meanwhile, or the run stopped before it went out.
-            release.append(f.id)
-            continue
-        attempts.extend(attempt_records(f.id, outcome.attempts))
-        if outcome.kind == SENT:
-            delivered.append(f)
-        elif outcome.kind == PERMANENT:
-            failures.append(Failure(f.id, outcome.reason or "unknown"))
-            log.warning(
-                "follow-up %s not delivered: %s (token %s)",
-                f.id,
-                outcome.reason,
-                mask_token(req.device_token),
-            )
-        elif outcome.kind == TRANSIENT and round_.stop != STOP_OUTAGE:
-            failures.append(Failure(f.id, outcome.reason or "unknown"))
-            log.warning(
-                "follow-up %s failed after %d attempts: %s",
-                f.id,
-                len(outcome.attempts),
-                outcome.reason,
-            )
-        else:  # a configuration stop, or an outage: nothing is failed, all stays scheduled
-            release.append(f.id)
+    gate = _CancelGate(
+        db, run_id, {f.id: f.conversation_id for f, _ in to_push}, settings.cancel_check_seconds
+    )
+    tracker = _Tracker(batch, plan, finisher)
+    round_ = _PushRound(
+        pusher,
+        gate.may_push,
+        on_answer=tracker.answered,
+        before_push=tracker.wait_for_room,
+    )
+    try:
+        round_.run(to_push, leases.renew, settings.lease_seconds / 3, progress)
+    finally:
+        # Even when the run is ending on an error, what APNs accepted is recorded.
+        finisher.submit(tracker.end(round_.stop), last_of_batch=True)
     if progress is not None:
         progress(len(batch) - len(to_push))
-    delivered.sort(key=lambda f: (f.scheduled_for, f.id))
-    return PushedBatch(
-        delivered=delivered,
-        pushed_ids={fid for fid, o in round_.outcomes.items() if o.kind == SENT},
-        failures=failures,
-        release=release,
-        attempts=attempts,
-        stop=round_.stop,
-        stop_reason=round_.stop_reason,
+    return round_.stop, round_.stop_reason
+
+
+def finish_batch(
+    db: Database,
+    run_id: str,
+    pushed: PushedBatch,
+    stamps: MessageClock,
+    *,
+    retry: Callable[[Callable[[bool], Finished], str], Finished] | None = None,
+) -> Finished:
+    """In-app messages and statuses together, attempts recorded, the rest handed back.
+    Guarded updates: what the app cancelled meanwhile stays cancelled.
+
+    When the database refuses the transaction for a reason tied to its rows (a
+    constraint, a trigger, a value a column cannot hold), the follow-ups are finished
+    again in halves, down to the single row, so that only the refused rows are set
+    aside (`_set_aside`); every other one is finished normally.
+    """
+    attempt: Callable[[Callable[[bool], Finished], str], Finished] = retry or (
+        lambda work, _what: work(False)
+    )
+    try:
+        return attempt(
+            lambda retrying: _finish_once(db, run_id, pushed, stamps, retrying), "finishing"
+        )
+    except SQLAlchemyError as exc:
+        problem = classify_error(exc)
+        if not problem.refused or not pushed.ids():
+            raise
+    if len(pushed.ids()) == 1:
+        return _set_aside(db, run_id, pushed, problem.summary, attempt)
+    first, second = pushed.halves()
+    return finish_batch(db, run_id, first, stamps, retry=retry) + finish_batch(
+        db, run_id, second, stamps, retry=retry
     )
 
 
-def finish_batch(db: Database, run_id: str, pushed: PushedBatch, stamps: MessageClock) -> Finished:
-    """One transaction: in-app messages and statuses together, attempts recorded, the rest
-    handed back. Guarded updates: what the app cancelled meanwhile stays cancelled."""
+def _finish_once(
+    db: Database, run_id: str, pushed: PushedBatch, stamps: MessageClock, retrying: bool
+) -> Finished:
     finished_at = utcnow()
     with db.transaction() as repo:
         sent_ids = repo.mark_sent(run_id, [f.id for f in pushed.delivered], finished_at)
@@ -441,7 +892,7 @@ def finish_batch(db: Database, run_id: str, pushed: PushedBatch, stamps: Message
         )
         failed_ids = repo.mark_failed(run_id, pushed.failures, finished_at)
         repo.release(run_id, pushed.release)
-        repo.record_attempts(run_id, pushed.attempts)
+        repo.record_attempts(run_id, _not_yet_recorded(repo, run_id, pushed.attempts, retrying))
     return Finished(
         sent=sent_ids,
         pushed=len(sent_ids & pushed.pushed_ids),
@@ -449,10 +900,101 @@ def finish_batch(db: Database, run_id: str, pushed: PushedBatch, stamps: Message
     )
 
 
-def _release(db: Database, run_id: str, batch: Sequence[DueFollowUp]) -> None:
-    if batch:
+def _not_yet_recorded(
+    repo: Repository, run_id: str, attempts: Sequence[AttemptRecord], retrying: bool
+) -> Sequence[AttemptRecord]:
+    """On a retry after a lost connection the first try may have committed after all."""
+    if not retrying or not attempts:
+        return attempts
+    done = repo.with_attempts_of_run(run_id, sorted({a.follow_up_id for a in attempts}))
+    return [a for a in attempts if a.follow_up_id not in done]
+
+
+def _set_aside(
+    db: Database,
+    run_id: str,
+    part: PushedBatch,
+    reason: str,
+    attempt: Callable[[Callable[[bool], Finished], str], Finished],
+) -> Finished:
+    """One follow-up the database refused to finish: never pushed again automatically.
+
+    Marked failed (database_rejected, with the database's one-line reason) with its
+    attempts. If even that is refused (say a CHECK on status without 'failed'), it is
+    held with this tool's own columns, so no run claims it until retry-failed releases
+    it. If even the hold is refused, it goes back to the queue when its lease ends.
+    """
+    [follow_up_id] = part.ids()
+    at = utcnow()
+
+    def mark_failed(retrying: bool) -> Finished:
         with db.transaction() as repo:
-            repo.release(run_id, [f.id for f in batch])
+            changed = repo.mark_failed(
+                run_id, [Failure(follow_up_id, DATABASE_REJECTED)], at, detail=reason
+            )
+            repo.record_attempts(run_id, _not_yet_recorded(repo, run_id, part.attempts, retrying))
+        if not changed:  # cancelled by the app, or no longer this run's: not ours to report
+            return Finished()
+        return Finished(refused=[Refused(follow_up_id, REFUSED_FAILED, reason)])
+
+    try:
+        finished = attempt(mark_failed, "recording a refused follow-up")
+    except SQLAlchemyError as exc:
+        problem = classify_error(exc)
+        if not problem.refused:
+            raise
+        detail = (
+            reason
+            if problem.summary == reason
+            else f"{reason}; marking it failed: {problem.summary}"
+        )
+    else:
+        if finished.refused:
+            log.warning(
+                "follow-up %s: the database refused to record it (%s); marked failed",
+                follow_up_id,
+                reason,
+            )
+        return finished
+
+    def hold(retrying: bool) -> Finished:
+        with db.transaction() as repo:
+            held = repo.hold(run_id, follow_up_id, DATABASE_REJECTED, detail, at)
+            repo.record_attempts(run_id, _not_yet_recorded(repo, run_id, part.attempts, retrying))
+        return Finished(refused=[Refused(follow_up_id, REFUSED_HELD, detail)] if held else [])
+
+    try:
+        finished = attempt(hold, "holding a refused follow-up")
+    except SQLAlchemyError as exc:
+        if not classify_error(exc).refused:
+            raise
+    else:
+        if finished.refused:
+            log.warning(
+                "follow-up %s: the database refused to record it or mark it failed (%s); held",
+                follow_up_id,
+                detail,
+            )
+        return finished
+
+    def record_attempts(retrying: bool) -> Finished:
+        with db.transaction() as repo:  # this tool's own table: nothing of the app's to refuse
+            repo.record_attempts(run_id, _not_yet_recorded(repo, run_id, part.attempts, retrying))
+        return Finished()
+
+    attempt(record_attempts, "recording the attempts of a refused follow-up")
+    log.error(
+        "follow-up %s: the database refused to record it, to mark it failed and to hold it "
+        "(%s); it returns to the queue when its lease ends",
+        follow_up_id,
+        detail,
+    )
+    return Finished(refused=[Refused(follow_up_id, REFUSED_UNRECORDED, detail)])
+
+
+def _release(db: Database, run_id: str, ids: Sequence[str]) -> None:
+    with db.transaction() as repo:
+        repo.release(run_id, ids)
 
 
 def attempt_records(
@@ -473,8 +1015,28 @@ def attempt_records(
     ]
 
 
+_REFUSED_AS = {
+    REFUSED_FAILED: "marked failed",
+    REFUSED_HELD: "held",
+    REFUSED_UNRECORDED: "not recorded, back in the queue after its lease",
+}
+
+
 def _alert(alerter: Alerter, report: RunReport) -> None:
-    """One alert per run for new failures, and one for a stop. Ids and reasons only."""
+    """One alert per run for new failures, one for rows the database refused, and one for
+    a stop. Ids, reasons and the database's constraint or trigger names only."""
+    if report.refused:
+        shown = ", ".join(
+            f"{r.follow_up_id} {_REFUSED_AS[r.outcome]} ({r.detail})" for r in report.refused[:20]
+        )
+        more = len(report.refused) - 20
+        alerter.alert(
+            f"followups: the database refused to record {len(report.refused)} delivered "
+            f"follow-up(s): {shown}{f' and {more} more' if more > 0 else ''}. Each was pushed "
+            "at most once and is not pushed again automatically. Fix the cause "
+            "(`followups db check` lists what the schema refuses), then "
+            f"`followups retry-failed --reason {DATABASE_REJECTED}`."
+        )
     if report.failures:
         shown = ", ".join(f"{fid} ({reason})" for fid, reason in report.failures[:20])
         more = len(report.failures) - 20

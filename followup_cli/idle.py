@@ -29,7 +29,7 @@ from followup_cli.settings import Settings
 _CLAIMABLE = (
     "SELECT COUNT(*) FROM follow_up_requests "
     "WHERE status = 'scheduled' AND scheduled_for <= {p} "
-    "AND (claim_expires_at IS NULL OR claim_expires_at <= {p})"
+    "AND (claim_expires_at IS NULL OR claim_expires_at <= {p}) AND held_at IS NULL"
 )
 _RECORD_RUN = (
     "INSERT INTO follow_up_runs (id, host, pid, started_at, finished_at, push_backend, "

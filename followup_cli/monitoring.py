@@ -51,6 +51,9 @@ class Stats:
     oldest_overdue_since: datetime | None
     last_run: LastRun | None
     sent_per_hour: list[tuple[str, int]] = field(default_factory=list)
+    # Held: the database refused even to mark them failed; no run claims them.
+    held: int = 0
+    oldest_held_since: datetime | None = None
 
     @property
     def in_app_only(self) -> int:
@@ -94,6 +97,7 @@ class Stats:
             "lag_seconds": {"p50": p50, "p95": p95, "max": worst},
             "overdue": self.overdue,
             "oldest_overdue_seconds": self.oldest_overdue_seconds,
+            "held": self.held,
             "last_run_at": run.started_at.isoformat() if run else None,
             "last_run": None
             if run is None
@@ -119,6 +123,7 @@ def gather(db: Database, window: timedelta, *, per_hour: bool = True) -> Stats:
     since = now - window
     with db.transaction() as repo:
         overdue, oldest = repo.backlog(now)
+        held, oldest_held = repo.held()
         return Stats(
             window=window,
             generated_at=now,
@@ -132,6 +137,8 @@ def gather(db: Database, window: timedelta, *, per_hour: bool = True) -> Stats:
             oldest_overdue_since=oldest,
             last_run=repo.last_run(),
             sent_per_hour=repo.sent_per_hour_since(since) if per_hour else [],
+            held=held,
+            oldest_held_since=oldest_held,
         )
 
 
@@ -158,6 +165,12 @@ def check(stats: Stats, rules: CheckRules) -> list[str]:
         problems.append(
             f"{stats.overdue} follow-up(s) overdue, the oldest by {_human(oldest)} "
             f"(more than {_human(rules.max_overdue.total_seconds())})"
+        )
+    if stats.held:
+        problems.append(
+            f"{stats.held} follow-up(s) held because the database refused to record them "
+            "(see `followups stats`; once the cause is fixed: "
+            "`followups retry-failed --reason database_rejected`)"
         )
     return problems
 

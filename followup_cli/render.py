@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from followup_cli.db import Database
     from followup_cli.monitoring import CheckRules, Stats
     from followup_cli.requeue import RequeueReport
-    from followup_cli.security import Finding, GrantScript
+    from followup_cli.schemacheck import Finding
+    from followup_cli.security import GrantScript
     from followup_cli.testsend import TestSendResult
 
 
@@ -35,9 +36,10 @@ def backlog_size(db: Database, limit: int | None) -> int:
 
 def send_due_summary(report: RunReport) -> None:
     pushed = f"{report.pushed} pushed, {report.in_app_only} in-app only"
+    held = f", held {report.held}" if report.held else ""
     print(
         f"send-due: claimed {report.claimed}, sent {report.sent} ({pushed}), "
-        f"failed {report.failed}, skipped {report.skipped} | push backend: "
+        f"failed {report.failed}{held}, skipped {report.skipped} | push backend: "
         f"{report.push_backend} | {report.elapsed_seconds:.2f}s"
     )
 
@@ -60,9 +62,17 @@ def stop_line(report: RunReport) -> str:
 def requeue_report(report: RequeueReport, asked_ids: Sequence[str]) -> None:
     verb = "Would requeue" if report.dry_run else "Requeued"
     how = " (in-app only, no push)" if report.in_app_only else ""
-    print(f"{verb} {len(report.requeued)} failed follow-up(s){how}.")
+    what = "failed or held" if any(f.held for f in report.requeued) else "failed"
+    print(f"{verb} {len(report.requeued)} {what} follow-up(s){how}.")
     for f in report.requeued:
-        print(f"  {f.id}  was: {f.reason or '-'}")
+        state = "held" if f.held else "was"
+        detail = f" ({f.detail})" if f.detail else ""
+        again = (
+            "; already pushed, so in-app only"
+            if f.id in report.already_pushed and not report.in_app_only
+            else ""
+        )
+        print(f"  {f.id}  {state}: {f.reason or '-'}{detail}{again}")
     if report.held_back:
         print(
             f"Held back {len(report.held_back)}: APNs rejected their device token and the app "
@@ -72,7 +82,7 @@ def requeue_report(report: RequeueReport, asked_ids: Sequence[str]) -> None:
             print(f"  {f.id}  was: {f.reason}")
     seen = {f.id for f in report.requeued} | {f.id for f in report.held_back}
     for missing in (i for i in asked_ids if i not in seen):
-        print(f"  {missing}  is not a failed follow-up (unknown, or not failed)")
+        print(f"  {missing}  is not a failed follow-up (unknown, or neither failed nor held)")
 
 
 # -- stats ------------------------------------------------------------------------------
@@ -126,6 +136,17 @@ def _stats_rows(stats: Stats, rules: CheckRules) -> list[tuple[str, str]]:
         ("last send-due run", last),
         ("cron alive", "yes" if stats.cron_alive(rules) else "NO"),
     ]
+    if stats.held:
+        since = stats.oldest_held_since
+        rows.insert(
+            -2,
+            (
+                "held: refused by the database",
+                f"{stats.held} (oldest since {since:%Y-%m-%d %H:%M} UTC)"
+                if since
+                else str(stats.held),
+            ),
+        )
     return rows
 
 
@@ -264,11 +285,22 @@ def test_send_outcome(result: TestSendResult) -> None:
         print(f"result: {outcome.kind} ({outcome.reason}); the follow-up was not changed")
 
 
-def findings(found: Sequence[Finding]) -> None:
-    """Each finding as `Warning: ...` with the SQL that fixes it, on stderr."""
-    for f in found:
-        print(f"{f.level.capitalize()}: {f.message}", file=sys.stderr)
-        print(f"  fix: {f.fix}", file=sys.stderr)
+# -- db check ---------------------------------------------------------------------------
+
+
+def schema_findings(findings: Sequence[Finding]) -> None:
+    """One line per finding: its level, what is wrong, and the SQL that fixes it."""
+    for f in findings:
+        fix = f" Fix: {f.fix}" if f.fix else ""
+        print(f"{f.level}: {f.message}.{fix}")
+
+
+def schema_check_summary(findings: Sequence[Finding]) -> None:
+    if not findings:
+        print("db check: OK, nothing in the app's schema would make delivery fail")
+        return
+    errors = sum(1 for f in findings if f.level == "error")
+    print(f"db check: {errors} error(s), {len(findings) - errors} warning(s)")
 
 
 def grant_script(script: GrantScript, role: str) -> None:

@@ -12,6 +12,18 @@ from followup_cli.clock import utcnow
 STOP_CONFIG = "config_error"
 STOP_OUTAGE = "outage"
 
+# What became of a follow-up the database refused to record as delivered.
+REFUSED_FAILED = "failed"  # marked failed, reason database_rejected
+REFUSED_HELD = "held"  # even that was refused: held with this tool's own columns
+REFUSED_UNRECORDED = "unrecorded"  # even the hold was refused: back after the lease
+
+
+@dataclass(frozen=True)
+class Refused:
+    follow_up_id: str
+    outcome: str
+    detail: str  # the database's reason: constraint, table, trigger function; no values
+
 
 @dataclass
 class RunReport:
@@ -24,15 +36,17 @@ class RunReport:
     pushed: int = 0
     in_app_only: int = 0
     failed: int = 0
+    held: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
     stop: str | None = None
     stop_reason: str | None = None
 
     @property
     def skipped(self) -> int:
-        """Claimed but neither sent nor failed by this run: cancelled meanwhile, taken
-        over by another run, or given back for the next run."""
-        return self.claimed - self.sent - self.failed
+        """Claimed but neither sent, failed nor held by this run: cancelled meanwhile,
+        taken over by another run, or given back for the next run."""
+        return self.claimed - self.sent - self.failed - self.held
 
     @property
     def elapsed_seconds(self) -> float:

@@ -15,16 +15,20 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Float,
+    and_,
+    bindparam,
     cast,
     delete,
     func,
     insert,
+    inspect,
     literal,
     or_,
     select,
     text,
     update,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 from followup_cli.tables import (
     ARCHIVED_COLUMNS,
@@ -81,9 +85,35 @@ class Failure:
 class FailedFollowUp:
     id: str
     reason: str | None
-    failed_at: datetime | None
+    failed_at: datetime | None  # for a held row: when it was held
     # The app stored a different token since the failure.
     token_changed: bool
+    # Still `scheduled`, but held: the database refused even to mark it failed.
+    held: bool = False
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class ColumnFacts:
+    name: str
+    type: str  # as the database spells it, e.g. VARCHAR(20)
+    not_null: bool
+    has_default: bool  # a default, an identity or a generated column
+    enum_labels: tuple[str, ...] | None  # the allowed labels of an enum type
+
+
+@dataclass(frozen=True)
+class CheckFacts:
+    name: str | None
+    expression: str
+
+
+@dataclass(frozen=True)
+class ForeignKeyFacts:
+    name: str | None
+    columns: tuple[str, ...]
+    referred_table: str
+    referred_columns: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -205,6 +235,7 @@ class Repository:
                 r.status == SCHEDULED,
                 r.scheduled_for <= due_before,
                 or_(r.claim_expires_at.is_(None), r.claim_expires_at <= now),
+                r.held_at.is_(None),
                 or_(r.conversation_id.is_(None), r.conversation_id.not_in(in_flight)),
             )
             .order_by(r.scheduled_for, r.id)
@@ -256,6 +287,7 @@ class Repository:
                 claimed_by=None,
                 claim_expires_at=None,
                 failure_reason=None,
+                failure_detail=None,
             )
             .returning(r.id)
         )
@@ -281,12 +313,17 @@ class Repository:
         )
 
     def mark_failed(
-        self, run_id: str, failures: Sequence[Failure], failed_at: datetime
+        self,
+        run_id: str,
+        failures: Sequence[Failure],
+        failed_at: datetime,
+        detail: str | None = None,
     ) -> set[str]:
         """scheduled -> failed, with its reason, for rows this run still holds.
 
         One statement per distinct reason (there are few). The token the failure
         happened with is kept, so a requeue can tell whether the app has a new one.
+        `detail` is the database's one-line reason when it refused the delivery.
         """
         changed: set[str] = set()
         by_reason: dict[str, list[str]] = {}
@@ -299,6 +336,7 @@ class Repository:
                 .values(
                     status=FAILED,
                     failure_reason=reason,
+                    failure_detail=detail,
                     failed_device_token=r.device_token,
                     failed_at=failed_at,
                     claimed_by=None,
@@ -308,6 +346,24 @@ class Repository:
             )
             changed.update(self.conn.scalars(stmt))
         return changed
+
+    def hold(
+        self, run_id: str, follow_up_id: str, reason: str, detail: str, held_at: datetime
+    ) -> bool:
+        """Keep a row this run holds out of every claim, touching only this tool's columns
+        (its status stays as the app's constraints allow). True if it was held."""
+        stmt = (
+            update(follow_up_requests)
+            .where(r.id == follow_up_id, r.status == SCHEDULED, r.claimed_by == run_id)
+            .values(
+                held_at=held_at,
+                failure_reason=reason,
+                failure_detail=detail,
+                claimed_by=None,
+                claim_expires_at=None,
+            )
+        )
+        return self.conn.execute(stmt).rowcount == 1
 
     def release(self, run_id: str, ids: Sequence[str]) -> None:
         """Give leased rows back untouched, for the next run."""
@@ -340,6 +396,15 @@ class Repository:
             ],
         )
 
+    def with_attempts_of_run(self, run_id: str, ids: Sequence[str]) -> set[str]:
+        """Which of these follow-ups already have attempts recorded by this run (a finish
+        retried after a commit whose answer was lost must not record them twice)."""
+        if not ids:
+            return set()
+        a = follow_up_attempts.c
+        stmt = select(a.follow_up_id).where(a.run_id == run_id, a.follow_up_id.in_(list(ids)))
+        return set(self.conn.scalars(stmt.distinct()))
+
     def record_run(self, run: RunRecord) -> None:
         self.conn.execute(
             insert(follow_up_runs).values(
@@ -367,6 +432,7 @@ class Repository:
                 r.id == follow_up_id,
                 r.status == SCHEDULED,
                 or_(r.claim_expires_at.is_(None), r.claim_expires_at <= now),
+                r.held_at.is_(None),
             )
             .values(claimed_by=run_id, claim_expires_at=lease_until)
             .returning(*_DUE_COLUMNS)
@@ -440,17 +506,23 @@ class Repository:
         return _percentile(values, 0.5), _percentile(values, 0.95), values[-1]
 
     def backlog(self, now: datetime) -> tuple[int, datetime | None]:
-        """Scheduled follow-ups already due, and the oldest due time among them."""
+        """Scheduled follow-ups already due (held ones apart), and the oldest due time."""
         count, oldest = self.conn.execute(
             select(func.count(), func.min(r.scheduled_for)).where(
-                r.status == SCHEDULED, r.scheduled_for <= now
+                r.status == SCHEDULED, r.scheduled_for <= now, r.held_at.is_(None)
             )
         ).one()
-        if oldest is not None and oldest.tzinfo is None:
-            from datetime import UTC
+        return int(count or 0), _aware(oldest)
 
-            oldest = oldest.replace(tzinfo=UTC)
-        return int(count or 0), oldest
+    def held(self) -> tuple[int, datetime | None]:
+        """Follow-ups held because the database refused to record them, and the oldest
+        hold."""
+        count, oldest = self.conn.execute(
+            select(func.count(), func.min(r.held_at)).where(
+                r.held_at.is_not(None), r.status == SCHEDULED
+            )
+        ).one()
+        return int(count or 0), _aware(oldest)
 
     def last_run(self) -> LastRun | None:
         u = follow_up_runs.c
@@ -580,45 +652,166 @@ class Repository:
         failed_since: datetime | None = None,
         reason: str | None = None,
     ) -> list[FailedFollowUp]:
-        """Failed follow-ups matching every given filter, oldest failure first."""
-        stmt = select(r.id, r.failure_reason, r.failed_at, r.device_token, r.failed_device_token)
-        stmt = stmt.where(r.status == FAILED)
+        """Failed follow-ups, and held ones, matching every given filter, oldest first."""
+        held = and_(r.status == SCHEDULED, r.held_at.is_not(None))
+        when = func.coalesce(r.failed_at, r.held_at)
+        stmt = select(
+            r.id,
+            r.status,
+            r.failure_reason,
+            r.failure_detail,
+            when.label("failed_at"),
+            r.device_token,
+            r.failed_device_token,
+        )
+        stmt = stmt.where(or_(r.status == FAILED, held))
         if ids:
             stmt = stmt.where(r.id.in_(list(ids)))
         if failed_since is not None:
-            stmt = stmt.where(r.failed_at >= failed_since)
+            stmt = stmt.where(when >= failed_since)
         if reason is not None:
             stmt = stmt.where(r.failure_reason == reason)
-        stmt = stmt.order_by(r.failed_at, r.id)
+        stmt = stmt.order_by(when, r.id)
         return [
             FailedFollowUp(
                 id=row.id,
                 reason=row.failure_reason,
-                failed_at=row.failed_at,
+                failed_at=_aware(row.failed_at),
                 token_changed=(row.device_token or None) != (row.failed_device_token or None),
+                held=row.status == SCHEDULED,
+                detail=row.failure_detail,
             )
             for row in self.conn.execute(stmt)
         ]
 
     def requeue(self, ids: Sequence[str], in_app_only: bool) -> int:
-        """failed -> scheduled, so the next send-due delivers them."""
+        """failed -> scheduled, and held rows released, so the next send-due delivers them."""
         if not ids:
             return 0
         values: dict[str, Any] = {
             "status": SCHEDULED,
             "failure_reason": None,
+            "failure_detail": None,
             "failed_at": None,
+            "held_at": None,
             "claimed_by": None,
             "claim_expires_at": None,
         }
         if in_app_only:
             values["in_app_only"] = True
+        held = and_(r.status == SCHEDULED, r.held_at.is_not(None))
         stmt = (
             update(follow_up_requests)
-            .where(r.id.in_(list(ids)), r.status == FAILED)
+            .where(r.id.in_(list(ids)), or_(r.status == FAILED, held))
             .values(**values)
         )
         return self.conn.execute(stmt).rowcount
+
+    def pushed_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of these follow-ups APNs has already accepted a push for (tests apart)."""
+        if not ids:
+            return set()
+        a = follow_up_attempts.c
+        stmt = select(a.follow_up_id).where(
+            a.follow_up_id.in_(list(ids)), a.outcome == "sent", a.is_test.is_(False)
+        )
+        return set(self.conn.scalars(stmt.distinct()))
+
+    # -- db check: what the app's schema allows -------------------------------------
+
+    def begin_read_only(self) -> None:
+        """The first statement of a transaction that must not write anything."""
+        if self.dialect == "postgresql":
+            self.conn.execute(text("SET TRANSACTION READ ONLY"))
+        else:
+            self.conn.execute(text("PRAGMA query_only = ON"))
+
+    def end_read_only(self) -> None:
+        if self.dialect != "postgresql":  # a connection setting, not a transaction's
+            self.conn.execute(text("PRAGMA query_only = OFF"))
+
+    def table_names(self) -> set[str]:
+        return set(inspect(self.conn).get_table_names())
+
+    def columns(self, table: str) -> list[ColumnFacts]:
+        facts = []
+        for c in inspect(self.conn).get_columns(table):
+            type_ = c["type"]
+            labels = getattr(type_, "enums", None)
+            facts.append(
+                ColumnFacts(
+                    name=c["name"],
+                    type=str(type_.compile(dialect=self.conn.dialect)),
+                    not_null=not c["nullable"],
+                    has_default=c.get("default") is not None
+                    or bool(c.get("identity"))
+                    or bool(c.get("computed"))
+                    or bool(c.get("primary_key") and self.dialect == "sqlite"),
+                    enum_labels=tuple(labels) if labels else None,
+                )
+            )
+        return facts
+
+    def check_constraints(self, table: str) -> list[CheckFacts]:
+        return [
+            CheckFacts(name=c.get("name"), expression=c["sqltext"])
+            for c in inspect(self.conn).get_check_constraints(table)
+        ]
+
+    def foreign_keys(self, table: str) -> list[ForeignKeyFacts]:
+        return [
+            ForeignKeyFacts(
+                name=fk.get("name"),
+                columns=tuple(fk["constrained_columns"]),
+                referred_table=fk["referred_table"],
+                referred_columns=tuple(fk["referred_columns"]),
+            )
+            for fk in inspect(self.conn).get_foreign_keys(table)
+        ]
+
+    def triggers(self, tables: Sequence[str]) -> list[tuple[str, str]]:
+        """(table, trigger) for the app's own triggers on these tables, enabled or not
+        (the database's internal ones, e.g. for foreign keys, apart)."""
+        if self.dialect == "postgresql":
+            found = self.conn.execute(
+                text(
+                    "SELECT c.relname, t.tgname FROM pg_trigger t "
+                    "JOIN pg_class c ON c.oid = t.tgrelid "
+                    "WHERE NOT t.tgisinternal AND c.relname = ANY(:tables) "
+                    "AND pg_table_is_visible(c.oid) ORDER BY 1, 2"
+                ),
+                {"tables": list(tables)},
+            )
+        else:
+            found = self.conn.execute(
+                text(
+                    "SELECT tbl_name, name FROM sqlite_master "
+                    "WHERE type = 'trigger' AND tbl_name IN :tables ORDER BY 1, 2"
+                ).bindparams(bindparam("tables", expanding=True)),
+                {"tables": list(tables)},
+            )
+        return [(str(t), str(n)) for t, n in found]
+
+    def check_allows(
+        self, table: str, expression: str, column_name: str, column_type: str, value: str
+    ) -> bool | None:
+        """Would this CHECK expression accept `value` in `column_name`? None when it
+        cannot be told from that column alone (it reads other columns too).
+
+        The expression comes from the database's own catalog and is evaluated over one
+        made-up row, inside a savepoint of a read-only transaction.
+        """
+        probe = (
+            f"SELECT ({expression}) FROM "
+            f"(SELECT CAST(:value AS {column_type}) AS {column_name}) AS {table}"
+        )
+        try:
+            with self.conn.begin_nested():
+                result = self.conn.execute(text(probe), {"value": value}).scalar()
+        except SQLAlchemyError:
+            return None
+        # A CHECK whose expression is NULL lets the row through.
+        return result is None or bool(result)
 
     # -- schedule / cancel (what the app does) --------------------------------------
 
@@ -720,6 +913,15 @@ JOIN pg_namespace sn ON sn.oid = s.relnamespace
 WHERE tn.nspname = :schema AND t.relname = :table
 ORDER BY s.relname
 """
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """min() over a timestamp column comes back naive from SQLite."""
+    if value is not None and value.tzinfo is None:
+        from datetime import UTC
+
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:

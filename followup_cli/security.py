@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from followup_cli.db import Database
-from followup_cli.repository import TableAccess
 from followup_cli.scheduling import NotFound
 from followup_cli.settings import ConfigError
 from followup_cli.tables import APP_REQUEST_COLUMNS, APP_TABLES, TOOL_TABLES, follow_up_requests
@@ -65,13 +64,6 @@ RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class Finding:
-    level: str  # "warning"
-    message: str  # one line
-    fix: str  # the SQL that fixes it
-
-
 def quote_ident(name: str) -> str:
     """A PostgreSQL identifier, always quoted, so any role or schema name is safe."""
     return '"' + name.replace('"', '""') + '"'
@@ -79,51 +71,6 @@ def quote_ident(name: str) -> str:
 
 def qualified(schema: str, name: str) -> str:
     return f"{quote_ident(schema)}.{quote_ident(name)}"
-
-
-def check_exposure(db: Database) -> list[Finding]:
-    """Tables the API roles can reach. Empty on SQLite (no roles) and when the database
-    has no such roles. Read-only."""
-    if db.dialect != "postgresql":
-        return []
-    with db.transaction() as repo:
-        app = repo.table_access(SENSITIVE_APP_TABLES, API_ROLES)
-        tool = repo.table_access(TOOL_TABLES, API_ROLES)
-    findings = [_open_app_table(t) for t in app if not t.row_security and t.readers]
-    for t in tool:
-        where = qualified(t.schema, t.name)
-        if not t.row_security:
-            findings.append(
-                Finding(
-                    "warning",
-                    f"{t.name}: row level security is off on this tool's table",
-                    f"ALTER TABLE {where} ENABLE ROW LEVEL SECURITY;",
-                )
-            )
-        others = (["PUBLIC"] if t.public_privileges else []) + list(t.holders)
-        if others:
-            names = ", ".join(others)
-            grantees = ", ".join(
-                "PUBLIC" if name == "PUBLIC" else quote_ident(name) for name in others
-            )
-            findings.append(
-                Finding(
-                    "warning",
-                    f"{t.name}: {names} hold privileges on this tool's table",
-                    f"REVOKE ALL ON TABLE {where} FROM {grantees};",
-                )
-            )
-    return findings
-
-
-def _open_app_table(t: TableAccess) -> Finding:
-    return Finding(
-        "warning",
-        f"{t.name}: row level security is off and {', '.join(t.readers)} can read every "
-        "row, as can anyone holding the app's public key; enable it and give the app's "
-        "users policies",
-        f"ALTER TABLE {qualified(t.schema, t.name)} ENABLE ROW LEVEL SECURITY;",
-    )
 
 
 def validate_role(role: str) -> str:

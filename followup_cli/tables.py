@@ -123,6 +123,12 @@ follow_up_requests = Table(
     # The token a device-specific failure happened with: a requeue needs a new one.
     Column("failed_device_token", Text),
     Column("in_app_only", Boolean, nullable=False, server_default=false()),
+    # The database's one-line reason when it refused to record a delivery (never values).
+    Column("failure_detail", Text),
+    # Set when the database refused even to mark the row failed (e.g. a CHECK on status
+    # without 'failed'): the row stays `scheduled` but no run claims it until
+    # retry-failed releases it.
+    Column("held_at", UTCDateTime()),
 )
 
 # The due scan reads only scheduled rows; a partial index keeps it independent of how
@@ -164,6 +170,12 @@ partial_index(
     "ix_follow_up_requests_cancelled_due",
     follow_up_requests.c.scheduled_for,
     where=follow_up_requests.c.status == CANCELLED,
+)
+# Held rows (stats, stats --check, retry-failed): normally none, so the index is empty.
+partial_index(
+    "ix_follow_up_requests_held",
+    follow_up_requests.c.held_at,
+    where=follow_up_requests.c.held_at.is_not(None),
 )
 
 # The app's own columns of follow_up_requests (its contract); every other column of that

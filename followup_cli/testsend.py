@@ -89,7 +89,7 @@ def send(
         if claimed is None:
             raise Conflict(
                 f"follow-up {req.follow_up_id} is not scheduled (or is being delivered right "
-                "now); --mark-sent only applies to a scheduled follow-up"
+                "now, or is held); --mark-sent only applies to a scheduled follow-up"
             )
     outcome = pusher.run(pusher.push(req))
     prepared.outcome = outcome

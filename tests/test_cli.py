@@ -201,6 +201,7 @@ def test_every_command_is_documented() -> None:
         ["test-send"],
         ["db", "upgrade"],
         ["db", "grants"],
+        ["db", "check"],
         ["schedule"],
         ["cancel"],
     )

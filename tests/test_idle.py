@@ -10,8 +10,12 @@ from datetime import timedelta
 
 from sqlalchemy import func, select, update
 
+from followup_cli.alerts import LogAlerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
+from followup_cli.delivery import send_due
+from followup_cli.push import LogPusher
+from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_requests, follow_up_runs
 from tests.helpers import app_row, row
 
@@ -65,6 +69,22 @@ def test_due_but_leased_elsewhere_is_idle(db_url: str, db: Database) -> None:
         )
     out, _ = probe(db_url, "send-due")
     assert "RESULT 0" in out
+
+
+def test_held_row_is_idle_on_both_paths(db_url: str, db: Database, settings: Settings) -> None:
+    """A due row held after the database refused it: neither path claims it."""
+    fid = app_row(db)
+    with db.engine.begin() as conn:
+        conn.execute(
+            update(follow_up_requests)
+            .where(follow_up_requests.c.id == fid)
+            .values(held_at=utcnow(), failure_reason="database_rejected")
+        )
+    out, _ = probe(db_url, "send-due")
+    assert "RESULT 0" in out
+    report = send_due(db, LogPusher(), settings, LogAlerter())
+    assert report.claimed == 0
+    assert (row(db, fid).status, row(db, fid).claimed_by) == ("scheduled", None)
 
 
 def test_other_arguments_take_the_full_path(db_url: str) -> None:

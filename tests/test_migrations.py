@@ -73,7 +73,14 @@ def test_existing_app_schema_gains_only_this_tools_pieces(empty_pg_url: str) -> 
             conn.execute(text(statement))
     migrate.upgrade(db)
     columns = {c["name"] for c in inspect(db.engine).get_columns("follow_up_requests")}
-    assert {"claimed_by", "claim_expires_at", "failure_reason", "provider_name"} <= columns
+    assert {
+        "claimed_by",
+        "claim_expires_at",
+        "failure_reason",
+        "provider_name",
+        "failure_detail",
+        "held_at",
+    } <= columns
     review_columns = {c["name"] for c in inspect(db.engine).get_columns("provider_review_requests")}
     assert "reviewer" in review_columns
     with db.engine.connect() as conn:
@@ -92,6 +99,8 @@ def test_sql_mode_prints_idempotent_ddl_without_connecting() -> None:
     sql = out.getvalue()
     assert "CREATE TABLE IF NOT EXISTS follow_up_requests" in sql
     assert "ADD COLUMN IF NOT EXISTS claimed_by" in sql
+    assert "ADD COLUMN IF NOT EXISTS held_at" in sql
+    assert "CREATE INDEX IF NOT EXISTS ix_follow_up_requests_held" in sql
     assert "CREATE INDEX IF NOT EXISTS ix_follow_up_requests_due" in sql
     assert "WHERE status = 'scheduled'" in sql
     assert migrate.VERSION_TABLE in sql

@@ -28,11 +28,12 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from followup_cli import migrate
+from followup_cli import migrate, schemacheck
 from followup_cli.cli import app
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.security import API_ROLES, RUNTIME_PRIVILEGES, check_exposure
+from followup_cli.schemacheck import Finding
+from followup_cli.security import API_ROLES, RUNTIME_PRIVILEGES
 from followup_cli.tables import APP_TABLES, TOOL_TABLES
 from tests.conftest import PGBOUNCER_URL, REQUIRE_PG, drop_pg_database, new_pg_database, pg_url
 from tests.fake_apns import FakeAPNs
@@ -159,20 +160,28 @@ def old_sent_row(db: Database) -> str:
 # -- closed to the API roles ------------------------------------------------------------
 
 
+def exposure(db: Database) -> list[Finding]:
+    return schemacheck.run(db, schemacheck.ACCESS_CHECKS)
+
+
 def test_api_roles_reach_no_row_of_the_tools_tables_after_real_runs(
     supabase_url: str, apns: FakeAPNs
 ) -> None:
     """After db upgrade, send-due and cleanup --archive, anon and authenticated can neither
     read nor write any table the tool owns; the app's open tables are warned about."""
     result = upgrade(supabase_url)
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+    warnings = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith("warning:") and "row level security" in line
+    ]
     assert [w.split(":")[1].strip() for w in warnings] == [
         "follow_up_requests",
         "follow_up_messages",
     ]
     assert "anon, authenticated can read every row" in warnings[0]
-    assert 'fix: ALTER TABLE "public"."follow_up_requests" ENABLE ROW LEVEL SECURITY;' in (
-        result.stderr
+    assert 'Fix: ALTER TABLE "public"."follow_up_requests" ENABLE ROW LEVEL SECURITY;' in (
+        result.stdout
     )
 
     db = Database(supabase_url)
@@ -207,13 +216,13 @@ def test_upgrade_closes_an_existing_install(supabase_url: str) -> None:
     with psycopg.connect(libpq(supabase_url), autocommit=True) as conn:
         conn.execute("SET ROLE anon")
         assert conn.execute("SELECT id FROM follow_up_runs").fetchall() == [("forged",)]
-    assert len(check_exposure(db)) > 2  # the tool's tables are reported open
+    assert len(exposure(db)) > 2  # the tool's tables are reported open
 
     migrate.upgrade(db)
     tool_tables = tables_in_public(supabase_url) - set(APP_TABLES)
     for role in API_ROLES:
         assert_closed_to(supabase_url, role, tool_tables)
-    findings = check_exposure(db)
+    findings = exposure(db)
     assert {f.message.split(":")[0] for f in findings} == {
         "follow_up_requests",
         "follow_up_messages",

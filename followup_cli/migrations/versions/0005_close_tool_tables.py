@@ -3,7 +3,7 @@ with no policy, and no privileges for PUBLIC or any other role, on the tables an
 sequences. Nothing changes on SQLite, nor on the app's tables.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-01
 """
 
@@ -13,7 +13,7 @@ from followup_cli.migrations.closing import close_tables, reopen_tables
 from followup_cli.tables import TOOL_TABLES
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,286 @@
+"""The app's schema, checked for what would make delivery fail: `followups db check`, and
+the first step of `followups db upgrade`.
+
+Each check is a function that reads the catalog through the repository and returns its
+findings; CHECKS lists them, and a new check is one more function there. A finding is
+one line that names tables, columns, constraints and triggers (never data), its level,
+and when there is one, the SQL that fixes it.
+
+- error: delivery would fail for some or all follow-ups (the database refuses what this
+  tool writes). `db upgrade` stops before changing anything; `db check` exits 1.
+- warning: delivery copes, but someone should know (a refused row is set aside, not
+  retried).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from followup_cli.db import Database
+from followup_cli.repository import CheckFacts, ColumnFacts, Repository, TableAccess
+from followup_cli.security import API_ROLES, SENSITIVE_APP_TABLES, qualified, quote_ident
+from followup_cli.tables import APP_TABLES, FAILED, SENT, TOOL_TABLES
+
+ERROR = "error"
+WARNING = "warning"
+
+REQUESTS = "follow_up_requests"
+MESSAGES = "follow_up_messages"
+# The statuses this tool writes into the app's column.
+TOOL_STATUSES = (SENT, FAILED)
+# The columns of follow_up_messages that send-due fills.
+MESSAGE_COLUMNS = frozenset(
+    {
+        "id",
+        "conversation_id",
+        "user_id",
+        "message_content",
+        "is_from_user",
+        "follow_up_id",
+        "timestamp",
+    }
+)
+# Columns a follow-up's own text or ids go into, whose width the app may have narrowed.
+WRITTEN_TEXT_COLUMNS = ("user_id", "message_content")
+
+_STATUS_WORD = re.compile(r"\bstatus\b", re.IGNORECASE)
+_LITERAL = re.compile(r"'((?:[^']|'')*)'")
+_BOUNDED = re.compile(r"^(?:VARCHAR|CHAR|CHARACTER VARYING|CHARACTER|NVARCHAR)\s*\((\d+)\)$", re.I)
+_SET_ASIDE = "marked failed (database_rejected) or held, never retried on its own"
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str
+    message: str
+    fix: str | None = None
+
+
+Check = Callable[[Repository], list[Finding]]
+
+
+def status_values(repo: Repository) -> list[Finding]:
+    """`status` must take 'sent' and 'failed': an enum type, a CHECK or a narrow type may
+    not."""
+    if REQUESTS not in repo.table_names():
+        return []
+    status = _column(repo.columns(REQUESTS), "status")
+    if status is None:
+        return []
+    findings: list[Finding] = []
+    allowed = list(TOOL_STATUSES)
+    if status.enum_labels is not None:
+        for value in TOOL_STATUSES:
+            if value not in status.enum_labels:
+                allowed.remove(value)
+                findings.append(
+                    Finding(
+                        ERROR,
+                        f"{REQUESTS}.status has the enum type {status.type} without '{value}', "
+                        "which this tool writes",
+                        f"ALTER TYPE {status.type} ADD VALUE IF NOT EXISTS '{value}';",
+                    )
+                )
+    width = _width(status.type)
+    if width is not None and any(len(v) > width for v in allowed):
+        findings.append(
+            Finding(
+                ERROR,
+                f"{REQUESTS}.status is {status.type}, too narrow for "
+                f"{' and '.join(repr(v) for v in allowed if len(v) > width)}, "
+                "which this tool writes",
+                f"ALTER TABLE {REQUESTS} ALTER COLUMN status TYPE text;",
+            )
+        )
+    for check in repo.check_constraints(REQUESTS):
+        if _STATUS_WORD.search(check.expression):
+            findings.extend(_status_check(repo, check, status, allowed))
+    return findings
+
+
+def _status_check(
+    repo: Repository, check: CheckFacts, status: ColumnFacts, values: Sequence[str]
+) -> list[Finding]:
+    verdicts = {
+        value: repo.check_allows(REQUESTS, check.expression, "status", status.type, value)
+        for value in values
+    }
+    refused = [v for v, ok in verdicts.items() if ok is False]
+    name = check.name or "(unnamed)"
+    if refused:
+        return [
+            Finding(
+                ERROR,
+                f"CHECK constraint {name} on {REQUESTS}.status does not allow "
+                f"{' or '.join(repr(v) for v in refused)}, which this tool writes",
+                _status_check_fix(repo, check, refused),
+            )
+        ]
+    if any(ok is None for ok in verdicts.values()):
+        return [
+            Finding(
+                WARNING,
+                f"CHECK constraint {name} on {REQUESTS} reads status together with other "
+                f"columns; make sure a row may become 'sent' and 'failed': {check.expression}",
+            )
+        ]
+    return []
+
+
+def _status_check_fix(repo: Repository, check: CheckFacts, refused: Sequence[str]) -> str | None:
+    if check.name is None or repo.dialect != "postgresql":
+        return None  # SQLite cannot change a constraint in place: the table must be rebuilt
+    values: list[str] = []
+    for value in [m.replace("''", "'") for m in _LITERAL.findall(check.expression)]:
+        if value not in values:
+            values.append(value)
+    values += [v for v in refused if v not in values]
+    listed = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+    name = _quote(check.name)
+    return (
+        f"ALTER TABLE {REQUESTS} DROP CONSTRAINT {name}, ADD CONSTRAINT {name} "
+        f"CHECK (status IN ({listed})) NOT VALID; "
+        f"ALTER TABLE {REQUESTS} VALIDATE CONSTRAINT {name};"
+    )
+
+
+def message_columns(repo: Repository) -> list[Finding]:
+    """Every in-app message is refused if the app's table requires a column this tool does
+    not fill; a long text is, if a column it fills was narrowed."""
+    if MESSAGES not in repo.table_names():
+        return []
+    findings = []
+    for column in repo.columns(MESSAGES):
+        if column.name not in MESSAGE_COLUMNS:
+            if column.not_null and not column.has_default:
+                findings.append(
+                    Finding(
+                        ERROR,
+                        f"{MESSAGES}.{column.name} is NOT NULL without a default and this tool "
+                        "does not fill it: every in-app message would be refused "
+                        "(or give it a default the app accepts)",
+                        None
+                        if repo.dialect != "postgresql"
+                        else f"ALTER TABLE {MESSAGES} ALTER COLUMN {_quote(column.name)} "
+                        "DROP NOT NULL;",
+                    )
+                )
+        elif column.name in WRITTEN_TEXT_COLUMNS and _width(column.type) is not None:
+            findings.append(
+                Finding(
+                    WARNING,
+                    f"{MESSAGES}.{column.name} is {column.type}: a follow-up with a longer "
+                    f"value is refused by the database and {_SET_ASIDE}",
+                    None
+                    if repo.dialect != "postgresql"
+                    else f"ALTER TABLE {MESSAGES} ALTER COLUMN {_quote(column.name)} TYPE text;",
+                )
+            )
+    return findings
+
+
+def triggers(repo: Repository) -> list[Finding]:
+    """The app's triggers may refuse rows for reasons of their own."""
+    present = [t for t in APP_TABLES if t in repo.table_names()]
+    return [
+        Finding(WARNING, f"trigger {name} on {table}: a follow-up it refuses is {_SET_ASIDE}")
+        for table, name in repo.triggers(present)
+    ]
+
+
+def message_foreign_keys(repo: Repository) -> list[Finding]:
+    """A message whose parent row is missing is refused."""
+    if MESSAGES not in repo.table_names():
+        return []
+    return [
+        Finding(
+            WARNING,
+            f"foreign key {fk.name or '(unnamed)'} on {MESSAGES} "
+            f"({', '.join(fk.columns)} -> {fk.referred_table}.{', '.join(fk.referred_columns)}): "
+            f"a follow-up whose {fk.referred_table} row is missing is {_SET_ASIDE}",
+        )
+        for fk in repo.foreign_keys(MESSAGES)
+    ]
+
+
+def check_exposure(repo: Repository) -> list[Finding]:
+    """Tables the API roles of an auto-generated REST API can reach (Supabase's `anon`
+    and `authenticated`): the app's follow-ups and messages without row level security,
+    and any of this tool's tables that lost its closing (migrations/closing.py). Empty on
+    SQLite (no roles) and when the database has no such roles."""
+    if repo.dialect != "postgresql":
+        return []
+    app = repo.table_access(SENSITIVE_APP_TABLES, API_ROLES)
+    tool = repo.table_access(TOOL_TABLES, API_ROLES)
+    findings = [_open_app_table(t) for t in app if not t.row_security and t.readers]
+    for t in tool:
+        where = qualified(t.schema, t.name)
+        if not t.row_security:
+            findings.append(
+                Finding(
+                    WARNING,
+                    f"{t.name}: row level security is off on this tool's table",
+                    f"ALTER TABLE {where} ENABLE ROW LEVEL SECURITY;",
+                )
+            )
+        others = (["PUBLIC"] if t.public_privileges else []) + list(t.holders)
+        if others:
+            names = ", ".join(others)
+            grantees = ", ".join(
+                "PUBLIC" if name == "PUBLIC" else quote_ident(name) for name in others
+            )
+            findings.append(
+                Finding(
+                    WARNING,
+                    f"{t.name}: {names} hold privileges on this tool's table",
+                    f"REVOKE ALL ON TABLE {where} FROM {grantees};",
+                )
+            )
+    return findings
+
+
+def _open_app_table(t: TableAccess) -> Finding:
+    return Finding(
+        WARNING,
+        f"{t.name}: row level security is off and {', '.join(t.readers)} can read every "
+        "row, as can anyone holding the app's public key; enable it and give the app's "
+        "users policies",
+        f"ALTER TABLE {qualified(t.schema, t.name)} ENABLE ROW LEVEL SECURITY;",
+    )
+
+
+# What in the app's schema would make delivery fail: `db upgrade` runs these before it
+# changes anything.
+APP_CHECKS: tuple[Check, ...] = (status_values, message_columns, triggers, message_foreign_keys)
+# Who can reach the tables: `db upgrade` runs this after upgrading, since the upgrade
+# closes this tool's tables itself.
+ACCESS_CHECKS: tuple[Check, ...] = (check_exposure,)
+CHECKS = APP_CHECKS + ACCESS_CHECKS  # everything `db check` reports
+
+
+def run(db: Database, checks: Sequence[Check] = ()) -> list[Finding]:
+    """Every check's findings, errors first; reads the catalog only."""
+    with db.read_only() as repo:
+        findings = [finding for check in checks or CHECKS for finding in check(repo)]
+    return sorted(findings, key=lambda f: f.level != ERROR)
+
+
+def errors(findings: Sequence[Finding]) -> list[Finding]:
+    return [f for f in findings if f.level == ERROR]
+
+
+def _column(columns: Sequence[ColumnFacts], name: str) -> ColumnFacts | None:
+    return next((c for c in columns if c.name == name), None)
+
+
+def _width(type_: str) -> int | None:
+    bounded = _BOUNDED.match(type_.strip())
+    return int(bounded.group(1)) if bounded else None
+
+
+def _quote(identifier: str) -> str:
+    if re.fullmatch(r"[a-z_][a-z0-9_]*", identifier):
+        return identifier
+    return '"' + identifier.replace('"', '""') + '"'
