@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -29,7 +30,9 @@ from followup_cli.alerts import Alerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.push import (
+    APNS,
     CONFIG,
+    FCM,
     PERMANENT,
     SENT,
     TRANSIENT,
@@ -42,7 +45,7 @@ from followup_cli.push import (
     mask_token,
     notification_title,
 )
-from followup_cli.report import STOP_CONFIG, STOP_OUTAGE, RunReport
+from followup_cli.report import SERVICE_LABELS, STOP_CONFIG, STOP_OUTAGE, RunReport, ServiceStop
 from followup_cli.repository import AttemptRecord, DueFollowUp, Failure, Message, RunRecord
 from followup_cli.settings import Settings
 
@@ -53,6 +56,15 @@ log = logging.getLogger("followups.delivery")
 EMPTY_MESSAGE = "empty_message"
 MISSING_RECIPIENT = "missing_recipient"
 INVALID_DEVICE_TOKEN = "invalid_device_token"
+# A token of a push service that FOLLOWUPS_PUSH does not turn on: in-app only.
+NOT_CONFIGURED = {APNS: "apns_not_configured", FCM: "fcm_not_configured"}
+
+# APNs device tokens: 64 hexadecimal characters (after normalize_token).
+_APNS_TOKEN = re.compile(r"[0-9a-f]{64}")
+# FCM registration tokens: an instance id, a colon and a long URL-safe base64 part (about
+# 150-200 characters today; Google promises no fixed length, so up to 4 KB is taken).
+_FCM_TOKEN = re.compile(r"[A-Za-z0-9_-]+:[A-Za-z0-9_-]+")
+_FCM_TOKEN_LENGTH = range(100, 4097)
 
 ProgressCallback = Callable[[int], None]
 
@@ -68,18 +80,32 @@ class _Plan:
 
 
 def normalize_token(token: str | None) -> str | None:
-    """APNs device tokens are 64 hex characters; spaces and case are forgiven."""
+    """Whitespace is forgiven in any token. An APNs token (64 hex characters) is also
+    forgiven its case; an FCM token keeps its case, which is part of the token."""
     if token is None:
         return None
-    cleaned = "".join(token.split()).lower()
-    return cleaned or None
+    cleaned = "".join(token.split())
+    if not cleaned:
+        return None
+    lowered = cleaned.lower()
+    return lowered if _APNS_TOKEN.fullmatch(lowered) else cleaned
+
+
+def token_service(token: str) -> str | None:
+    """The push service a normalized token belongs to (push.APNS or push.FCM), or None
+    when it is neither an APNs device token nor an FCM registration token."""
+    if _APNS_TOKEN.fullmatch(token):
+        return APNS
+    if len(token) in _FCM_TOKEN_LENGTH and _FCM_TOKEN.fullmatch(token):
+        return FCM
+    return None
 
 
 def is_valid_token(token: str) -> bool:
-    return len(token) == 64 and all(c in "0123456789abcdef" for c in token)
+    return token_service(token) is not None
 
 
-def _plan(batch: Sequence[DueFollowUp], now: datetime) -> _Plan:
+def _plan(batch: Sequence[DueFollowUp], now: datetime, services: frozenset[str]) -> _Plan:
     plan = _Plan()
     for f in batch:
         if not (f.display_text or "").strip():
@@ -92,12 +118,13 @@ def _plan(batch: Sequence[DueFollowUp], now: datetime) -> _Plan:
         if token is None or f.in_app_only:
             plan.in_app.append(f)
             continue
-        if not is_valid_token(token):
-            # The in-app message still reaches the parent; the bad token is on record.
+        service = token_service(token)
+        if service is None or service not in services:
+            # The in-app message still reaches the parent; why there was no push is on
+            # record (stats counts these by reason).
+            reason = INVALID_DEVICE_TOKEN if service is None else NOT_CONFIGURED[service]
             plan.in_app.append(f)
-            plan.notes.append(
-                AttemptRecord(f.id, now, 1, "skipped", INVALID_DEVICE_TOKEN, None, None)
-            )
+            plan.notes.append(AttemptRecord(f.id, now, 1, "skipped", reason, None, None))
             continue
         assert f.conversation_id is not None
         plan.push.append(
@@ -110,6 +137,7 @@ def _plan(batch: Sequence[DueFollowUp], now: datetime) -> _Plan:
                     title=notification_title(f.provider_name),
                     body=f.display_text or "",
                     urgent=(f.urgency or "").strip().lower() == "urgent",
+                    service=service,
                 ),
             )
         )
@@ -128,17 +156,20 @@ def _is_uuid(value: str | None) -> bool:
 
 class _PushRound:
     """Pushes one batch: conversations in parallel, each conversation in order, at most
-    `pusher.concurrency` notifications in flight.
+    `pusher.concurrency` notifications in flight per push service.
 
-    Stops early (leaving the rest unpushed) on a configuration error, or once the
-    pusher's outage breaker has tripped (it counts failed attempts across the run).
+    A service that stops (a configuration answer, or its outage breaker tripped; both
+    last for the run) takes no more pushes; the other service's pushes go on. What was
+    not pushed because of a stop, and the later follow-ups of its conversation, are
+    `held`: they stay scheduled, leased to this run until it ends, so that this run does
+    not claim them again.
     """
 
     def __init__(self, pusher: Pusher, may_push: Callable[[str], bool]) -> None:
         self._pusher = pusher
         self._may_push = may_push
-        self.stop: str | None = None
-        self.stop_reason: str | None = None
+        self.stops: dict[str, ServiceStop] = {}  # in the order they were noticed
+        self.held: set[str] = set()
         self.outcomes: dict[str, PushOutcome] = {}
 
     def run(
@@ -154,6 +185,14 @@ class _PushRound:
         if groups:
             self._pusher.run(self._run(list(groups.values()), renew, renew_every, progress))
 
+    def stays_scheduled(self, req: PushRequest, outcome: PushOutcome) -> bool:
+        """Neither sent nor failed because its service stopped: never sent, refused as a
+        configuration error, or its attempts used up in the service's outage."""
+        if outcome.kind in (UNSENT, CONFIG):
+            return True
+        stop = self.stops.get(req.service)
+        return outcome.kind == TRANSIENT and stop is not None and stop.kind == STOP_OUTAGE
+
     async def _run(
         self,
         groups: list[list[PushRequest]],
@@ -161,7 +200,9 @@ class _PushRound:
         renew_every: float,
         progress: ProgressCallback | None,
     ) -> None:
-        slots = asyncio.Semaphore(max(1, self._pusher.concurrency))
+        # One limit per service, so a slow service does not hold back the other one.
+        concurrency = max(1, self._pusher.concurrency)
+        slots = {s: asyncio.Semaphore(concurrency) for s in self._pusher.services}
         renewer = asyncio.ensure_future(_renew_periodically(renew, renew_every))
         tasks = [asyncio.ensure_future(self._push_group(g, slots, progress)) for g in groups]
         try:
@@ -175,15 +216,13 @@ class _PushRound:
     async def _push_group(
         self,
         reqs: Sequence[PushRequest],
-        slots: asyncio.Semaphore,
+        slots: dict[str, asyncio.Semaphore],
         progress: ProgressCallback | None,
     ) -> None:
-        for req in reqs:
-            async with slots:
-                if self.stop is not None:
-                    return
-                if self._pusher.breaker.tripped:
-                    self._stop_for_outage()
+        for i, req in enumerate(reqs):
+            async with slots[req.service]:
+                if self._stopped(req.service):
+                    self.held.update(r.follow_up_id for r in reqs[i:])
                     return
                 if not self._may_push(req.follow_up_id):
                     continue  # cancelled by the app since the claim
@@ -191,18 +230,22 @@ class _PushRound:
             self._record(req, outcome)
             if progress is not None:
                 progress(1)
+            if self.stays_scheduled(req, outcome):
+                # The conversation's later follow-ups must not overtake this one.
+                self.held.update(r.follow_up_id for r in reqs[i + 1 :])
+                return
 
     def _record(self, req: PushRequest, outcome: PushOutcome) -> None:
         # Runs on the event loop thread only: no lock needed.
         self.outcomes[req.follow_up_id] = outcome
-        if outcome.kind == CONFIG and self.stop is None:
-            self.stop, self.stop_reason = STOP_CONFIG, outcome.reason
-        elif self._pusher.breaker.tripped:
-            self._stop_for_outage()
+        self._stopped(req.service)
 
-    def _stop_for_outage(self) -> None:
-        if self.stop is None:
-            self.stop, self.stop_reason = STOP_OUTAGE, self._pusher.breaker.reason
+    def _stopped(self, service: str) -> bool:
+        stop = self._pusher.stopped(service)
+        if stop is None:
+            return False
+        self.stops.setdefault(service, stop)
+        return True
 
 
 async def _renew_periodically(renew: Callable[[], None], every: float) -> None:
@@ -294,6 +337,9 @@ def send_due(
             wanted -= len(batch)
         return batch
 
+    # Follow-ups a stopped push service left scheduled: leased to this run until it ends,
+    # so that the run goes on for the other service without claiming them again.
+    held: list[str] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="followups-db") as db_thread:
         finishing: Future[Finished] | None = None
         try:
@@ -302,11 +348,13 @@ def send_due(
                 report.claimed += len(batch)
                 next_batch = db_thread.submit(claim)
                 pushed = _push_batch(db, pusher, settings, report.run_id, batch, progress)
+                held.extend(pushed.held)
                 if finishing is not None:
                     finishing.result().add_to(report)
                 finishing = db_thread.submit(finish_batch, db, report.run_id, pushed, stamps)
-                if pushed.stop is not None:
-                    report.stop, report.stop_reason = pushed.stop, pushed.stop_reason
+                for stop in pushed.stops:
+                    report.note_stop(stop)
+                if all(pusher.stopped(s) is not None for s in pusher.services):
                     ahead = next_batch.result()
                     db_thread.submit(_release, db, report.run_id, ahead).result()
                     break
@@ -319,6 +367,8 @@ def send_due(
                     batch = claim()
             if finishing is not None:
                 finishing.result().add_to(report)
+            if held:
+                db_thread.submit(_release_ids, db, report.run_id, held).result()
         finally:
             report.finished_at = utcnow()
     _alert(alerter, report)
@@ -352,6 +402,9 @@ class PushedBatch:
     attempts: list[AttemptRecord]
     stop: str | None
     stop_reason: str | None
+    # Left scheduled by a stopped push service, kept leased until the run ends.
+    held: list[str] = field(default_factory=list)
+    stops: list[ServiceStop] = field(default_factory=list)
 
 
 @dataclass
@@ -377,7 +430,7 @@ def _push_batch(
     progress: ProgressCallback | None,
 ) -> PushedBatch:
     lease = timedelta(seconds=settings.lease_seconds)
-    plan = _plan(batch, utcnow())
+    plan = _plan(batch, utcnow(), pusher.services)
     to_push = plan.push
     gate = _CancelGate(db, run_id, [f.id for f, _ in to_push], settings.cancel_check_seconds)
 
@@ -391,25 +444,30 @@ def _push_batch(
     delivered: list[DueFollowUp] = list(plan.in_app)
     failures: list[Failure] = list(plan.invalid)
     release: list[str] = []
+    held: list[str] = []
     attempts: list[AttemptRecord] = list(plan.notes)
     for f, req in to_push:
         outcome = round_.outcomes.get(f.id)
-        if outcome is None or outcome.kind == UNSENT:
-            # Not pushed: cancelled meanwhile, or the run stopped before it went out.
-            release.append(f.id)
-            continue
-        attempts.extend(attempt_records(f.id, outcome.attempts))
-        if outcome.kind == SENT:
+        if outcome is not None:
+            attempts.extend(attempt_records(f.id, outcome.attempts))
+        if f.id in round_.held or (outcome is not None and round_.stays_scheduled(req, outcome)):
+            # Its service stopped (configuration or outage): nothing is failed, it stays
+            # scheduled for the next run.
+            held.append(f.id)
+        elif outcome is None:
+            release.append(f.id)  # cancelled by the app meanwhile
+        elif outcome.kind == SENT:
             delivered.append(f)
         elif outcome.kind == PERMANENT:
             failures.append(Failure(f.id, outcome.reason or "unknown"))
             log.warning(
-                "follow-up %s not delivered: %s (token %s)",
+                "follow-up %s not delivered: %s (%s token %s)",
                 f.id,
                 outcome.reason,
+                SERVICE_LABELS.get(req.service, req.service),
                 mask_token(req.device_token),
             )
-        elif outcome.kind == TRANSIENT and round_.stop != STOP_OUTAGE:
+        else:  # transient, its attempts used up while the service was not in an outage
             failures.append(Failure(f.id, outcome.reason or "unknown"))
             log.warning(
                 "follow-up %s failed after %d attempts: %s",
@@ -417,19 +475,20 @@ def _push_batch(
                 len(outcome.attempts),
                 outcome.reason,
             )
-        else:  # a configuration stop, or an outage: nothing is failed, all stays scheduled
-            release.append(f.id)
     if progress is not None:
         progress(len(batch) - len(to_push))
     delivered.sort(key=lambda f: (f.scheduled_for, f.id))
+    stops = list(round_.stops.values())
     return PushedBatch(
         delivered=delivered,
         pushed_ids={fid for fid, o in round_.outcomes.items() if o.kind == SENT},
         failures=failures,
         release=release,
         attempts=attempts,
-        stop=round_.stop,
-        stop_reason=round_.stop_reason,
+        stop=stops[0].kind if stops else None,
+        stop_reason=stops[0].reason if stops else None,
+        held=held,
+        stops=stops,
     )
 
 
@@ -463,9 +522,13 @@ def finish_batch(db: Database, run_id: str, pushed: PushedBatch, stamps: Message
 
 
 def _release(db: Database, run_id: str, batch: Sequence[DueFollowUp]) -> None:
-    if batch:
+    _release_ids(db, run_id, [f.id for f in batch])
+
+
+def _release_ids(db: Database, run_id: str, ids: Sequence[str]) -> None:
+    if ids:
         with db.transaction() as repo:
-            repo.release(run_id, [f.id for f in batch])
+            repo.release(run_id, ids)
 
 
 def attempt_records(
@@ -487,7 +550,8 @@ def attempt_records(
 
 
 def _alert(alerter: Alerter, report: RunReport) -> None:
-    """One alert per run for new failures, and one for a stop. Ids and reasons only."""
+    """One alert per run for new failures, and one per stopped push service. Ids and
+    reasons only."""
     if report.failures:
         shown = ", ".join(f"{fid} ({reason})" for fid, reason in report.failures[:20])
         more = len(report.failures) - 20
@@ -496,14 +560,21 @@ def _alert(alerter: Alerter, report: RunReport) -> None:
             f"and are marked failed: {shown}{f' and {more} more' if more > 0 else ''}. "
             "See docs/reliability.md; requeue with `followups retry-failed`."
         )
-    if report.stop == STOP_CONFIG:
-        alerter.alert(
-            f"followups: send-due stopped: APNs rejected our configuration "
-            f"({report.stop_reason}). Nothing was marked failed; the follow-ups stay "
-            f"scheduled. {config_hint(report.stop_reason)}"
+    for stop in report.stops:
+        alerter.alert(f"followups: {_stop_alert(stop, report)}")
+
+
+def _stop_alert(stop: ServiceStop, report: RunReport) -> str:
+    """One push service's stop, named, with what the operator checks."""
+    went_on = report.services_that_went_on
+    others = f" {' and '.join(went_on)} deliveries went on." if went_on else ""
+    if stop.kind == STOP_CONFIG:
+        return (
+            f"send-due stopped: {stop.label} rejected our configuration ({stop.reason}). "
+            f"Nothing was marked failed; the follow-ups stay scheduled.{others} "
+            f"{config_hint(stop.reason, stop.service)}"
         )
-    elif report.stop == STOP_OUTAGE:
-        alerter.alert(
-            f"followups: send-due stopped early: APNs keeps failing ({report.stop_reason}). "
-            "The remaining follow-ups stay scheduled for the next run."
-        )
+    return (
+        f"send-due stopped early: {stop.label} keeps failing ({stop.reason}). The "
+        f"remaining follow-ups stay scheduled for the next run.{others}"
+    )

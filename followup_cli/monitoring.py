@@ -54,6 +54,9 @@ class Stats:
     oldest_overdue_since: datetime | None
     last_run: LastRun | None
     sent_per_hour: list[tuple[str, int]] = field(default_factory=list)
+    # Follow-ups with a device token that went in-app only, by why there was no push
+    # (invalid_device_token, fcm_not_configured, apns_not_configured).
+    no_push_by_reason: dict[str, int] = field(default_factory=dict)
 
     @property
     def in_app_only(self) -> int:
@@ -94,6 +97,7 @@ class Stats:
             "in_app_only": self.in_app_only,
             "success_rate": None if self.success_rate is None else round(self.success_rate, 2),
             "failures_by_reason": self.failures_by_reason,
+            "no_push_by_reason": self.no_push_by_reason,
             "lag_seconds": {"p50": p50, "p95": p95, "max": worst},
             "overdue": self.overdue,
             "oldest_overdue_seconds": self.oldest_overdue_seconds,
@@ -135,6 +139,7 @@ def gather(db: Database, window: timedelta, *, per_hour: bool = True) -> Stats:
             oldest_overdue_since=oldest,
             last_run=repo.last_run(),
             sent_per_hour=repo.sent_per_hour_since(since) if per_hour else [],
+            no_push_by_reason=repo.skipped_by_reason_since(since),
         )
 
 

@@ -12,6 +12,22 @@ from followup_cli.clock import utcnow
 STOP_CONFIG = "config_error"
 STOP_OUTAGE = "outage"
 
+# The push services as people read them (FOLLOWUPS_PUSH names them apns and fcm).
+SERVICE_LABELS = {"apns": "APNs", "fcm": "FCM"}
+
+
+@dataclass(frozen=True)
+class ServiceStop:
+    """Why pushes to one service no longer start in this run."""
+
+    service: str  # apns | fcm
+    kind: str  # STOP_CONFIG | STOP_OUTAGE
+    reason: str | None
+
+    @property
+    def label(self) -> str:
+        return SERVICE_LABELS.get(self.service, self.service)
+
 
 @dataclass
 class RunReport:
@@ -25,8 +41,27 @@ class RunReport:
     in_app_only: int = 0
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    # The first stop; `stops` has one per push service that stopped.
     stop: str | None = None
     stop_reason: str | None = None
+    stops: list[ServiceStop] = field(default_factory=list)
+
+    @property
+    def services_that_went_on(self) -> list[str]:
+        """The labels of this run's push services that did not stop."""
+        stopped = {s.service for s in self.stops}
+        return [
+            SERVICE_LABELS[s]
+            for s in self.push_backend.split(",")
+            if s in SERVICE_LABELS and s not in stopped
+        ]
+
+    def note_stop(self, stop: ServiceStop) -> None:
+        if any(s.service == stop.service for s in self.stops):
+            return
+        self.stops.append(stop)
+        if self.stop is None:
+            self.stop, self.stop_reason = stop.kind, stop.reason
 
     @property
     def skipped(self) -> int:

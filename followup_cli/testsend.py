@@ -20,10 +20,11 @@ from followup_cli.delivery import (
     PushedBatch,
     attempt_records,
     finish_batch,
-    is_valid_token,
     normalize_token,
+    token_service,
 )
 from followup_cli.push import (
+    FCM,
     SENT,
     Pusher,
     PushOutcome,
@@ -33,8 +34,10 @@ from followup_cli.push import (
     notification_title,
     payload_dict,
 )
+from followup_cli.report import SERVICE_LABELS
 from followup_cli.repository import DueFollowUp
 from followup_cli.scheduling import Conflict, NotFound
+from followup_cli.settings import Settings
 from followup_cli.tables import CANCELLED
 
 
@@ -52,7 +55,7 @@ class TestSendResult:
 
 
 def prepare(
-    db: Database, follow_up_id: str, to: str | None, force: bool, topic: str | None
+    db: Database, follow_up_id: str, to: str | None, force: bool, settings: Settings
 ) -> TestSendResult:
     with db.transaction() as repo:
         found = repo.find_follow_up(follow_up_id)
@@ -64,9 +67,20 @@ def prepare(
     token = normalize_token(to if to is not None else f.device_token)
     if token is None:
         raise NoToken(f"follow-up {follow_up_id} has no device token; give one with --to")
-    if not is_valid_token(token):
-        source = "--to" if to is not None else "the follow-up's device token"
-        raise NoToken(f"{source} is not 64 hexadecimal characters")
+    source = "--to" if to is not None else "the follow-up's device token"
+    service = token_service(token)
+    if service is None:
+        raise NoToken(
+            f"{source} is neither an APNs device token (64 hexadecimal characters) nor an "
+            "FCM registration token"
+        )
+    services = settings.push_services
+    if services and service not in services:
+        label = SERVICE_LABELS[service]
+        raise NoToken(
+            f"{source} is an {label} token, but FOLLOWUPS_PUSH={settings.push} does not "
+            f"turn {label} on"
+        )
     request = PushRequest(
         follow_up_id=f.id,
         conversation_id=f.conversation_id or "",
@@ -74,11 +88,17 @@ def prepare(
         title=notification_title(f.provider_name),
         body=f.display_text or "",
         urgent=(f.urgency or "").strip().lower() == "urgent",
+        service=service,
     )
+    if service == FCM:
+        from followup_cli.fcm import fcm_headers, fcm_message
+
+        # Exactly the messages:send body and headers (the bearer token aside).
+        return TestSendResult(request=request, payload=fcm_message(request), headers=fcm_headers())
     return TestSendResult(
         request=request,
         payload=payload_dict(request, fit_body(request)),
-        headers=headers_for(request, topic),
+        headers=headers_for(request, settings.apns_topic),
     )
 
 

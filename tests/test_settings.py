@@ -34,7 +34,7 @@ def test_postgres_urls_from_hosting_providers_get_the_psycopg_driver() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"FOLLOWUPS_PUSH": "sms"}, "FOLLOWUPS_PUSH must be one of log, apns, got 'sms'"),
+        ({"FOLLOWUPS_PUSH": "sms"}, "FOLLOWUPS_PUSH must be log, apns, fcm or apns,fcm, got 'sms'"),
         ({"FOLLOWUPS_APNS_ENV": "staging"}, "FOLLOWUPS_APNS_ENV must be one of"),
         ({"FOLLOWUPS_LEASE_SECONDS": "soon"}, "FOLLOWUPS_LEASE_SECONDS must be a whole number"),
         ({"FOLLOWUPS_LEASE_SECONDS": "5"}, "FOLLOWUPS_LEASE_SECONDS must be at least 10"),
