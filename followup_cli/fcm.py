@@ -49,6 +49,7 @@ from followup_cli.h2client import (
 from followup_cli.push import (
     CONFIG,
     FCM,
+    MAX_PAYLOAD_BYTES,
     PERMANENT,
     SENT,
     TRANSIENT,
@@ -100,6 +101,10 @@ _SAFE_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_./:%-]{1,200}")
 _SAFE_OAUTH_ERROR = re.compile(r"[a-z_]{1,64}")
 CONTENT_TYPE = "application/json; charset=UTF-8"
+# FCM hands an iPhone the same payload as the APNs pusher plus keys of its own
+# (gcm.message_id, google.c.*), all within APNs' 4,096 bytes: the body is cut this much
+# shorter.
+FCM_PAYLOAD_MARGIN = 256
 
 
 def fcm_message(req: PushRequest) -> dict[str, Any]:
@@ -109,7 +114,10 @@ def fcm_message(req: PushRequest) -> dict[str, Any]:
     return {
         "message": {
             "token": req.device_token,
-            "notification": {"title": req.title, "body": fit_body(req)},
+            "notification": {
+                "title": req.title,
+                "body": fit_body(req, MAX_PAYLOAD_BYTES - FCM_PAYLOAD_MARGIN),
+            },
             # FCM data values must be strings.
             "data": {
                 "conversation_id": req.conversation_id,
@@ -516,6 +524,10 @@ class FCMPusher(ServicePusher):
             ca_file=settings.fcm_ca_file,
             connect_timeout=self._timeout,
             label="FCM",
+            # FCM keeps its stream limit high through an outage (APNs drops to one after a
+            # failure): while the breaker is suspect, streams already waiting go one at a
+            # time too, so an outage costs about the threshold's worth of requests.
+            one_at_a_time=lambda: self.breaker.suspect,
         )
 
     async def _attempt_once(self, request: PushRequest, attempts: list[Attempt]) -> PushOutcome:

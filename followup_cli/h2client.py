@@ -119,9 +119,15 @@ class H2Connection(asyncio.Protocol):
     control honoured, GOAWAY and refused streams told apart from failures. `label` names
     the service in log lines ("APNs", "FCM")."""
 
-    def __init__(self, authority: str, label: str = "APNs") -> None:
+    def __init__(
+        self,
+        authority: str,
+        label: str = "APNs",
+        one_at_a_time: Callable[[], bool] | None = None,
+    ) -> None:
         self._authority = authority
         self._label = label
+        self._one_at_a_time = one_at_a_time
         # Our headers are built valid, so h2's per-header validation (a large share of the
         # CPU per request) is skipped; normalising stays (it lower-cases and encodes them).
         self._h2 = h2.connection.H2Connection(
@@ -141,15 +147,18 @@ class H2Connection(asyncio.Protocol):
         self._unsent: dict[int, memoryview] = {}  # request bodies waiting for window
         self._slot_waiters: list[asyncio.Future[None]] = []
         self.settings_seen = False  # the server's SETTINGS frame has arrived
-        self.answered = False  # a request on this connection has been answered
+        self.answered = False  # an answer on this connection has been read by its caller
         self.accepting = True  # new streams may start here (no GOAWAY, not retired)
         self.closed = False  # the transport is gone
 
     @property
     def stream_limit(self) -> int:
         """How many streams may be open now: one until the server has shown its limit and
-        answered a request, then what its latest SETTINGS frame says."""
+        answered a request, and while the caller's `one_at_a_time` says so (its outage
+        breaker is suspect); otherwise what the server's latest SETTINGS frame says."""
         if not (self.settings_seen and self.answered):
+            return 1
+        if self._one_at_a_time is not None and self._one_at_a_time():
             return 1
         return int(self._h2.remote_settings.max_concurrent_streams)
 
@@ -209,7 +218,12 @@ class H2Connection(asyncio.Protocol):
         # A timer instead of asyncio.wait_for: this runs for every request and must be cheap.
         timer = asyncio.get_running_loop().call_later(timeout, self._time_out, stream_id)
         try:
-            return await waiter
+            answer = await waiter
+            # Only now, as the caller is about to read it: a stream waiting for a slot
+            # may run before this task (woken by a WINDOW_UPDATE in the same read), and
+            # must not take the raised limit before a configuration answer has been seen.
+            self.answered = True
+            return answer
         finally:
             timer.cancel()
             self._waiters.pop(stream_id, None)
@@ -265,7 +279,6 @@ class H2Connection(asyncio.Protocol):
             if answer is not None:
                 answer.body.extend(event.data)
         elif isinstance(event, h2.events.StreamEnded):
-            self.answered = True
             self._finish(event.stream_id)
         elif isinstance(event, h2.events.StreamReset):
             refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
@@ -376,7 +389,13 @@ class H2Endpoint:
     retired one finishes its streams while the next one takes new ones."""
 
     def __init__(
-        self, url: str, *, ca_file: Path | None, connect_timeout: float, label: str
+        self,
+        url: str,
+        *,
+        ca_file: Path | None,
+        connect_timeout: float,
+        label: str,
+        one_at_a_time: Callable[[], bool] | None = None,
     ) -> None:
         base = urlsplit(url)
         self.host = base.hostname or ""
@@ -385,6 +404,7 @@ class H2Endpoint:
         self._ca_file = ca_file
         self._connect_timeout = connect_timeout
         self._label = label
+        self._one_at_a_time = one_at_a_time
         self._conn: H2Connection | None = None
         self._connections: list[H2Connection] = []
         self._connecting: asyncio.Lock | None = None
@@ -412,7 +432,7 @@ class H2Endpoint:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: H2Connection(self.authority, self._label),
+                    lambda: H2Connection(self.authority, self._label, self._one_at_a_time),
                     self.host,
                     self.port,
                     ssl=context,

@@ -266,16 +266,17 @@ def encode_payload(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
 
 
-def fit_body(req: PushRequest) -> str:
+def fit_body(req: PushRequest, limit: int = MAX_PAYLOAD_BYTES) -> str:
     """The alert body, cut on a character boundary (with an ellipsis) so the whole payload
-    fits APNs' 4,096 bytes. Never splits a combining mark or emoji sequence from its base."""
-    if len(encode_payload(payload_dict(req))) <= MAX_PAYLOAD_BYTES:
+    fits `limit` bytes (APNs' 4,096). Never splits a combining mark or emoji sequence from
+    its base."""
+    if len(encode_payload(payload_dict(req))) <= limit:
         return req.body
     text = req.body
     lo, hi = 0, len(text)
     while lo < hi:  # largest prefix length that fits
         mid = (lo + hi + 1) // 2
-        if len(encode_payload(payload_dict(req, text[:mid] + ELLIPSIS))) <= MAX_PAYLOAD_BYTES:
+        if len(encode_payload(payload_dict(req, text[:mid] + ELLIPSIS))) <= limit:
             lo = mid
         else:
             hi = mid - 1

@@ -554,12 +554,13 @@ class Repository:
         ).rowcount
         if claimed:
             return True
+        # RETURNING, not rowcount: psycopg does not report an INSERT ... ON CONFLICT's count.
         inserted = self.conn.execute(
-            _insert_ignore(self.dialect, followups_push_credentials).values(
-                name=name, token=None, expires_at=None, updated_at=now, renewal_started_at=now
-            )
-        ).rowcount
-        return inserted == 1
+            _insert_ignore(self.dialect, followups_push_credentials)
+            .values(name=name, token=None, expires_at=None, updated_at=now, renewal_started_at=now)
+            .returning(c.name)
+        ).first()
+        return inserted is not None
 
     def store_credential(self, name: str, token: str, expires_at: datetime, now: datetime) -> None:
         """The renewed token; the renewal is over."""
