@@ -499,13 +499,7 @@ class FCMPusher(ServicePusher):
     service = FCM
     name = "fcm"
 
-    def __init__(
-        self,
-        settings: Settings,
-        db: Database | None = None,
-        *,
-        fetch: Callable[[], tuple[str, datetime]] | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, db: Database | None = None) -> None:
         super().__init__(settings)
         self._timeout = settings.push_timeout_seconds
         info, project = read_fcm_credentials(settings, load_key=False)
@@ -517,7 +511,7 @@ class FCMPusher(ServicePusher):
         self.tokens = AccessTokens(
             f"fcm:{info['client_email']}",
             store,
-            fetch or service_account_fetcher(info, settings.fcm_ca_file, self._timeout),
+            service_account_fetcher(info, settings.fcm_ca_file, self._timeout),
         )
         self._endpoint = H2Endpoint(
             settings.fcm_url or FCM_DEFAULT_URL,
