@@ -4,15 +4,37 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DB := sqlite:///$(CURDIR)/demo/followups.db
 
-.PHONY: install demo test lint bench clean
+# Pinned, hashed dependencies compiled from pyproject.toml by `make lock`: the runtime set
+# (production installs, the container image) and the runtime + dev set (tests, CI).
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
 
-$(BIN)/followups: pyproject.toml
+.PHONY: install lock demo test lint bench clean
+
+# Everything comes from the dev lock, hashes checked; then the project itself, which
+# `pip check` confirms is satisfied (a stale lock after a new dependency fails here).
+$(BIN)/followups: pyproject.toml $(DEV_LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check || { echo "the lock files are stale: run make lock"; exit 1; }
 	touch $@
 
 install: $(BIN)/followups
+
+## lock: re-pin every dependency from pyproject.toml (run after changing it). Existing pins
+## are kept where they still fit; LOCK_ARGS='--upgrade-package NAME' moves one package,
+## LOCK_ARGS=--upgrade all of them. The dev lock is constrained by the runtime lock, so
+## tests run on exactly the versions production installs.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and \
+		"make lock: the lock files are compiled for Python 3.11 (PYTHON=python3.11)")'
+	$(BIN)/python -m pip install --quiet 'pip-tools>=7.4'
+	$(PIP_COMPILE) --output-file $(LOCK) pyproject.toml
+	$(PIP_COMPILE) --extra dev --constraint $(LOCK) --output-file $(DEV_LOCK) pyproject.toml
 
 ## demo: embedded SQLite, log push backend, a few follow-ups, one send-due run
 demo: install

@@ -2,6 +2,8 @@
 
     python bench/run.py [--quick] [--scenarios backlog,idle,growth,reference,concurrent]
                         [--latency-ms 20] [--env FOLLOWUPS_PUSH_CONCURRENCY=32] [--profile]
+                        [--gating on|off|both] [--no-gating] [--goaway-after N]
+                        [--reject-every K] [--backlog-size N]
 
 Run from the repository root with the project's venv (it imports followup_cli and
 tests.fake_apns). See bench/README.md for what each scenario measures and how to read
@@ -191,9 +193,10 @@ def _is_postgres(pid: int) -> bool:
 
 
 class FakeAPNs:
-    """bench/fake_apns.mjs as a child process; stats via SIGUSR2 / SIGTERM."""
+    """bench/fake_apns.mjs as a child process; stats via SIGUSR2 / SIGTERM. `rules` are
+    its extra options (--no-gating, --goaway-after N, --reject-every K)."""
 
-    def __init__(self, pki: dict[str, str], latency_ms: float) -> None:
+    def __init__(self, pki: dict[str, str], latency_ms: float, rules: list[str]) -> None:
         node = shutil.which("node")
         if node is None:
             raise SystemExit("node (v18+) is needed for the fake APNs")
@@ -217,6 +220,7 @@ class FakeAPNs:
                 TEAM_ID,
                 "--topic",
                 TOPIC,
+                *rules,
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -412,28 +416,40 @@ class Bench:
             conn.execute("VACUUM ANALYZE follow_up_requests")
             conn.execute("VACUUM ANALYZE follow_up_messages")
 
-    def verify(self, url: str, n: int, with_token: int, accepted: int) -> list[str]:
-        """Every seeded due row sent, exactly one in-app message each, one push per token."""
+    def verify(
+        self, url: str, n: int, with_token: int, accepted: int, unregistered: int = 0
+    ) -> list[str]:
+        """Every seeded due row sent, exactly one in-app message each, one push per token;
+        with --reject-every, the rows the fake answered 410 are `failed` (Unregistered)
+        instead, without a message."""
         with psycopg.connect(url) as conn:
-            not_sent = conn.execute(
-                "SELECT count(*) FROM follow_up_requests "
-                "WHERE status <> 'sent' AND scheduled_for <= now()"
-            ).fetchone()[0]
-            sent = conn.execute(
-                "SELECT count(*) FROM follow_up_requests WHERE status = 'sent'"
-            ).fetchone()[0]
+            statuses = dict(
+                conn.execute(
+                    "SELECT coalesce(status || ' ' || failure_reason, status), count(*) "
+                    "FROM follow_up_requests WHERE scheduled_for <= now() GROUP BY 1"
+                ).fetchall()
+            )
             bad_msgs = conn.execute(
                 "SELECT count(*) FROM follow_up_requests r WHERE r.status = 'sent' AND "
                 "(SELECT count(*) FROM follow_up_messages m WHERE m.follow_up_id = r.id) <> 1"
             ).fetchone()[0]
             msgs = conn.execute("SELECT count(*) FROM follow_up_messages").fetchone()[0]
+        sent = statuses.get("sent", 0)
+        expected = {"sent": n - unregistered}
+        if unregistered:
+            expected["failed Unregistered"] = unregistered
         problems = []
-        if not_sent or sent != n:
-            problems.append(f"{not_sent} due rows not sent, {sent}/{n} sent")
-        if bad_msgs or msgs != n:
-            problems.append(f"{msgs} messages for {n} rows, {bad_msgs} rows without exactly one")
-        if accepted != with_token:
-            problems.append(f"fake APNs accepted {accepted} pushes, {with_token} rows had a token")
+        if statuses != expected:
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+            problems.append(f"due rows: {shown} (expected {n - unregistered} sent)")
+        if bad_msgs or msgs != sent:
+            problems.append(
+                f"{msgs} messages for {sent} sent rows, {bad_msgs} rows without exactly one"
+            )
+        if accepted != with_token - unregistered:
+            problems.append(
+                f"fake APNs accepted {accepted} pushes, {with_token - unregistered} expected"
+            )
         return problems
 
     # commands
@@ -459,13 +475,30 @@ class Bench:
     def send_due_cmd(self) -> list[str]:
         return [*self.followups, "--quiet", "send-due"]
 
+    def fake(self, gating: bool | None = None, *, all_rules: bool = True) -> FakeAPNs:
+        """A fresh fake APNs with this run's rules (gating as --gating unless given; the
+        GOAWAY and 410 rules only with all_rules)."""
+        rules = []
+        if not (self.args.gating != "off" if gating is None else gating):
+            rules.append("--no-gating")
+        if all_rules and self.args.goaway_after:
+            rules += ["--goaway-after", str(self.args.goaway_after)]
+        if all_rules and self.args.reject_every:
+            rules += ["--reject-every", str(self.args.reject_every)]
+        return FakeAPNs(self.pki, self.args.latency_ms, rules)
+
     def timed_delivery(
-        self, name: str, n: int, processes: int = 1, label: str | None = None
+        self,
+        name: str,
+        n: int,
+        processes: int = 1,
+        label: str | None = None,
+        gating: bool | None = None,
     ) -> Row:
         """Fresh database with n due rows; `processes` send-due at once; verified."""
         url = self.fresh_db(name)
         with_token = self.seed_due(url, n)
-        fake = FakeAPNs(self.pki, self.args.latency_ms)
+        fake = self.fake(gating)
         try:
             before, pg0 = fake.stats(), self.pgcpu.total()
             work = self.tmp / name
@@ -477,14 +510,15 @@ class Bench:
         wall = max(r.wall for r in results)
         failed_procs = [r for r in results if r.rc != 0]
         accepted = after["accepted"] - before["accepted"]
-        problems = self.verify(url, n, with_token, accepted)
+        unregistered = final["rejected"].get("Unregistered", 0)
+        problems = self.verify(url, n, with_token, accepted, unregistered)
         self.drop_db(url)
         cpu = sum(r.cpu_s for r in results)
         rate = n / wall
         notes = [f"client CPU {1000 * cpu / n:.2f} ms/delivery ({cpu / wall:.2f} cores)"]
         if pg0 is not None and pg1 is not None:
             notes.append(f"PG {(pg1 - pg0) / wall:.2f} cores")
-        notes.append(f"fake max in-flight {final['max_in_flight']}")
+        notes.append(fake_rules_note(final))
         if processes > 1:
             notes.append(
                 f"{processes} processes; per-process wall "
@@ -505,6 +539,8 @@ class Bench:
         }
         if errors or final.get("rejected"):
             notes.append(f"fake saw: rejected={final.get('rejected')} {errors}")
+        if final.get("repeated_collapse_ids"):
+            notes.append(f"PUSHED TWICE: {final['repeated_collapse_ids']} notifications")
         notes.append("verified" if not problems else "VERIFY FAILED: " + "; ".join(problems))
         return Row(
             label or name,
@@ -519,16 +555,33 @@ class Bench:
     # scenarios
 
     def backlog(self) -> None:
-        row = self.timed_delivery("backlog", self.sizes.backlog)
-        ok_rate = row.rate is not None and row.rate >= TARGET_RATE
-        ok_rss = row.rss_mb is not None and row.rss_mb < TARGET_RSS_MB
-        row.notes.insert(
-            0,
-            f"target >={TARGET_RATE:.0f}/s {'OK' if ok_rate else 'MISSED'}, "
-            f"<{TARGET_RSS_MB:.0f} MB {'OK' if ok_rss else 'MISSED'}",
-        )
+        n = self.args.backlog_size or self.sizes.backlog
+        if self.args.gating == "both":
+            row = self.timed_delivery("backlog", n, label="backlog (gated)", gating=True)
+            ungated = self.timed_delivery(
+                "backlog_ungated", n, label="backlog (no gating)", gating=False
+            )
+        else:
+            row, ungated = self.timed_delivery("backlog", n), None
+        for r in (row, ungated):
+            if r is None:
+                continue
+            ok_rate = r.rate is not None and r.rate >= TARGET_RATE
+            ok_rss = r.rss_mb is not None and r.rss_mb < TARGET_RSS_MB
+            r.notes.insert(
+                0,
+                f"target >={TARGET_RATE:.0f}/s {'OK' if ok_rate else 'MISSED'}, "
+                f"<{TARGET_RSS_MB:.0f} MB {'OK' if ok_rss else 'MISSED'}",
+            )
+            self.rows.append(r)
+        if ungated is not None and row.rate and ungated.rate:
+            ratio = row.rate / ungated.rate
+            ungated.notes.insert(0, f"gated = {ratio:.2f}x this")
+            self.extra.append(
+                f"gating: backlog with APNs' stream gating {row.rate:,.0f}/s, without "
+                f"{ungated.rate:,.0f}/s (gated/ungated = {ratio:.2f}, same run)"
+            )
         self.backlog_result = row
-        self.rows.append(row)
 
     def concurrent(self) -> None:
         p = self.sizes.processes
@@ -578,7 +631,7 @@ class Bench:
         n = self.sizes.reference
         url = self.fresh_db("reference")
         with_token = self.seed_due(url, n)
-        fake = FakeAPNs(self.pki, self.args.latency_ms)
+        fake = self.fake()
         try:
             before, pg0 = fake.stats(), self.pgcpu.total()
             work = self.tmp / "reference"
@@ -608,7 +661,8 @@ class Bench:
         check_rc(results, "reference loop")
         r = results[0]
         accepted = after["accepted"] - before["accepted"]
-        problems = self.verify(url, n, with_token, accepted)
+        unregistered = final["rejected"].get("Unregistered", 0)
+        problems = self.verify(url, n, with_token, accepted, unregistered)
         self.drop_db(url)
         rate = n / r.wall
         notes = [
@@ -640,7 +694,7 @@ class Bench:
     def idle(self) -> None:
         url = self.fresh_db("idle")
         self.seed_history(url, 0, self.sizes.future)
-        fake = FakeAPNs(self.pki, self.args.latency_ms)
+        fake = self.fake()
         try:
             floor = self._median_wall([[sys.executable, "-c", "pass"]], os.environ, "floor", 5)
             self.extra.append(f"idle: bare `python -c pass` takes {floor[0]:.3f}s on this machine")
@@ -805,10 +859,12 @@ class Bench:
         return f"claim scan: {kind}, est. {cost}, actual {buffers.lower()}", text
 
     def fake_ceiling(self) -> None:
-        """The fake's own capacity: a Node client with many streams, no DB, no Python."""
+        """The fake's own capacity: a Node client with many streams, no DB, no Python. With
+        the run's stream gating, without its GOAWAY and 410 rules (the load generator
+        does not reconnect)."""
         import jwt
 
-        fake = FakeAPNs(self.pki, self.args.latency_ms)
+        fake = self.fake(all_rules=False)
         try:
             token = jwt.encode(
                 {"iss": TEAM_ID, "iat": int(time.time())},
@@ -860,6 +916,7 @@ class Bench:
                     f"fake {1000 * fake_cpu / max(served, 1):.3f} ms CPU/request "
                     f"(~{served / max(fake_cpu, 1e-9):,.0f}/s per core)",
                     f"client {load['client_cpu_s'] / load['seconds']:.2f} cores",
+                    fake_rules_note(after),
                 ],
             )
         )
@@ -875,7 +932,7 @@ class Bench:
         n = self.sizes.profile
         url = self.fresh_db("profile")
         self.seed_due(url, n)
-        fake = FakeAPNs(self.pki, self.args.latency_ms)
+        fake = self.fake()
         raw = self.tmp / "profile.txt"
         try:
             work = self.tmp / "profile"
@@ -940,11 +997,43 @@ class Bench:
         env += f"\nproduct: {git or '?'}" + (
             f" + uncommitted changes in followup_cli/ ({len(dirty) // 2} files)" if dirty else ""
         )
+        rules = {"on": "stream gating", "off": "no stream gating", "both": "gating on and off"}[
+            self.args.gating
+        ]
+        if self.args.goaway_after:
+            rules += f", GOAWAY after {self.args.goaway_after} requests per connection"
+        if self.args.reject_every:
+            rules += f", every {self.args.reject_every}th push 410 Unregistered"
         return (
             f"followups bench ({'quick' if self.args.quick else 'full'}) - {platform.node()}, "
             f"{os.cpu_count()} CPUs, Python {platform.python_version()}, PostgreSQL {pg}, "
-            f"fake APNs latency {self.args.latency_ms} ms, send-due env: {env}\n"
+            f"fake APNs latency {self.args.latency_ms} ms ({rules}), send-due env: {env}\n"
         )
+
+
+def fake_rules_note(stats: dict[str, Any]) -> str:
+    """What the fake's APNs rules did: connections, refused streams, GOAWAYs, token updates,
+    the concurrency reached; the rarer counters only when they are not zero."""
+    goaways = stats.get("goaway_sent") or {}
+    parts = [
+        f"{stats['connections']} conn",
+        f"{stats['refused']} refused",
+        "GOAWAY " + (", ".join(f"{k} {v}" for k, v in goaways.items()) if goaways else "0"),
+        f"{stats['token_updates']} token updates",
+        f"max in-flight {stats['max_in_flight']} ({stats['max_in_flight_one_connection']}/conn)",
+    ]
+    extra = {
+        "beyond acked limit": stats.get("refused_beyond_acknowledged_limit"),
+        "not processed after GOAWAY": stats.get("not_processed_after_goaway"),
+        "token updates refused": stats.get("token_updates_refused"),
+        "unanswered (connection gone)": stats.get("unanswered"),
+        "limit dropped to 1": stats.get("limit_lowered"),
+    }
+    parts += [f"{k} {v}" for k, v in extra.items() if v]
+    rst = {k: v for k, v in (stats.get("rst_sent") or {}).items() if k != "REFUSED_STREAM"}
+    if rst:
+        parts.append(f"other RST_STREAM {rst}")
+    return "fake: " + ", ".join(parts)
 
 
 def summarize_profile(raw: Path, n: int, wall: float) -> str:
@@ -1088,6 +1177,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keep-profile", metavar="FILE", help="save py-spy's collapsed stacks here")
     p.add_argument("--latency-ms", type=float, default=20.0, help="fake APNs answer latency")
     p.add_argument(
+        "--gating",
+        choices=("on", "off", "both"),
+        default="on",
+        help="APNs' stream gating in the fake (limit 1 until a push is accepted, 1 again "
+        "after a rejection); 'both' runs the backlog once with and once without",
+    )
+    p.add_argument(
+        "--no-gating", dest="gating", action="store_const", const="off", help="--gating off"
+    )
+    p.add_argument(
+        "--goaway-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the fake sends GOAWAY after N requests on each connection",
+    )
+    p.add_argument(
+        "--reject-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="the fake answers every K-th acceptable push 410 Unregistered",
+    )
+    p.add_argument(
+        "--backlog-size", type=int, default=0, metavar="N", help="due rows of the backlog run"
+    )
+    p.add_argument(
         "--pg-url",
         default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432"),
         help="server URL without database (trust auth); databases followups_bench_* are created",
@@ -1107,6 +1223,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = args.scenarios - set(ALL_SCENARIOS)
     if unknown:
         p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    if min(args.goaway_after, args.reject_every, args.backlog_size) < 0:
+        p.error("--goaway-after, --reject-every and --backlog-size want a number >= 0")
     for kv in args.env:
         if "=" not in kv or not kv.startswith("FOLLOWUPS_"):
             p.error(f"--env wants FOLLOWUPS_NAME=value, got {kv!r}")

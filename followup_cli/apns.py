@@ -240,6 +240,7 @@ class APNsPusher(ServicePusher):
         payload = FittedPayload(
             alert=IOSPayloadAlert(title=request.title, body=fit_body(request)),
             sound="default",
+            mutable_content=request.mutable_content,
             thread_id=request.conversation_id,
             interruption_level=request.interruption_level,
             custom={

@@ -457,18 +457,49 @@ def db_upgrade(
     if sql:
         migrate.upgrade_sql(settings.database_url, sys.stdout)
         return
+    from followup_cli import render
     from followup_cli.db import Database
+    from followup_cli.security import check_exposure
 
     db = Database(settings.database_url)
     try:
         before, after = migrate.upgrade(db)
+        where = settings.safe_database_url
+        if before == after:
+            print(f"Schema already at revision {after} ({where}).")
+        else:
+            print(f"Schema upgraded from {before or 'empty'} to revision {after} ({where}).")
+        # Advice only: the exit code stays the upgrade's.
+        render.findings(check_exposure(db))
     finally:
         db.close()
-    where = settings.safe_database_url
-    if before == after:
-        print(f"Schema already at revision {after} ({where}).")
-    else:
-        print(f"Schema upgraded from {before or 'empty'} to revision {after} ({where}).")
+
+
+@db_app.command("grants")
+@cli_errors
+def db_grants(
+    ctx: typer.Context,
+    role: Annotated[str, typer.Argument(help="The role cron connects as (as \\du shows it).")],
+) -> None:
+    """Print the GRANTs and policies a least-privilege runtime role needs (PostgreSQL).
+
+    They cover send-due, retry-failed, stats, cleanup and test-send on the schema the
+    tables are in. Apply them as the tables' owner, and again after each db upgrade.
+    Reads the catalogs only; changes nothing. Exit 2 on SQLite or a bad role name, 1 when
+    the tables are missing.
+
+    Example: followups db grants followups_runtime > followups-grants.sql
+    """
+    from followup_cli import render
+    from followup_cli.db import Database
+    from followup_cli.security import runtime_grants
+
+    db = Database(_settings(ctx).database_url)
+    try:
+        script = runtime_grants(db, role)
+    finally:
+        db.close()
+    render.grant_script(script, role)
 
 
 # -- schedule / cancel ------------------------------------------------------------------

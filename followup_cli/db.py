@@ -54,7 +54,7 @@ def make_engine(url: str, *, pool_size: int = 2) -> Engine:
 
 def describe_error(exc: BaseException) -> str:
     """One line about a database error, without SQL text or parameters (they carry
-    health data), with a hint when the schema is simply missing."""
+    health data), with a hint when the schema is missing or a privilege is."""
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip()
     first_line = text.splitlines()[0].strip() if text else type(orig).__name__
@@ -62,6 +62,11 @@ def describe_error(exc: BaseException) -> str:
         "relation" in first_line and "does not exist" in first_line
     ):
         first_line += " (run `followups db upgrade` first)"
+    elif "permission denied" in first_line or "row-level security" in first_line:
+        first_line += (
+            " (this database role lacks a grant or policy; `followups db grants ROLE` "
+            "prints what a runtime role needs)"
+        )
     return first_line
 
 

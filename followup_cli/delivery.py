@@ -41,9 +41,9 @@ from followup_cli.push import (
     Pusher,
     PushOutcome,
     PushRequest,
+    build_request,
     config_hint,
     mask_token,
-    notification_title,
 )
 from followup_cli.report import SERVICE_LABELS, STOP_CONFIG, STOP_OUTAGE, RunReport, ServiceStop
 from followup_cli.repository import AttemptRecord, DueFollowUp, Failure, Message, RunRecord
@@ -105,7 +105,9 @@ def is_valid_token(token: str) -> bool:
     return token_service(token) is not None
 
 
-def _plan(batch: Sequence[DueFollowUp], now: datetime, services: frozenset[str]) -> _Plan:
+def _plan(
+    batch: Sequence[DueFollowUp], now: datetime, settings: Settings, services: frozenset[str]
+) -> _Plan:
     plan = _Plan()
     for f in batch:
         if not (f.display_text or "").strip():
@@ -126,21 +128,7 @@ def _plan(batch: Sequence[DueFollowUp], now: datetime, services: frozenset[str])
             plan.in_app.append(f)
             plan.notes.append(AttemptRecord(f.id, now, 1, "skipped", reason, None, None))
             continue
-        assert f.conversation_id is not None
-        plan.push.append(
-            (
-                f,
-                PushRequest(
-                    follow_up_id=f.id,
-                    conversation_id=f.conversation_id,
-                    device_token=token,
-                    title=notification_title(f.provider_name),
-                    body=f.display_text or "",
-                    urgent=(f.urgency or "").strip().lower() == "urgent",
-                    service=service,
-                ),
-            )
-        )
+        plan.push.append((f, build_request(f, token, settings, service)))
     return plan
 
 
@@ -430,7 +418,7 @@ def _push_batch(
     progress: ProgressCallback | None,
 ) -> PushedBatch:
     lease = timedelta(seconds=settings.lease_seconds)
-    plan = _plan(batch, utcnow(), pusher.services)
+    plan = _plan(batch, utcnow(), settings, pusher.services)
     to_push = plan.push
     gate = _CancelGate(db, run_id, [f.id for f, _ in to_push], settings.cancel_check_seconds)
 

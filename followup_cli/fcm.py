@@ -108,9 +108,17 @@ FCM_PAYLOAD_MARGIN = 256
 
 
 def fcm_message(req: PushRequest) -> dict[str, Any]:
-    """The messages:send body: the same content and semantics as the APNs payload, in
-    FCM v1's shape (which refuses unknown fields, such as the legacy notification.sound)."""
+    """The messages:send body: the same content and semantics as the APNs payload (the
+    generic body of FOLLOWUPS_PUSH_BODY=generic too, built in push.build_request), in FCM
+    v1's shape (which refuses unknown fields, such as the legacy notification.sound)."""
     priority = "high" if req.urgent else "normal"
+    aps: dict[str, Any] = {
+        "sound": "default",
+        "thread-id": req.conversation_id,
+        "interruption-level": req.interruption_level,
+    }
+    if req.mutable_content:  # FOLLOWUPS_PUSH_BODY=generic, as in the APNs payload
+        aps["mutable-content"] = 1
     return {
         "message": {
             "token": req.device_token,
@@ -132,13 +140,7 @@ def fcm_message(req: PushRequest) -> dict[str, Any]:
             # For FCM tokens on iPhones: what the APNs pusher puts in its headers and aps.
             "apns": {
                 "headers": {"apns-collapse-id": req.follow_up_id, "apns-priority": req.priority},
-                "payload": {
-                    "aps": {
-                        "sound": "default",
-                        "thread-id": req.conversation_id,
-                        "interruption-level": req.interruption_level,
-                    }
-                },
+                "payload": {"aps": aps},
             },
         }
     }

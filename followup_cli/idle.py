@@ -99,8 +99,8 @@ def try_idle_run(settings: Settings) -> RunReport | None:
 def fast_send_due(argv: list[str]) -> int | None:
     """`followups [--quiet] send-due` with nothing claimable: the whole run, without
     importing Typer or SQLAlchemy. Returns the exit code, or None to take the normal
-    path (any other arguments, something to deliver, or any error: the normal path then
-    reports it in its usual form)."""
+    path (any other arguments, something to deliver, a Pushgateway to push metrics to,
+    or any error: the normal path then reports it in its usual form)."""
     if [a for a in argv if a not in ("--quiet", "-q")] != ["send-due"]:
         return None
     if argv[-1] != "send-due":  # global options must come before the command
@@ -109,6 +109,8 @@ def fast_send_due(argv: list[str]) -> int | None:
 
     try:
         settings = settings_mod.from_env()
+        if settings.pushgateway_url:  # metrics go through prometheus-client, on the full path
+            return None
         settings_mod.require_push_config(settings, load_key=False)
         report = try_idle_run(settings)
     except Exception:  # the normal path reports it properly

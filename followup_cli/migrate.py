@@ -16,8 +16,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import func, select
 
 from followup_cli.db import Database
+from followup_cli.tables import VERSION_TABLE
 
-VERSION_TABLE = "followups_schema_version"
 # Two hosts upgrading at once take turns (transaction-scoped: PgBouncer-safe).
 UPGRADE_LOCK_KEY = 0x466F6C6C6F7776
 
@@ -34,8 +34,9 @@ def head_revision() -> str:
     return head
 
 
-def upgrade(db: Database) -> tuple[str | None, str]:
-    """Bring the schema to head in one transaction. Returns (revision before, after)."""
+def upgrade(db: Database, to: str = "head") -> tuple[str | None, str]:
+    """Bring the schema to head (or the revision `to`) in one transaction. Returns
+    (revision before, after)."""
     cfg = _config()
     with db.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -44,7 +45,7 @@ def upgrade(db: Database) -> tuple[str | None, str]:
             conn, opts={"version_table": VERSION_TABLE}
         ).get_current_revision()
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, to)
         after = MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE}
         ).get_current_revision()

@@ -1,11 +1,8 @@
-"""stats, stats --check, the success-rate alert, the heartbeat and the metrics file."""
+"""stats, stats --check, the success-rate alert, the heartbeat, and when to publish metrics."""
 
 from __future__ import annotations
 
 import logging
-import os
-import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -217,74 +214,6 @@ def alert_on_success_rate(
     return text
 
 
-_SAMPLE = re.compile(r'^(followups_[a-z_]+)(\{outcome="([a-z_]+)"\})?\s+([0-9.eE+-]+)\s*$')
-
-
-def write_metrics(
-    path: Path,
-    *,
-    outcome_counts: dict[str, int],
-    run_started: datetime,
-    run_seconds: float,
-    overdue: int,
-    run_ok: bool,
-) -> None:
-    """Prometheus text format for node_exporter's textfile collector, written atomically.
-
-    Counters accumulate across runs by reading the previous file: a cron job has no
-    long-lived process to hold them. A lost file simply looks like a counter reset.
-    """
-    totals: dict[str, float] = {}
-    runs_total = 0.0
-    try:
-        for line in path.read_text().splitlines():
-            match = _SAMPLE.match(line)
-            if not match:
-                continue
-            name, _, outcome, value = match.groups()
-            if name == "followups_deliveries_total" and outcome:
-                totals[outcome] = float(value)
-            elif name == "followups_runs_total":
-                runs_total = float(value)
-    except (OSError, ValueError):
-        pass
-    for outcome, count in outcome_counts.items():
-        totals[outcome] = totals.get(outcome, 0.0) + count
-    lines = [
-        "# HELP followups_deliveries_total Follow-ups handled by send-due, by outcome.",
-        "# TYPE followups_deliveries_total counter",
-        *(
-            f'followups_deliveries_total{{outcome="{outcome}"}} {int(value)}'
-            for outcome, value in sorted(totals.items())
-        ),
-        "# HELP followups_runs_total send-due runs that wrote this file.",
-        "# TYPE followups_runs_total counter",
-        f"followups_runs_total {int(runs_total) + 1}",
-        "# HELP followups_last_run_timestamp_seconds Start of the last send-due run (Unix time).",
-        "# TYPE followups_last_run_timestamp_seconds gauge",
-        f"followups_last_run_timestamp_seconds {run_started.timestamp():.3f}",
-        "# HELP followups_last_run_duration_seconds Duration of the last send-due run.",
-        "# TYPE followups_last_run_duration_seconds gauge",
-        f"followups_last_run_duration_seconds {run_seconds:.3f}",
-        "# HELP followups_last_run_success 1 if the last run completed, 0 if it stopped.",
-        "# TYPE followups_last_run_success gauge",
-        f"followups_last_run_success {1 if run_ok else 0}",
-        "# HELP followups_backlog_overdue Scheduled follow-ups already due after the run.",
-        "# TYPE followups_backlog_overdue gauge",
-        f"followups_backlog_overdue {overdue}",
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write("\n".join(lines) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def after_send_due(
     db: Database,
     report: RunReport,
@@ -293,24 +222,30 @@ def after_send_due(
     metrics_file: Path | None = None,
 ) -> None:
     """What follows a send-due run: the success-rate alert (only when the run did work,
-    so the idle minute stays cheap), the metrics file, and the heartbeat on success."""
+    so the idle minute stays cheap), the metrics (file and/or Pushgateway), and the
+    heartbeat on success."""
     if report.claimed:
         alert_on_success_rate(db, alerter, CheckRules.from_settings(settings))
-    if metrics_file is not None:
+    if metrics_file is not None or settings.pushgateway_url:
+        from followup_cli import metrics
+
         with db.transaction() as repo:
             overdue, _ = repo.backlog(utcnow())
-        write_metrics(
-            metrics_file,
-            outcome_counts={
-                "pushed": report.pushed,
-                "in_app_only": report.in_app_only,
-                "failed": report.failed,
-                "skipped": report.skipped,
-            },
-            run_started=report.started_at,
-            run_seconds=report.elapsed_seconds,
-            overdue=overdue,
-            run_ok=report.exit_code == 0,
+        metrics.publish(
+            metrics.RunMetrics(
+                started_at=report.started_at,
+                finished_at=report.finished_at or utcnow(),
+                deliveries={
+                    "pushed": report.pushed,
+                    "in_app_only": report.in_app_only,
+                    "failed": report.failed,
+                    "skipped": report.skipped,
+                },
+                overdue=overdue,
+                ok=report.exit_code == 0,
+            ),
+            metrics_file=metrics_file,
+            pushgateway_url=settings.pushgateway_url,
         )
     if settings.heartbeat_url and report.exit_code == 0:
         ping_heartbeat(settings.heartbeat_url)

@@ -28,6 +28,7 @@ from followup_cli.report import ServiceStop
 
 if TYPE_CHECKING:
     from followup_cli.db import Database
+    from followup_cli.repository import DueFollowUp
     from followup_cli.service import ServicePusher
     from followup_cli.settings import Settings
 
@@ -73,6 +74,8 @@ class PushRequest:
     urgent: bool
     # Which service the device token belongs to (delivery.token_service decides).
     service: str = APNS
+    # aps.mutable-content: the app's notification service extension may replace the body.
+    mutable_content: bool = False
 
     @property
     def priority(self) -> str:
@@ -246,15 +249,41 @@ def notification_title(provider_name: str | None) -> str:
     return f"Follow-up from Dr. {name}" if name else "Follow-up from your provider"
 
 
+def build_request(
+    f: DueFollowUp, device_token: str, settings: Settings, service: str = APNS
+) -> PushRequest:
+    """The push a follow-up becomes, for send-due and test-send alike.
+
+    With FOLLOWUPS_PUSH_BODY=generic the body is FOLLOWUPS_PUSH_GENERIC_TEXT and nothing
+    of the message goes out; mutable-content lets the app's notification service
+    extension fetch the text by follow_up_id and show it as the phone's preview settings
+    allow.
+    """
+    generic = settings.push_body == "generic"
+    return PushRequest(
+        follow_up_id=f.id,
+        conversation_id=f.conversation_id or "",
+        device_token=device_token,
+        title=notification_title(f.provider_name),
+        body=settings.push_generic_text if generic else (f.display_text or ""),
+        urgent=(f.urgency or "").strip().lower() == "urgent",
+        service=service,
+        mutable_content=generic,
+    )
+
+
 def payload_dict(req: PushRequest, body: str | None = None) -> dict[str, Any]:
     """The JSON payload, in the shape APNs and the parent app expect."""
+    aps: dict[str, Any] = {
+        "alert": {"title": req.title, "body": req.body if body is None else body},
+        "sound": "default",
+        "thread-id": req.conversation_id,
+        "interruption-level": req.interruption_level,
+    }
+    if req.mutable_content:
+        aps["mutable-content"] = 1
     return {
-        "aps": {
-            "alert": {"title": req.title, "body": req.body if body is None else body},
-            "sound": "default",
-            "thread-id": req.conversation_id,
-            "interruption-level": req.interruption_level,
-        },
+        "aps": aps,
         "conversation_id": req.conversation_id,
         "type": "follow_up",
         "follow_up_id": req.follow_up_id,

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from followup_cli.db import Database
     from followup_cli.monitoring import CheckRules, Stats
     from followup_cli.requeue import RequeueReport
+    from followup_cli.security import Finding, GrantScript
     from followup_cli.testsend import TestSendResult
 
 
@@ -274,3 +275,24 @@ def test_send_outcome(result: TestSendResult) -> None:
         print(f"result: sent{tail}")
     else:
         print(f"result: {outcome.kind} ({outcome.reason}); the follow-up was not changed")
+
+
+def findings(found: Sequence[Finding]) -> None:
+    """Each finding as `Warning: ...` with the SQL that fixes it, on stderr."""
+    for f in found:
+        print(f"{f.level.capitalize()}: {f.message}", file=sys.stderr)
+        print(f"  fix: {f.fix}", file=sys.stderr)
+
+
+def grant_script(script: GrantScript, role: str) -> None:
+    """The statements on stdout (ready for psql); a missing role is a warning on stderr."""
+    from followup_cli.security import quote_ident
+
+    for statement in script.statements:
+        print(statement)
+    if not script.role_exists:
+        print(
+            f"Warning: role {role!r} does not exist yet; create it first: "
+            f"CREATE ROLE {quote_ident(role)} LOGIN PASSWORD '...';",
+            file=sys.stderr,
+        )

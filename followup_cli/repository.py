@@ -22,6 +22,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     update,
 )
 
@@ -130,6 +131,19 @@ class LastRun:
     sent: int
     failed: int
     outcome: str | None
+
+
+@dataclass(frozen=True)
+class TableAccess:
+    """A table's row level security and who among some roles can reach it (PostgreSQL)."""
+
+    name: str
+    schema: str
+    row_security: bool
+    # Of the roles asked about (those that exist): who can SELECT, who holds any privilege.
+    readers: tuple[str, ...]
+    holders: tuple[str, ...]
+    public_privileges: bool
 
 
 _DUE_COLUMNS = (
@@ -719,6 +733,71 @@ class Repository:
             select(r.status, r.conversation_id).where(r.id == follow_up_id)
         ).first()
         return None if current is None else (current.status, current.conversation_id)
+
+    # -- security (PostgreSQL catalogs) ---------------------------------------------
+
+    def table_access(self, names: Sequence[str], roles: Sequence[str]) -> list[TableAccess]:
+        """For each table of `names` that exists (as the tool's statements resolve it):
+        its schema, row level security, and which of `roles` can read it or hold any
+        privilege on it, directly, through PUBLIC or through a role they belong to."""
+        found = self.conn.execute(
+            text(_TABLE_ACCESS), {"names": list(names), "roles": list(roles)}
+        ).all()
+        return [
+            TableAccess(
+                name=row.name,
+                schema=row.schema,
+                row_security=bool(row.row_security),
+                readers=tuple(row.readers),
+                holders=tuple(row.holders),
+                public_privileges=bool(row.public_privileges),
+            )
+            for row in found
+        ]
+
+    def owned_sequences(self, schema: str, table: str) -> list[tuple[str, str]]:
+        """(schema, name) of the sequences a table's serial or identity columns use."""
+        found = self.conn.execute(text(_OWNED_SEQUENCES), {"schema": schema, "table": table})
+        return [(row.schema, row.name) for row in found]
+
+    def role_exists(self, role: str) -> bool:
+        found = self.conn.execute(
+            text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}
+        )
+        return found.first() is not None
+
+
+_TABLE_ACCESS = """
+SELECT t.name, n.nspname AS schema, c.relrowsecurity AS row_security,
+       ARRAY(SELECT r.rolname FROM pg_roles r
+             WHERE r.rolname = ANY(CAST(:roles AS text[]))
+               AND has_table_privilege(r.oid, c.oid, 'SELECT')
+             ORDER BY r.rolname) AS readers,
+       ARRAY(SELECT r.rolname FROM pg_roles r
+             WHERE r.rolname = ANY(CAST(:roles AS text[]))
+               AND has_table_privilege(
+                   r.oid, c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+             ORDER BY r.rolname) AS holders,
+       EXISTS (SELECT 1 FROM aclexplode(c.relacl) a WHERE a.grantee = 0) AS public_privileges
+FROM unnest(CAST(:names AS text[])) WITH ORDINALITY AS t(name, position)
+JOIN pg_class c ON c.oid = to_regclass(quote_ident(t.name))
+JOIN pg_namespace n ON n.oid = c.relnamespace
+ORDER BY t.position
+"""
+
+_OWNED_SEQUENCES = """
+SELECT sn.nspname AS schema, s.relname AS name
+FROM pg_class t
+JOIN pg_namespace tn ON tn.oid = t.relnamespace
+JOIN pg_depend d ON d.refobjid = t.oid
+    AND d.refclassid = CAST('pg_class' AS regclass)
+    AND d.classid = CAST('pg_class' AS regclass)
+    AND d.deptype IN ('a', 'i')
+JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+JOIN pg_namespace sn ON sn.oid = s.relnamespace
+WHERE tn.nspname = :schema AND t.relname = :table
+ORDER BY s.relname
+"""
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:

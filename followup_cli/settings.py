@@ -25,6 +25,9 @@ _SERVICE_ACCOUNT_FIELDS = ("client_email", "private_key", "token_uri")
 _PROJECT_ID = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")
 APNS_ENVIRONMENTS = ("production", "development")
 LOG_FORMATS = ("text", "json")
+# What a push shows on the lock screen: the message itself, or a fixed text.
+PUSH_BODIES = ("full", "generic")
+DEFAULT_GENERIC_TEXT = "You have a new message from your care team"
 
 
 class ConfigError(ValueError):
@@ -59,8 +62,13 @@ class Settings:
     # This many failed push attempts in a row (5xx, timeouts, connection failures) means
     # APNs is down: the run stops and leaves the rest scheduled.
     outage_threshold: int = 5
+    # generic: the push carries PUSH_GENERIC_TEXT instead of the message (the in-app
+    # message keeps the full text).
+    push_body: str = "full"
+    push_generic_text: str = DEFAULT_GENERIC_TEXT
     alert_webhook_url: str | None = None
     heartbeat_url: str | None = None
+    pushgateway_url: str | None = None
     # stats --check and the success-rate alert.
     check_min_success_rate: float = 95.0
     check_min_attempts: int = 20
@@ -174,8 +182,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         cancel_check_seconds=_float(env, "FOLLOWUPS_CANCEL_CHECK_SECONDS", 0.2, 0.0),
         batch_size=_int(env, "FOLLOWUPS_BATCH_SIZE", 1000, 1),
         outage_threshold=_int(env, "FOLLOWUPS_OUTAGE_THRESHOLD", 5, 1),
+        push_body=(_str(env, "FOLLOWUPS_PUSH_BODY") or "full").lower(),
+        push_generic_text=_str(env, "FOLLOWUPS_PUSH_GENERIC_TEXT") or DEFAULT_GENERIC_TEXT,
         alert_webhook_url=_str(env, "FOLLOWUPS_ALERT_WEBHOOK_URL"),
         heartbeat_url=_str(env, "FOLLOWUPS_HEARTBEAT_URL"),
+        pushgateway_url=_str(env, "FOLLOWUPS_PUSHGATEWAY_URL"),
         check_min_success_rate=_float(env, "FOLLOWUPS_CHECK_MIN_SUCCESS_RATE", 95.0, 0.0),
         check_min_attempts=_int(env, "FOLLOWUPS_CHECK_MIN_ATTEMPTS", 20, 1),
         check_max_run_age=_duration(env, "FOLLOWUPS_CHECK_MAX_RUN_AGE", timedelta(minutes=5)),
@@ -196,6 +207,10 @@ def validate(s: Settings) -> Settings:
     if s.apns_env not in APNS_ENVIRONMENTS:
         raise ConfigError(
             f"FOLLOWUPS_APNS_ENV must be one of {', '.join(APNS_ENVIRONMENTS)}, got {s.apns_env!r}"
+        )
+    if s.push_body not in PUSH_BODIES:
+        raise ConfigError(
+            f"FOLLOWUPS_PUSH_BODY must be one of {', '.join(PUSH_BODIES)}, got {s.push_body!r}"
         )
     if s.log_format not in LOG_FORMATS:
         raise ConfigError(
@@ -218,6 +233,8 @@ def validate(s: Settings) -> Settings:
         raise ConfigError("FOLLOWUPS_ALERT_WEBHOOK_URL must be an http(s) URL")
     if s.heartbeat_url is not None and not re.match(r"^https?://\S+$", s.heartbeat_url):
         raise ConfigError("FOLLOWUPS_HEARTBEAT_URL must be an http(s) URL")
+    if s.pushgateway_url is not None and not re.match(r"^https?://\S+$", s.pushgateway_url):
+        raise ConfigError("FOLLOWUPS_PUSHGATEWAY_URL must be an http(s) URL")
     if s.check_min_success_rate > 100:
         raise ConfigError(
             f"FOLLOWUPS_CHECK_MIN_SUCCESS_RATE must be a percentage, got {s.check_min_success_rate}"
@@ -347,10 +364,21 @@ def _check_apns(s: Settings, load_key: bool) -> None:
         raise ConfigError(
             f"FOLLOWUPS_APNS_KEY_FILE {str(s.apns_key_file)!r} is not a PEM (.p8) private key"
         ) from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ConfigError(
             f"FOLLOWUPS_APNS_KEY_FILE {str(s.apns_key_file)!r} is not an ES256 (P-256) APNs key"
         )
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    from followup_cli.provider_token import ProviderToken
+
+    try:  # every host must sign the same token: deterministic ECDSA (RFC 6979)
+        ProviderToken(key, s.apns_key_id or "", s.apns_team_id or "").sign(0)
+    except UnsupportedAlgorithm:
+        raise ConfigError(
+            "this host's cryptography library cannot sign deterministically (RFC 6979); "
+            "install cryptography 44 or later, built with OpenSSL 3.2 or later"
+        ) from None
     if s.apns_ca_file is not None and not s.apns_ca_file.is_file():
         raise ConfigError(f"FOLLOWUPS_APNS_CA_FILE {str(s.apns_ca_file)!r} is not a readable file")
 

@@ -166,9 +166,9 @@ partial_index(
     where=follow_up_requests.c.status == CANCELLED,
 )
 
-# Where `cleanup --archive` moves old sent and cancelled follow-ups.
-# The app's columns and the provider name, as they were when archived.
-ARCHIVED_COLUMNS = (
+# The app's own columns of follow_up_requests (its contract); every other column of that
+# table was added by this tool.
+APP_REQUEST_COLUMNS = (
     "id",
     "conversation_id",
     "user_id",
@@ -185,8 +185,11 @@ ARCHIVED_COLUMNS = (
     "follow_up_minutes",
     "created_at",
     "sent_at",
-    "provider_name",
 )
+
+# Where `cleanup --archive` moves old sent and cancelled follow-ups.
+# The app's columns and the provider name, as they were when archived.
+ARCHIVED_COLUMNS = (*APP_REQUEST_COLUMNS, "provider_name")
 follow_up_requests_archive = Table(
     "follow_up_requests_archive",
     metadata,
@@ -210,9 +213,8 @@ followups_alert_state = Table(
 
 # Access tokens of the push services that cannot be computed afresh by every process
 # (FCM's OAuth 2 tokens, unlike APNs' provider token): one row per credential, shared by
-# every run and host so that one of them fetches a token and the others reuse it. A
-# credential: on PostgreSQL the migration turns on row level security with no policy and
-# revokes every privilege from PUBLIC.
+# every run and host so that one of them fetches a token and the others reuse it. It
+# holds a credential: closed to other roles like every table of TOOL_TABLES.
 followups_push_credentials = Table(
     "followups_push_credentials",
     metadata,
@@ -296,3 +298,24 @@ follow_up_runs = Table(
     Column("outcome", Text),
 )
 Index("ix_follow_up_runs_started_at", follow_up_runs.c.started_at)
+
+# The app's tables. Their row level security and grants are the app's to decide: this
+# tool never changes them (it only warns when they are open to the API roles).
+APP_TABLES = ("follow_up_requests", "follow_up_messages", "provider_review_requests")
+
+# Alembic's version table, under this tool's own name so that it never collides with an
+# Alembic history the app's database may already keep.
+VERSION_TABLE = "followups_schema_version"
+
+# Every table this tool owns, the one list that the migrations close to other roles (row
+# level security with no policy, no privileges but the owner's) and that `db grants`
+# reads. A new table of the tool goes here, and the migration that creates it calls
+# followup_cli.migrations.closing.close_tables([its name]).
+TOOL_TABLES = (
+    "follow_up_attempts",
+    "follow_up_runs",
+    "follow_up_requests_archive",
+    "followups_alert_state",
+    "followups_push_credentials",
+    VERSION_TABLE,
+)

@@ -29,9 +29,9 @@ from followup_cli.push import (
     Pusher,
     PushOutcome,
     PushRequest,
+    build_request,
     fit_body,
     headers_for,
-    notification_title,
     payload_dict,
 )
 from followup_cli.report import SERVICE_LABELS
@@ -81,15 +81,7 @@ def prepare(
             f"{source} is an {label} token, but FOLLOWUPS_PUSH={settings.push} does not "
             f"turn {label} on"
         )
-    request = PushRequest(
-        follow_up_id=f.id,
-        conversation_id=f.conversation_id or "",
-        device_token=token,
-        title=notification_title(f.provider_name),
-        body=f.display_text or "",
-        urgent=(f.urgency or "").strip().lower() == "urgent",
-        service=service,
-    )
+    request = build_request(f, token, settings, service)
     if service == FCM:
         from followup_cli.fcm import fcm_headers, fcm_message
 

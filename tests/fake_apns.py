@@ -34,6 +34,9 @@ The connection and token rules Apple's servers enforce (Apple's "Sending notific
 requests to APNs" and "Establishing a token-based connection to APNs", and what pushy,
 apns2, PyAPNs2 and aioapns learned in their issue trackers), on unless switched off:
 
+- ``settings_delay`` (20 ms): the server's first bytes (its SETTINGS frame) reach the
+  client that long after the connection is up, as over a real network, so a client that
+  does not wait for them sends into the unknown limit.
 - ``stream_gating``: a new connection advertises SETTINGS_MAX_CONCURRENT_STREAMS = 1 until
   a notification is accepted, then ``max_streams`` (1000); a rejected notification drops
   it to 1 again, the next accepted one raises it. The SETTINGS frame goes out before the
@@ -390,6 +393,7 @@ class _H2Protocol(asyncio.Protocol):
         self._requests_seen = 0
         self._last_request_id = 0
         self._goaway_last: int | None = None
+        self._held = False  # output held back until settings_delay has passed
         self._closed = False
 
     # asyncio callbacks
@@ -405,6 +409,16 @@ class _H2Protocol(asyncio.Protocol):
             return
         self._server._connection_opened(self)
         self._conn.initiate_connection()
+        delay = self._server.settings_delay
+        if delay > 0:
+            # Over a real network the server's SETTINGS frame reaches the client about one
+            # round trip after the client may start sending: hold every byte until then.
+            self._held = True
+            asyncio.get_running_loop().call_later(delay, self._release_held)
+        self._flush()
+
+    def _release_held(self) -> None:
+        self._held = False
         self._flush()
 
     def data_received(self, data: bytes) -> None:
@@ -434,6 +448,9 @@ class _H2Protocol(asyncio.Protocol):
     # used by the server
 
     def close(self) -> None:
+        """Close gracefully: whatever is still held back goes out first."""
+        self._held = False
+        self._flush()
         self._closed = True
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
@@ -484,6 +501,8 @@ class _H2Protocol(asyncio.Protocol):
     # HTTP/2
 
     def _flush(self) -> None:
+        if self._held:
+            return
         data = self._conn.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
@@ -654,6 +673,7 @@ class FakeAPNs:
         stream_gating: bool = True,
         token_rules: bool = True,
         goaway_after: int | None = None,
+        settings_delay: float = 0.02,
     ) -> None:
         self.latency = latency
         self.topic = topic
@@ -662,6 +682,7 @@ class FakeAPNs:
         self.stream_gating = stream_gating
         self.token_rules = token_rules
         self.goaway_after = goaway_after
+        self.settings_delay = settings_delay
         self.requests: list[Received] = []
         self.connections_opened = 0
         self.goaways_sent = 0

@@ -6,7 +6,9 @@
 
 POSTs to ``url`` are answered with ``status`` (default 200; set 500 to simulate a failing
 webhook) and their JSON bodies recorded in ``posts`` (None for a body that is not JSON).
-POSTs to any other path get 404 (a wrong webhook secret). GETs to any path are answered
+PUTs to ``url`` are answered the same way (a Pushgateway replacing a group); only
+``requests`` records them. POSTs and PUTs to any other path get 404 (a wrong webhook
+secret, a wrong Pushgateway group). GETs to any path are answered
 with ``get_status`` (default: ``status``) and their paths recorded in ``gets``, for
 heartbeat-style pings. Every request, whatever its fate, is also in ``requests``.
 Records are written before the answer, so once a client has its response it is recorded.
@@ -85,11 +87,17 @@ class _Handler(BaseHTTPRequestHandler):
         return {k.lower(): v for k, v in self.headers.items()}
 
     def do_POST(self) -> None:
+        self._receive("POST")
+
+    def do_PUT(self) -> None:
+        self._receive("PUT")
+
+    def _receive(self, method: str) -> None:
         hook = self.server.hook
         body = self._read_body()
         path = self.path
         if path.split("?", 1)[0] != hook.path:
-            hook._record(WebhookRequest("POST", path, self._headers(), body, 404), None, False)
+            hook._record(WebhookRequest(method, path, self._headers(), body, 404), None, False)
             self._answer(404, b"no such webhook")
             return
         status = hook.status
@@ -97,7 +105,8 @@ class _Handler(BaseHTTPRequestHandler):
             parsed: Any = json.loads(body)
         except ValueError:
             parsed = None
-        hook._record(WebhookRequest("POST", path, self._headers(), body, status), parsed, True)
+        request = WebhookRequest(method, path, self._headers(), body, status)
+        hook._record(request, parsed, method == "POST")
         self._answer(status, b"ok" if status < 400 else b"error")
 
     def do_GET(self) -> None:

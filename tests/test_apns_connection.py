@@ -316,3 +316,21 @@ def test_rate_limited_device_answers_do_not_trip_the_breaker(
     assert report.stop is None
     assert (report.sent, report.failed) == (3, 1)
     assert row(db, ids[0]).failure_reason == "TooManyRequests"
+
+
+def test_a_timed_out_push_retires_its_connection_without_failing_the_others(
+    db: Database, apns_settings: Settings, apns: FakeAPNs
+) -> None:
+    """One stream never answered: it times out and is retried on a new connection; the
+    pushes in flight beside it on the old connection still get their answers, once."""
+    ids = [app_row(db, device_token=token(i)) for i in range(400)]
+    apns.latency = 0.05
+    apns.respond(200, token=token(20), action="stall", times=1)
+    settings = replace(apns_settings, push_timeout_seconds=0.5, push_concurrency=20)
+    report = deliver(db, settings)
+    assert (report.sent, report.failed, report.stop) == (400, 0, None)
+    counts = attempt_counts(db)
+    assert counts.pop(ids[20]) == 2
+    assert set(counts.values()) == {1}
+    assert set(pushes_per_follow_up(apns).values()) == {1}
+    assert apns.connections_opened == 2

@@ -207,6 +207,7 @@ def test_every_command_is_documented() -> None:
         ["cleanup"],
         ["test-send"],
         ["db", "upgrade"],
+        ["db", "grants"],
         ["schedule"],
         ["cancel"],
     )

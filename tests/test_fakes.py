@@ -459,3 +459,49 @@ def test_webhook_records_posts_and_gets() -> None:
             hook.wait_for(3, timeout=0.05)
         started = time.monotonic()
     assert time.monotonic() - started < 2.0
+
+
+# -- APNs' connection and token rules -----------------------------------------------------
+
+
+def test_token_renewals_are_limited_per_key_across_clients() -> None:
+    """Two clients signing their own tokens, as two processes would: the second token is
+    a renewal within 20 minutes and is refused; the first stays good; an old one expires."""
+    with FakeAPNs() as apns, raw_client(apns) as client:
+        path = f"/3/device/{TOKEN_A}"
+        headers = {"apns-topic": apns.topic}
+        first = bearer(apns)
+        second = bearer(apns, iat=int(time.time()) - 1)
+        stale = bearer(apns, iat=int(time.time()) - 3601)
+        answers = [
+            client.post(path, json={"aps": {}}, headers={**headers, "authorization": token})
+            for token in (first, second, first, stale)
+        ]
+        assert [(a.status_code, a.content and a.json()["reason"]) for a in answers] == [
+            (200, b""),
+            (429, "TooManyProviderTokenUpdates"),
+            (200, b""),
+            (403, "ExpiredProviderToken"),
+        ]
+        assert apns.token_renewals == 1
+
+
+def test_stream_limit_starts_at_one_and_follows_answers() -> None:
+    """SETTINGS_MAX_CONCURRENT_STREAMS is 1 on a new connection, 1000 after an accepted
+    push, 1 again after a rejected one (read from the client's h2 state)."""
+    with FakeAPNs() as apns, raw_client(apns) as client:
+        path = f"/3/device/{TOKEN_A}"
+        auth = {"apns-topic": apns.topic, "authorization": bearer(apns)}
+
+        def limit() -> int:
+            pool = client._transport._pool  # httpx keeps the one HTTP/2 connection here
+            conn = pool.connections[0]._connection
+            return int(conn._h2_state.remote_settings.max_concurrent_streams)
+
+        client.post(path, json={"aps": {}}, headers=auth)
+        assert limit() == 1000
+        bad = client.post("/3/device/not-a-token", json={"aps": {}}, headers=auth)
+        assert bad.status_code == 400
+        assert limit() == 1
+        client.post(path, json={"aps": {}}, headers=auth)
+        assert limit() == 1000

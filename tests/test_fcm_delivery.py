@@ -22,7 +22,7 @@ from followup_cli.monitoring import gather
 from followup_cli.push import make_pusher
 from followup_cli.report import RunReport
 from followup_cli.requeue import retry_failed
-from followup_cli.settings import Settings
+from followup_cli.settings import DEFAULT_GENERIC_TEXT, Settings
 from followup_cli.tables import follow_up_attempts
 from tests.fake_apns import FakeAPNs
 from tests.fake_fcm import FakeFCM
@@ -359,3 +359,22 @@ def test_fcm_configuration_stop_does_not_stop_apns_deliveries(
     assert all(row(db, f).status == "scheduled" for f in [*fcm_ids, first, second])
     assert apns_token(99) not in {r.token for r in apns.requests}
     assert len(fcm.requests) == 1
+
+
+def test_generic_body_applies_to_fcm_too(
+    db: Database, fcm_settings: Settings, fcm: FakeFCM
+) -> None:
+    """FOLLOWUPS_PUSH_BODY=generic: the FCM message carries the fixed text, and
+    mutable-content for iPhones; no piece of the message text reaches FCM."""
+    text = "Is Zoë's amoxicillin rash spreading? Reply with a photo"
+    fid = app_row(db, device_token=fcm_token(1), display_text=text, child_name="Zoë")
+    report = deliver(db, replace(fcm_settings, push_body="generic"))
+    assert (report.sent, report.pushed) == (1, 1)
+    [push] = fcm.requests
+    assert push.message is not None
+    assert push.message["notification"]["body"] == DEFAULT_GENERIC_TEXT
+    assert push.message["apns"]["payload"]["aps"]["mutable-content"] == 1
+    shown = push.body.decode().lower()
+    pieces = {text.lower()[i : i + 5] for i in range(len(text) - 4)}
+    assert {piece for piece in pieces if piece in shown} == set()
+    assert messages(db, fid)[0].message_content == text

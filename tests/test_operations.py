@@ -1,5 +1,5 @@
 """Operator commands: stats (table, --json, --check), the success-rate alert with its
-cooldown, the heartbeat, the metrics file, cleanup and test-send, on both backends."""
+cooldown, the heartbeat, cleanup and test-send, on both backends (metrics: test_metrics)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -237,28 +236,6 @@ def test_heartbeat_is_pinged_after_a_successful_run_only(
     report.stop = "outage"
     after_send_due(db, report, hb, WebhookAlerter(webhook.url))
     assert len(webhook.gets) == 1
-
-
-def test_metrics_file_is_prometheus_text_and_counters_accumulate(
-    db_url: str, db: Database, tmp_path: Path
-) -> None:
-    """send-due --metrics-file writes counters by outcome, last run time/duration, backlog."""
-    metrics = tmp_path / "textfile" / "followups.prom"
-    app_row(db)
-    app_row(db, device_token=None)
-    assert cli(db_url, "send-due", "--metrics-file", str(metrics)).exit_code == 0
-    app_row(db)
-    app_row(db, scheduled_for=NOW.replace(year=2099))
-    assert cli(db_url, "send-due", "--metrics-file", str(metrics)).exit_code == 0
-    text = metrics.read_text()
-    assert 'followups_deliveries_total{outcome="pushed"} 2' in text
-    assert 'followups_deliveries_total{outcome="in_app_only"} 1' in text
-    assert 'followups_deliveries_total{outcome="failed"} 0' in text
-    assert "followups_runs_total 2" in text
-    assert "# TYPE followups_deliveries_total counter" in text
-    assert "followups_backlog_overdue 0" in text
-    assert "followups_last_run_success 1" in text
-    assert [p.name for p in metrics.parent.iterdir()] == ["followups.prom"]  # no temp left
 
 
 @pytest.mark.slow

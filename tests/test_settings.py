@@ -208,3 +208,17 @@ def test_fcm_needs_a_readable_json_key_file(tmp_path: Path) -> None:
 def test_fcm_url_and_project_are_checked(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         from_env(env)
+
+
+def test_readme_table_lists_every_variable_with_its_default() -> None:
+    """Each FOLLOWUPS_* variable read here has a README row; the new defaults match."""
+    import re
+
+    from followup_cli import settings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    source = Path(settings.__file__).read_text()
+    for name in sorted(set(re.findall(r'"(FOLLOWUPS_[A-Z_]+)"', source))):
+        assert f"| `{name}` |" in readme, name
+    assert f"| `FOLLOWUPS_PUSH_BODY` | `{settings.Settings().push_body}` |" in readme
+    assert f"| `FOLLOWUPS_PUSH_GENERIC_TEXT` | `{settings.DEFAULT_GENERIC_TEXT}` |" in readme

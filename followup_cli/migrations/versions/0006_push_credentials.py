@@ -1,9 +1,9 @@
-"""followups_push_credentials: FCM access tokens shared by every run and host. Closed to
-every role but its owner on PostgreSQL (row level security with no policy, no privileges
-for PUBLIC): it holds a credential.
+"""followups_push_credentials: FCM access tokens shared by every run and host, closed to
+every role but its owner on PostgreSQL like every table of this tool (it holds a
+credential).
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 Create Date: 2026-12-01
 """
 
@@ -12,10 +12,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context, op
 
+from followup_cli.migrations.closing import close_tables
 from followup_cli.tables import UTCDateTime
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
@@ -34,9 +35,7 @@ def upgrade() -> None:
             sa.Column("renewal_started_at", UTCDateTime()),
             if_not_exists=offline,
         )
-    if op.get_context().dialect.name == "postgresql":
-        op.execute(f"ALTER TABLE {TABLE} ENABLE ROW LEVEL SECURITY")
-        op.execute(f"REVOKE ALL ON {TABLE} FROM PUBLIC")
+        close_tables([TABLE])
 
 
 def downgrade() -> None:

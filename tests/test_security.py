@@ -1,0 +1,511 @@
+"""Closed tables on a Supabase-like PostgreSQL, the exposure warnings, and a least-privilege
+runtime role running every runtime command, directly and through PgBouncer.
+
+The database is set up as an auto-generated REST API sets it up: roles `anon` and
+`authenticated`, and default privileges that give them ALL on every new table and
+sequence in `public`, before `db upgrade` runs. Roles are cluster-wide and shared with
+any other test run on the server: they are created when missing and never dropped. What
+differs between runs (grants, policies, default privileges) lives in each test's own
+database.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
+
+from followup_cli import migrate
+from followup_cli.cli import app
+from followup_cli.clock import utcnow
+from followup_cli.db import Database
+from followup_cli.security import API_ROLES, RUNTIME_PRIVILEGES, check_exposure
+from followup_cli.tables import APP_TABLES, TOOL_TABLES
+from tests.conftest import PGBOUNCER_URL, REQUIRE_PG, drop_pg_database, new_pg_database, pg_url
+from tests.fake_apns import FakeAPNs
+from tests.fake_fcm import FakeFCM
+from tests.helpers import TOKEN_A, TOKEN_B, apns_env, app_row, fcm_env, fcm_token, messages, row
+
+# The tests' runtime role; .ci/pgbouncer.sh lists it so that PgBouncer admits it.
+RUNTIME_ROLE = "followups_test_runtime"
+DOCS = Path(__file__).parent.parent / "docs" / "security.md"
+INSUFFICIENT_PRIVILEGE = "42501"
+
+runner = CliRunner()
+pytestmark = pytest.mark.postgres
+
+
+def libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def execute(url: str, statement: str | sql.Composable, params: Any = None) -> list[Any]:
+    """One statement (or a whole script without parameters), autocommit, as the URL's user."""
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        cursor = conn.execute(statement, params)  # type: ignore[arg-type]
+        return cursor.fetchall() if cursor.description else []
+
+
+def ensure_role(admin_url: str, role: str, login: bool) -> None:
+    """Create a cluster-wide role unless it exists; concurrent runs may race to it."""
+    attributes = "LOGIN" if login else "NOLOGIN"
+    execute(
+        admin_url,
+        sql.SQL(
+            "DO $$ BEGIN CREATE ROLE {} " + attributes + "; "
+            "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        ).format(sql.Identifier(role)),
+    )
+    [(can_login, bypass, superuser)] = execute(
+        admin_url,
+        "SELECT rolcanlogin, rolbypassrls, rolsuper FROM pg_roles WHERE rolname = %s",
+        (role,),
+    )
+    assert not bypass and not superuser, f"role {role} must not bypass row level security"
+    assert not login or can_login, f"role {role} exists without LOGIN"
+
+
+@pytest.fixture
+def supabase_url(empty_pg_url: str) -> str:
+    """A fresh database whose default privileges open every new table to the API roles."""
+    for role in API_ROLES:
+        ensure_role(empty_pg_url, role, login=False)
+    execute(
+        empty_pg_url,
+        "GRANT USAGE ON SCHEMA public TO anon, authenticated;"
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated;"
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO anon, authenticated;",
+    )
+    return empty_pg_url
+
+
+def upgrade(url: str) -> Any:
+    result = runner.invoke(app, ["--database-url", url, "db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def tables_in_public(url: str) -> set[str]:
+    found = execute(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    return {name for (name,) in found}
+
+
+def assert_closed_to(url: str, role: str, tables: set[str]) -> None:
+    """`role` can neither read a row of nor write to any of `tables` (or their sequences)."""
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        secured = conn.execute(
+            "SELECT c.relname FROM pg_class c WHERE c.relname = ANY(%s) AND c.relrowsecurity "
+            "AND NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid)",
+            (list(tables),),
+        ).fetchall()
+        assert {name for (name,) in secured} == tables, "row level security, no policy"
+        sequences = conn.execute(
+            "SELECT s.relname FROM pg_class s JOIN pg_depend d ON d.objid = s.oid "
+            "JOIN pg_class t ON t.oid = d.refobjid WHERE s.relkind = 'S' AND t.relname = ANY(%s)",
+            (list(tables),),
+        ).fetchall()
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        for table in sorted(tables):
+            name = sql.Identifier(table)
+            first_column = sql.Identifier(_first_column(conn, table))
+            for statement in (
+                sql.SQL("SELECT * FROM {}").format(name),
+                sql.SQL("INSERT INTO {} DEFAULT VALUES").format(name),
+                sql.SQL("UPDATE {} SET {} = {}").format(name, first_column, first_column),
+                sql.SQL("DELETE FROM {}").format(name),
+                sql.SQL("TRUNCATE {}").format(name),
+            ):
+                with pytest.raises(psycopg.Error) as refused:
+                    conn.execute(statement)
+                assert refused.value.sqlstate == INSUFFICIENT_PRIVILEGE, (role, table, statement)
+        for (sequence,) in sequences:
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute(sql.SQL("SELECT setval({}, 1)").format(sql.Literal(sequence)))
+            assert refused.value.sqlstate == INSUFFICIENT_PRIVILEGE, (role, sequence)
+        conn.execute("RESET ROLE")
+
+
+def _first_column(conn: psycopg.Connection[Any], table: str) -> str:
+    [(column,)] = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum = 1",
+        (table,),
+    ).fetchall()
+    return str(column)
+
+
+def count_rows(url: str, table: str) -> int:
+    [(n,)] = execute(url, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+    return int(n)
+
+
+def old_sent_row(db: Database) -> str:
+    """A follow-up sent 30 days ago: cleanup's work."""
+    old = utcnow() - timedelta(days=30)
+    return app_row(db, status="sent", scheduled_for=old, sent_at=old, created_at=old)
+
+
+# -- closed to the API roles ------------------------------------------------------------
+
+
+def test_api_roles_reach_no_row_of_the_tools_tables_after_real_runs(
+    supabase_url: str, apns: FakeAPNs, fcm: FakeFCM
+) -> None:
+    """After db upgrade, send-due and cleanup --archive, anon and authenticated can neither
+    read nor write any table the tool owns; the app's open tables are warned about."""
+    result = upgrade(supabase_url)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+    assert [w.split(":")[1].strip() for w in warnings] == [
+        "follow_up_requests",
+        "follow_up_messages",
+    ]
+    assert "anon, authenticated can read every row" in warnings[0]
+    assert 'fix: ALTER TABLE "public"."follow_up_requests" ENABLE ROW LEVEL SECURITY;' in (
+        result.stderr
+    )
+
+    db = Database(supabase_url)
+    for _ in range(3):
+        app_row(db)
+    app_row(db, device_token=fcm_token(1))  # fills followups_push_credentials
+    old_sent_row(db)
+    env = {
+        **fcm_env(fcm),
+        **apns_env(apns),
+        "FOLLOWUPS_PUSH": "apns,fcm",
+        "FOLLOWUPS_CHECK_MIN_ATTEMPTS": "1",
+    }
+    sent = runner.invoke(app, ["--database-url", supabase_url, "send-due"], env=env)
+    assert sent.exit_code == 0, sent.output
+    archived = runner.invoke(
+        app, ["--database-url", supabase_url, "cleanup", "--archive", "--older-than", "7d"]
+    )
+    assert archived.exit_code == 0, archived.output
+    db.close()
+
+    tool_tables = tables_in_public(supabase_url) - set(APP_TABLES)
+    assert tool_tables == set(TOOL_TABLES)
+    for table in tool_tables:  # there is something to hide in each
+        assert count_rows(supabase_url, table) > 0, table
+    for role in API_ROLES:
+        assert_closed_to(supabase_url, role, tool_tables)
+
+
+def test_upgrade_closes_an_existing_install(supabase_url: str) -> None:
+    """A database upgraded before the closing had its tables open; the upgrade closes them."""
+    db = Database(supabase_url)
+    migrate.upgrade(db, to="0003")
+    execute(
+        supabase_url,
+        "INSERT INTO follow_up_runs (id, started_at) VALUES ('forged', now())",
+    )
+    with psycopg.connect(libpq(supabase_url), autocommit=True) as conn:
+        conn.execute("SET ROLE anon")
+        assert conn.execute("SELECT id FROM follow_up_runs").fetchall() == [("forged",)]
+    assert len(check_exposure(db)) > 2  # the tool's tables are reported open
+
+    migrate.upgrade(db)
+    tool_tables = tables_in_public(supabase_url) - set(APP_TABLES)
+    for role in API_ROLES:
+        assert_closed_to(supabase_url, role, tool_tables)
+    findings = check_exposure(db)
+    assert {f.message.split(":")[0] for f in findings} == {
+        "follow_up_requests",
+        "follow_up_messages",
+    }
+    db.close()
+
+
+def test_sql_output_closes_the_tables_too(supabase_url: str) -> None:
+    """The DBA's path: db upgrade --sql, applied by hand, closes the tables the same way."""
+    out = io.StringIO()
+    migrate.upgrade_sql(supabase_url, out)
+    script = out.getvalue()
+    assert "ENABLE ROW LEVEL SECURITY" in script and "%%" not in script
+    execute(supabase_url, script)
+    tool_tables = tables_in_public(supabase_url) - set(APP_TABLES)
+    assert tool_tables == set(TOOL_TABLES)
+    for role in API_ROLES:
+        assert_closed_to(supabase_url, role, tool_tables)
+
+
+def test_no_warning_when_the_app_tables_are_protected(supabase_url: str) -> None:
+    """Row level security on the app's tables (or no API roles able to read) is quiet."""
+    upgrade(supabase_url)
+    execute(
+        supabase_url,
+        "ALTER TABLE follow_up_requests ENABLE ROW LEVEL SECURITY;"
+        "REVOKE ALL ON follow_up_messages FROM anon, authenticated;",
+    )
+    again = upgrade(supabase_url)
+    assert again.stderr == ""
+
+
+def test_every_table_has_a_decided_runtime_access() -> None:
+    """A new table must say what the runtime role may do with it (possibly nothing)."""
+    assert set(RUNTIME_PRIVILEGES) == set(APP_TABLES) | set(TOOL_TABLES)
+
+
+# -- a least-privilege runtime role -----------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    owner_url: str  # the role that ran db upgrade and owns the tables
+    url: str  # the runtime role, directly or through PgBouncer
+    grants: str  # the output of `followups db grants`
+
+
+def runtime_url(owner_url: str, via: str) -> str:
+    base = make_url(owner_url)
+    if via == "pgbouncer":
+        if not PGBOUNCER_URL:
+            reason = "FOLLOWUPS_TEST_PGBOUNCER_URL is not set (start one: .ci/pgbouncer.sh start)"
+            if REQUIRE_PG:
+                pytest.fail(f"{reason}; FOLLOWUPS_TEST_REQUIRE_POSTGRES=1 requires it")
+            pytest.skip(reason)
+        bouncer = make_url(PGBOUNCER_URL)
+        base = base.set(host=bouncer.host, port=bouncer.port)
+    return base.set(username=RUNTIME_ROLE, password=None).render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["direct", "pgbouncer"])
+def runtime(request: pytest.FixtureRequest, supabase_url: str) -> Runtime:
+    """The Supabase-like database, upgraded, with the app's tables under row level security
+    as a careful app has them, and the runtime role's grants applied."""
+    ensure_role(supabase_url, RUNTIME_ROLE, login=True)
+    upgrade(supabase_url)
+    execute(
+        supabase_url,
+        "ALTER TABLE follow_up_requests ENABLE ROW LEVEL SECURITY;"
+        "ALTER TABLE follow_up_messages ENABLE ROW LEVEL SECURITY;",
+    )
+    result = runner.invoke(app, ["--database-url", supabase_url, "db", "grants", RUNTIME_ROLE])
+    assert result.exit_code == 0, result.output
+    execute(supabase_url, result.stdout)
+    url = runtime_url(supabase_url, str(request.param))
+    try:
+        execute(url, "SELECT 1")
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"cannot connect as {RUNTIME_ROLE} ({request.param}): {exc}; "
+            "run .ci/pgbouncer.sh start to reload PgBouncer's user list"
+        )
+    return Runtime(owner_url=supabase_url, url=url, grants=result.stdout)
+
+
+def followups(url: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    """The real command, as cron runs it: a process, settings from the environment."""
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUPS_") or "_TEST_" in k
+    }
+    environment.update(env or {})
+    environment["FOLLOWUPS_DATABASE_URL"] = url
+    return subprocess.run(
+        [sys.executable, "-m", "followup_cli", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_runtime_role_runs_every_runtime_command(
+    runtime: Runtime, apns: FakeAPNs, fcm: FakeFCM
+) -> None:
+    """send-due (busy and idle), retry-failed, stats, cleanup --archive and test-send all
+    work as the runtime role, and do what they do as the owner; so does FCM's shared
+    access token (read, renewal claimed, stored)."""
+    owner = Database(runtime.owner_url)
+    due = [app_row(owner, device_token=TOKEN_A) for _ in range(2)]
+    due.append(app_row(owner, device_token=fcm_token(1)))
+    failed = app_row(owner, status="failed", failure_reason="ServiceUnavailable")
+    old = old_sent_row(owner)
+    spare = app_row(owner, scheduled_for=utcnow() + timedelta(days=1))
+    env = {
+        **fcm_env(fcm),
+        **apns_env(apns),
+        "FOLLOWUPS_PUSH": "apns,fcm",
+        "FOLLOWUPS_CHECK_MIN_ATTEMPTS": "1",
+    }
+
+    busy = followups(runtime.url, "send-due", env=env)
+    assert busy.returncode == 0, busy.stderr
+    assert "sent 3 (3 pushed" in busy.stdout
+    assert len(fcm.accepted()) == 1 and fcm.tokens_issued == 1
+    assert count_rows(runtime.owner_url, "followups_push_credentials") == 1
+    assert all(row(owner, fid).status == "sent" and messages(owner, fid) for fid in due)
+    idle = followups(runtime.url, "send-due", env=env)  # the fast path's own statements
+    assert idle.returncode == 0, idle.stderr
+    assert "claimed 0" in idle.stdout
+
+    retried = followups(runtime.url, "retry-failed", "--id", failed)
+    assert retried.returncode == 0, retried.stderr
+    assert row(owner, failed).status == "scheduled"
+
+    stats = followups(runtime.url, "stats", "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["sent"] == 3
+
+    cleaned = followups(runtime.url, "cleanup", "--archive", "--older-than", "7d")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert count_rows(runtime.owner_url, "follow_up_requests_archive") == 1
+    assert execute(runtime.owner_url, "SELECT id::text FROM follow_up_requests_archive") == [(old,)]
+
+    tested = followups(runtime.url, "test-send", spare, "--to", TOKEN_B, "--mark-sent", env=env)
+    assert tested.returncode == 0, tested.stderr
+    assert row(owner, spare).status == "sent"
+    assert [r.token for r in apns.requests].count(TOKEN_B) == 1
+    owner.close()
+
+    assert_least_privilege(runtime.url)
+
+
+def assert_least_privilege(url: str) -> None:
+    """What the runtime role must not do, even though it runs everything above."""
+    refused = (
+        "SELECT * FROM follow_up_requests_archive",
+        "SELECT * FROM followups_schema_version",
+        "SELECT * FROM follow_up_messages",
+        "UPDATE follow_up_requests SET display_text = 'x'",
+        "UPDATE follow_up_requests SET device_token = 'x'",
+        "TRUNCATE follow_up_runs",
+        "DELETE FROM follow_up_messages",
+        "INSERT INTO provider_review_requests (id) VALUES (gen_random_uuid())",
+    )
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        for statement in refused:
+            with pytest.raises(psycopg.Error) as denied:
+                conn.execute(statement)
+            assert denied.value.sqlstate == INSUFFICIENT_PRIVILEGE, statement
+
+
+@pytest.mark.parametrize("via", ["direct", "pgbouncer"])
+def test_a_missing_grant_is_one_error_line_and_exit_1(
+    supabase_url: str, apns: FakeAPNs, via: str
+) -> None:
+    """Each runtime command, short of one grant or policy it needs: one `Error:` line
+    naming the table, with the hint, exit 1, no traceback."""
+    ensure_role(supabase_url, RUNTIME_ROLE, login=True)
+    upgrade(supabase_url)
+    grants = runner.invoke(app, ["--database-url", supabase_url, "db", "grants", RUNTIME_ROLE])
+    url = runtime_url(supabase_url, via)
+    owner = Database(supabase_url)
+    env = apns_env(apns)
+    cases: list[tuple[list[str], str, str]] = [
+        (
+            ["send-due"],
+            "REVOKE UPDATE ON follow_up_requests FROM {role}",
+            "permission denied for table follow_up_requests",
+        ),
+        (
+            ["send-due"],
+            "DROP POLICY {role} ON follow_up_runs",
+            'new row violates row-level security policy for table "follow_up_runs"',
+        ),
+        (
+            ["retry-failed"],
+            "REVOKE SELECT ON follow_up_requests FROM {role}",
+            "permission denied for table follow_up_requests",
+        ),
+        (
+            ["stats"],
+            "REVOKE SELECT ON follow_up_runs FROM {role}",
+            "permission denied for table follow_up_runs",
+        ),
+        (
+            ["cleanup", "--archive", "--older-than", "7d"],
+            "REVOKE INSERT ON follow_up_requests_archive FROM {role}",
+            "permission denied for table follow_up_requests_archive",
+        ),
+        (
+            ["test-send", "{spare}", "--to", TOKEN_B],
+            "REVOKE INSERT ON follow_up_attempts FROM {role}",
+            "permission denied for table follow_up_attempts",
+        ),
+    ]
+    for args, revoke, expected in cases:
+        app_row(owner)  # something due for send-due
+        old_sent_row(owner)  # something to archive
+        spare = app_row(owner, scheduled_for=utcnow() + timedelta(days=1))
+        execute(supabase_url, grants.stdout)
+        execute(supabase_url, revoke.format(role=f'"{RUNTIME_ROLE}"'))
+        result = followups(url, *[a.format(spare=spare) for a in args], env=env)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert errors == [
+            f"Error: database error: {expected} (this database role lacks a grant or policy; "
+            "`followups db grants ROLE` prints what a runtime role needs)"
+        ], (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    owner.close()
+
+
+# -- db grants --------------------------------------------------------------------------
+
+
+def test_db_grants_quotes_the_role_and_refuses_bad_names(pg_db_url: str, tmp_path: Path) -> None:
+    """Odd role names are quoted, never spliced; PUBLIC, empty and SQLite are usage errors."""
+    odd = 'runtime"; DROP TABLE follow_up_requests; --'
+    result = runner.invoke(app, ["--database-url", pg_db_url, "db", "grants", odd])
+    assert result.exit_code == 0, result.output
+    assert '"runtime""; DROP TABLE follow_up_requests; --"' in result.stdout
+    assert "does not exist yet" in result.stderr
+    for bad, message in (
+        ("public", "refusing to grant to 'public'"),
+        ("", "must not be empty"),
+        ("x" * 64, "at most 63 bytes"),
+    ):
+        refused = runner.invoke(app, ["--database-url", pg_db_url, "db", "grants", bad])
+        assert refused.exit_code == 2, bad
+        [line] = refused.stderr.splitlines()
+        assert line.startswith("Error: ") and message in line
+    sqlite = runner.invoke(
+        app, ["--database-url", f"sqlite:///{tmp_path / 'x.db'}", "db", "grants", "r"]
+    )
+    assert sqlite.exit_code == 2 and "needs a PostgreSQL database" in sqlite.stderr
+
+
+def test_db_grants_before_db_upgrade_says_so() -> None:
+    """Without the tables there is nothing to grant: exit 1 and what to run first."""
+    name = new_pg_database()
+    try:
+        result = runner.invoke(app, ["--database-url", pg_url(name), "db", "grants", "r"])
+    finally:
+        drop_pg_database(name)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: table follow_up_requests not found; run")
+
+
+def test_db_grants_follows_the_schema_the_tables_are_in(empty_pg_url: str) -> None:
+    """Tables in another schema (search_path) get grants there, the sequence too."""
+    schema = f"clinic_{uuid.uuid4().hex[:6]}"
+    execute(empty_pg_url, f'CREATE SCHEMA "{schema}"')
+    dbname = make_url(empty_pg_url).database
+    execute(empty_pg_url, f'ALTER DATABASE "{dbname}" SET search_path = "{schema}"')
+    upgrade(empty_pg_url)
+    result = runner.invoke(app, ["--database-url", empty_pg_url, "db", "grants", "r"])
+    assert result.exit_code == 0, result.output
+    assert f'GRANT USAGE ON SCHEMA "{schema}" TO "r";' in result.stdout
+    assert f'ON SEQUENCE "{schema}"."follow_up_attempts_id_seq"' in result.stdout
+    assert '"public"' not in result.stdout
+
+
+def test_security_page_shows_the_grants_db_grants_prints(pg_db_url: str) -> None:
+    """docs/security.md gives exactly what `followups db grants followups_runtime` prints."""
+    result = runner.invoke(app, ["--database-url", pg_db_url, "db", "grants", "followups_runtime"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() in DOCS.read_text()
