@@ -28,7 +28,9 @@ EXIT_USAGE = 2
 
 app = typer.Typer(
     name="followups",
-    help="Deliver clinicians' scheduled follow-ups to parents: APNs push and in-app message.",
+    help=(
+        "Deliver clinicians' scheduled follow-ups to parents: APNs or FCM push and in-app message."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -141,8 +143,8 @@ def send_due(
     """Deliver every follow-up that is due now: push, in-app message, status sent.
 
     Cron runs it every minute under flock (see crontab.example). Exit 0 when the run
-    completed, 1 when it stopped (database unreachable, APNs configuration rejected,
-    APNs outage), 2 on bad configuration.
+    completed, 1 when it stopped (database unreachable, a push service's configuration
+    rejected, an APNs or FCM outage), 2 on bad configuration.
 
     Example: FOLLOWUPS_PUSH=log followups send-due
     """
@@ -161,7 +163,7 @@ def send_due(
     from followup_cli.push import make_pusher
 
     db = Database(settings.database_url)
-    pusher = make_pusher(settings)
+    pusher = make_pusher(settings, db)
     alerter = make_alerter(settings.alert_webhook_url)
     try:
         # A person draining a backlog by hand sees a progress bar; cron sees none.
@@ -389,11 +391,12 @@ def test_send(
 ) -> None:
     """Push one follow-up now, whatever its time, and show exactly what went out.
 
-    Prints the payload, the headers and APNs' answer. Changes nothing unless --mark-sent.
+    Prints the payload, the headers and the push service's answer (APNs or FCM, by the
+    token). Changes nothing unless --mark-sent.
     Exit 2 on a malformed id or no usable token, 1 when not found, cancelled (without
     --force) or the push failed.
 
-    Example: followups test-send 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20 --to <64-hex token>
+    Example: followups test-send 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20 --to <device token>
     """
     from datetime import timedelta
 
@@ -419,7 +422,7 @@ def test_send(
         render.test_send_request(prepared, settings.push, dry_run)
         if dry_run:
             return
-        pusher = make_pusher(settings)
+        pusher = make_pusher(settings, db)
         try:
             result = testsend_mod.send(
                 db, pusher, prepared, mark_sent, timedelta(seconds=settings.lease_seconds)
@@ -568,7 +571,10 @@ def schedule(
     at: Annotated[str | None, typer.Option("--at", help="Due at this ISO-8601 time.")] = None,
     urgency: Annotated[str, typer.Option("--urgency", help="routine or urgent.")] = "routine",
     token: Annotated[
-        str | None, typer.Option("--token", help="APNs device token (64 hex characters).")
+        str | None,
+        typer.Option(
+            "--token", help="APNs device token (64 hex characters) or FCM registration token."
+        ),
     ] = None,
     child_name: Annotated[str | None, typer.Option("--child-name")] = None,
     provider_name: Annotated[
@@ -600,7 +606,10 @@ def schedule(
         when = _parse_at(at)
     device_token = normalize_token(token)
     if device_token is not None and not is_valid_token(device_token):
-        raise ConfigError("--token must be 64 hexadecimal characters")
+        raise ConfigError(
+            "--token must be an APNs device token (64 hexadecimal characters) or an FCM "
+            "registration token"
+        )
     try:
         conversation_id = parse_uuid(conversation, "--conversation") if conversation else None
     except ValueError as exc:

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -39,10 +40,13 @@ from followup_cli.alerts import Alerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database, classify_error
 from followup_cli.push import (
+    APNS,
     CONFIG,
+    FCM,
     PERMANENT,
     SENT,
     TRANSIENT,
+    UNSENT,
     Attempt,
     Pusher,
     PushOutcome,
@@ -59,6 +63,7 @@ from followup_cli.report import (
     STOP_OUTAGE,
     Refused,
     RunReport,
+    ServiceStop,
 )
 from followup_cli.repository import (
     AttemptRecord,
@@ -94,6 +99,16 @@ MAX_UNFINISHED = 2 * FINISH_EVERY_ANSWERS
 DB_RETRY_FIRST_SECONDS = 0.1
 DB_RETRY_MAX_SECONDS = 2.0
 
+# A token of a push service that FOLLOWUPS_PUSH does not turn on: in-app only.
+NOT_CONFIGURED = {APNS: "apns_not_configured", FCM: "fcm_not_configured"}
+
+# APNs device tokens: 64 hexadecimal characters (after normalize_token).
+_APNS_TOKEN = re.compile(r"[0-9a-f]{64}")
+# FCM registration tokens: an instance id, a colon and a long URL-safe base64 part (about
+# 150-200 characters today; Google promises no fixed length, so up to 4 KB is taken).
+_FCM_TOKEN = re.compile(r"[A-Za-z0-9_-]+:[A-Za-z0-9_-]+")
+_FCM_TOKEN_LENGTH = range(100, 4097)
+
 ProgressCallback = Callable[[int], None]
 
 
@@ -108,18 +123,34 @@ class _Plan:
 
 
 def normalize_token(token: str | None) -> str | None:
-    """APNs device tokens are 64 hex characters; spaces and case are forgiven."""
+    """Whitespace is forgiven in any token. An APNs token (64 hex characters) is also
+    forgiven its case; an FCM token keeps its case, which is part of the token."""
     if token is None:
         return None
-    cleaned = "".join(token.split()).lower()
-    return cleaned or None
+    cleaned = "".join(token.split())
+    if not cleaned:
+        return None
+    lowered = cleaned.lower()
+    return lowered if _APNS_TOKEN.fullmatch(lowered) else cleaned
+
+
+def token_service(token: str) -> str | None:
+    """The push service a normalized token belongs to (push.APNS or push.FCM), or None
+    when it is neither an APNs device token nor an FCM registration token."""
+    if _APNS_TOKEN.fullmatch(token):
+        return APNS
+    if len(token) in _FCM_TOKEN_LENGTH and _FCM_TOKEN.fullmatch(token):
+        return FCM
+    return None
 
 
 def is_valid_token(token: str) -> bool:
-    return len(token) == 64 and all(c in "0123456789abcdef" for c in token)
+    return token_service(token) is not None
 
 
-def _plan(batch: Sequence[DueFollowUp], now: datetime, settings: Settings) -> _Plan:
+def _plan(
+    batch: Sequence[DueFollowUp], now: datetime, settings: Settings, services: frozenset[str]
+) -> _Plan:
     plan = _Plan()
     for f in batch:
         if not (f.display_text or "").strip():
@@ -132,14 +163,15 @@ def _plan(batch: Sequence[DueFollowUp], now: datetime, settings: Settings) -> _P
         if token is None or f.in_app_only:
             plan.in_app.append(f)
             continue
-        if not is_valid_token(token):
-            # The in-app message still reaches the parent; the bad token is on record.
+        service = token_service(token)
+        if service is None or service not in services:
+            # The in-app message still reaches the parent; why there was no push is on
+            # record (stats counts these by reason).
+            reason = INVALID_DEVICE_TOKEN if service is None else NOT_CONFIGURED[service]
             plan.in_app.append(f)
-            plan.notes.append(
-                AttemptRecord(f.id, now, 1, "skipped", INVALID_DEVICE_TOKEN, None, None)
-            )
+            plan.notes.append(AttemptRecord(f.id, now, 1, "skipped", reason, None, None))
             continue
-        plan.push.append((f, build_request(f, token, settings)))
+        plan.push.append((f, build_request(f, token, settings, service)))
     return plan
 
 
@@ -155,10 +187,13 @@ def _is_uuid(value: str | None) -> bool:
 
 class _PushRound:
     """Pushes one batch: conversations in parallel, each conversation in order, at most
-    `pusher.concurrency` notifications in flight.
+    `pusher.concurrency` notifications in flight per push service.
 
-    Stops early (leaving the rest unpushed) on a configuration error, or once the
-    pusher's outage breaker has tripped (it counts failed attempts across the run).
+    A service that stops (a configuration answer, or its outage breaker tripped; both
+    last for the run) takes no more pushes; the other service's pushes go on. What was
+    not pushed because of a stop, and the later follow-ups of its conversation, are
+    `parked`: they stay scheduled, leased to this run until it ends, so that this run
+    does not claim them again.
     """
 
     def __init__(
@@ -173,8 +208,8 @@ class _PushRound:
         # Hands each outcome to the incremental finish, which may hold new pushes back.
         self._on_answer = on_answer
         self._before_push = before_push
-        self.stop: str | None = None
-        self.stop_reason: str | None = None
+        self.stops: dict[str, ServiceStop] = {}  # in the order they were noticed
+        self.parked: set[str] = set()
         self.outcomes: dict[str, PushOutcome] = {}
 
     def run(
@@ -190,6 +225,14 @@ class _PushRound:
         if groups:
             self._pusher.run(self._run(list(groups.values()), renew, renew_every, progress))
 
+    def stays_scheduled(self, req: PushRequest, outcome: PushOutcome) -> bool:
+        """Neither sent nor failed because its service stopped: never sent, refused as a
+        configuration error, or its attempts used up in the service's outage."""
+        if outcome.kind in (UNSENT, CONFIG):
+            return True
+        stop = self.stops.get(req.service)
+        return outcome.kind == TRANSIENT and stop is not None and stop.kind == STOP_OUTAGE
+
     async def _run(
         self,
         groups: list[list[PushRequest]],
@@ -197,7 +240,9 @@ class _PushRound:
         renew_every: float,
         progress: ProgressCallback | None,
     ) -> None:
-        slots = asyncio.Semaphore(max(1, self._pusher.concurrency))
+        # One limit per service, so a slow service does not hold back the other one.
+        concurrency = max(1, self._pusher.concurrency)
+        slots = {s: asyncio.Semaphore(concurrency) for s in self._pusher.services}
         renewer = asyncio.ensure_future(_renew_periodically(renew, renew_every))
         tasks = [asyncio.ensure_future(self._push_group(g, slots, progress)) for g in groups]
         try:
@@ -211,17 +256,15 @@ class _PushRound:
     async def _push_group(
         self,
         reqs: Sequence[PushRequest],
-        slots: asyncio.Semaphore,
+        slots: dict[str, asyncio.Semaphore],
         progress: ProgressCallback | None,
     ) -> None:
-        for req in reqs:
-            async with slots:
+        for i, req in enumerate(reqs):
+            async with slots[req.service]:
                 if self._before_push is not None:
                     await self._before_push()
-                if self.stop is not None:
-                    return
-                if self._pusher.breaker.tripped:
-                    self._stop_for_outage()
+                if self._stopped(req.service):
+                    self.parked.update(r.follow_up_id for r in reqs[i:])
                     return
                 if not self._may_push(req.follow_up_id):
                     continue  # cancelled by the app since the claim
@@ -229,20 +272,24 @@ class _PushRound:
             self._record(req, outcome)
             if progress is not None:
                 progress(1)
+            if self.stays_scheduled(req, outcome):
+                # The conversation's later follow-ups must not overtake this one.
+                self.parked.update(r.follow_up_id for r in reqs[i + 1 :])
+                return
 
     def _record(self, req: PushRequest, outcome: PushOutcome) -> None:
         # Runs on the event loop thread only: no lock needed.
         self.outcomes[req.follow_up_id] = outcome
-        if outcome.kind == CONFIG and self.stop is None:
-            self.stop, self.stop_reason = STOP_CONFIG, outcome.reason
-        elif self._pusher.breaker.tripped:
-            self._stop_for_outage()
+        self._stopped(req.service)
         if self._on_answer is not None:
             self._on_answer(req, outcome)
 
-    def _stop_for_outage(self) -> None:
-        if self.stop is None:
-            self.stop, self.stop_reason = STOP_OUTAGE, self._pusher.breaker.reason
+    def _stopped(self, service: str) -> bool:
+        stop = self._pusher.stopped(service)
+        if stop is None:
+            return False
+        self.stops.setdefault(service, stop)
+        return True
 
 
 async def _renew_periodically(renew: Callable[[], None], every: float) -> None:
@@ -380,12 +427,18 @@ def send_due(
     def finish(part: PushedBatch) -> Finished:
         return finish_batch(db, report.run_id, part, stamps, retry=leases.retry)
 
-    def release(batch: Sequence[DueFollowUp]) -> None:
-        ids = [f.id for f in batch]
+    def release_ids(ids: Sequence[str]) -> None:
         if ids:
-            leases.retry(lambda _r: _release(db, report.run_id, ids), "handing back a batch")
+            leases.retry(lambda _r: _release(db, report.run_id, ids), "handing back follow-ups")
+
+    def release(batch: Sequence[DueFollowUp]) -> None:
+        if batch:
+            release_ids([f.id for f in batch])
             leases.batch_finished()
 
+    # Follow-ups a stopped push service left scheduled: leased to this run until it ends,
+    # so that the run goes on for the other service without claiming them again.
+    parked: list[str] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="followups-db") as db_thread:
         finisher = _Finisher(db_thread, finish, leases.batch_finished)
         try:
@@ -393,12 +446,14 @@ def send_due(
             while batch:
                 report.claimed += len(batch)
                 next_batch = db_thread.submit(claim)
-                stop, stop_reason = _push_batch(
+                ended = _push_batch(
                     db, pusher, settings, report.run_id, batch, progress, finisher, leases
                 )
+                parked.extend(ended.parked)
                 finisher.collect(report, wait=False)
-                if stop is not None:
-                    report.stop, report.stop_reason = stop, stop_reason
+                for stop in ended.stops:
+                    report.note_stop(stop)
+                if all(pusher.stopped(s) is not None for s in pusher.services):
                     ahead = next_batch.result()
                     db_thread.submit(release, ahead).result()
                     break
@@ -409,6 +464,8 @@ def send_due(
                     finisher.collect(report, wait=True)
                     batch = claim()
             finisher.collect(report, wait=True)
+            if parked:
+                db_thread.submit(release_ids, parked).result()
         finally:
             report.finished_at = utcnow()
     _alert(alerter, report)
@@ -727,10 +784,15 @@ class _Tracker:
             raise self._finisher.error
         return self._finisher.unfinished + len(self._ready.pushed_ids) < MAX_UNFINISHED
 
-    def end(self, stop: str | None) -> PushedBatch:
-        """Everything not handed over yet, once the round is over: what was not pushed
-        goes back to the queue, and transient failures are judged by how the round
-        ended."""
+    def end(
+        self,
+        stays_scheduled: Callable[[PushRequest, PushOutcome], bool],
+        parked_ids: set[str],
+    ) -> tuple[PushedBatch, list[str]]:
+        """Everything not handed over yet, once the round is over, and the follow-ups a
+        stopped push service leaves parked. What was not pushed goes back to the queue
+        (or stays parked); transient failures are judged by whether their service stopped
+        for an outage."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -738,11 +800,15 @@ class _Tracker:
         for queue in self._queues.values():
             while queue:
                 self._sort(queue.popleft(), part)
-        part.release.extend(self._not_pushed)
+        parked = [fid for fid in self._not_pushed if fid in parked_ids]
+        part.release.extend(fid for fid in self._not_pushed if fid not in parked_ids)
         for entry in self._answered_later:
-            outcome = entry.outcome
-            assert outcome is not None
-            if outcome.kind == TRANSIENT and stop != STOP_OUTAGE:
+            outcome, request = entry.outcome, entry.request
+            assert outcome is not None and request is not None
+            if stays_scheduled(request, outcome):
+                # Its service stopped (configuration or outage): nothing is failed.
+                parked.append(entry.follow_up.id)
+            elif outcome.kind == TRANSIENT:
                 part.failures.append(Failure(entry.follow_up.id, outcome.reason or "unknown"))
                 log.warning(
                     "follow-up %s failed after %d attempts: %s",
@@ -750,12 +816,12 @@ class _Tracker:
                     len(outcome.attempts),
                     outcome.reason,
                 )
-            else:  # a configuration stop, or an outage: nothing is failed, all stays scheduled
+            else:
                 part.release.append(entry.follow_up.id)
             part.attempts.extend(attempt_records(entry.follow_up.id, outcome.attempts))
         self._not_pushed.clear()
         self._answered_later.clear()
-        return part
+        return part, parked
 
     def _advance(self, conversation: str | None) -> None:
         queue = self._queues[conversation]
@@ -802,6 +868,14 @@ def _empty_part() -> PushedBatch:
     return PushedBatch(delivered=[], pushed_ids=set(), failures=[], release=[], attempts=[])
 
 
+@dataclass(frozen=True)
+class _RoundEnd:
+    """How one batch's push round ended."""
+
+    stops: list[ServiceStop]  # push services that stopped (configuration or outage)
+    parked: list[str]  # left scheduled by a stop, leased to this run until it ends
+
+
 def _push_batch(
     db: Database,
     pusher: Pusher,
@@ -811,10 +885,10 @@ def _push_batch(
     progress: ProgressCallback | None,
     finisher: _Finisher,
     leases: _RunLeases,
-) -> tuple[str | None, str | None]:
-    """Pushes one batch; its follow-ups are finished as they are answered. Returns why the
-    round stopped early, if it did."""
-    plan = _plan(batch, utcnow(), settings)
+) -> _RoundEnd:
+    """Pushes one batch; its follow-ups are finished as they are answered. Returns the
+    push services that stopped, and the follow-ups their stop left parked."""
+    plan = _plan(batch, utcnow(), settings, pusher.services)
     to_push = plan.push
     gate = _CancelGate(
         db, run_id, {f.id: f.conversation_id for f, _ in to_push}, settings.cancel_check_seconds
@@ -830,10 +904,11 @@ def _push_batch(
         round_.run(to_push, leases.renew, settings.lease_seconds / 3, progress)
     finally:
         # Even when the run is ending on an error, what APNs accepted is recorded.
-        finisher.submit(tracker.end(round_.stop), last_of_batch=True)
+        part, parked = tracker.end(round_.stays_scheduled, round_.parked)
+        finisher.submit(part, last_of_batch=True)
     if progress is not None:
         progress(len(batch) - len(to_push))
-    return round_.stop, round_.stop_reason
+    return _RoundEnd(stops=list(round_.stops.values()), parked=parked)
 
 
 def finish_batch(
@@ -1023,8 +1098,9 @@ _REFUSED_AS = {
 
 
 def _alert(alerter: Alerter, report: RunReport) -> None:
-    """One alert per run for new failures, one for rows the database refused, and one for
-    a stop. Ids, reasons and the database's constraint or trigger names only."""
+    """One alert per run for new failures, one for rows the database refused, and one per
+    stopped push service. Ids, reasons and the database's constraint or trigger names
+    only."""
     if report.refused:
         shown = ", ".join(
             f"{r.follow_up_id} {_REFUSED_AS[r.outcome]} ({r.detail})" for r in report.refused[:20]
@@ -1045,14 +1121,21 @@ def _alert(alerter: Alerter, report: RunReport) -> None:
             f"and are marked failed: {shown}{f' and {more} more' if more > 0 else ''}. "
             "See docs/reliability.md; requeue with `followups retry-failed`."
         )
-    if report.stop == STOP_CONFIG:
-        alerter.alert(
-            f"followups: send-due stopped: APNs rejected our configuration "
-            f"({report.stop_reason}). Nothing was marked failed; the follow-ups stay "
-            f"scheduled. {config_hint(report.stop_reason)}"
+    for stop in report.stops:
+        alerter.alert(f"followups: {_stop_alert(stop, report)}")
+
+
+def _stop_alert(stop: ServiceStop, report: RunReport) -> str:
+    """One push service's stop, named, with what the operator checks."""
+    went_on = report.services_that_went_on
+    others = f" {' and '.join(went_on)} deliveries went on." if went_on else ""
+    if stop.kind == STOP_CONFIG:
+        return (
+            f"send-due stopped: {stop.label} rejected our configuration ({stop.reason}). "
+            f"Nothing was marked failed; the follow-ups stay scheduled.{others} "
+            f"{config_hint(stop.reason, stop.service)}"
         )
-    elif report.stop == STOP_OUTAGE:
-        alerter.alert(
-            f"followups: send-due stopped early: APNs keeps failing ({report.stop_reason}). "
-            "The remaining follow-ups stay scheduled for the next run."
-        )
+    return (
+        f"send-due stopped early: {stop.label} keeps failing ({stop.reason}). The "
+        f"remaining follow-ups stay scheduled for the next run.{others}"
+    )

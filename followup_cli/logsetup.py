@@ -2,7 +2,8 @@
 
 Third-party loggers that print request URLs (which contain device tokens) or whole
 payloads (message text) are capped at WARNING whatever the level asked for:
-pyapns-client logs the payload and token at DEBUG, httpx the URL at INFO.
+pyapns-client logs the payload and token at DEBUG, httpx the URL at INFO, google-auth
+the token request and answer (the access token) at DEBUG.
 """
 
 from __future__ import annotations
@@ -12,7 +13,18 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-NOISY_LOGGERS = ("pyapns_client", "httpx", "httpcore", "hpack", "h2", "backoff", "alembic")
+NOISY_LOGGERS = (
+    "pyapns_client",
+    "httpx",
+    "httpcore",
+    "hpack",
+    "h2",
+    "backoff",
+    "alembic",
+    "google",
+    "urllib3",
+    "requests",
+)
 
 
 class JsonFormatter(logging.Formatter):

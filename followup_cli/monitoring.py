@@ -54,6 +54,9 @@ class Stats:
     # Held: the database refused even to mark them failed; no run claims them.
     held: int = 0
     oldest_held_since: datetime | None = None
+    # Follow-ups with a device token that went in-app only, by why there was no push
+    # (invalid_device_token, fcm_not_configured, apns_not_configured).
+    no_push_by_reason: dict[str, int] = field(default_factory=dict)
 
     @property
     def in_app_only(self) -> int:
@@ -94,6 +97,7 @@ class Stats:
             "in_app_only": self.in_app_only,
             "success_rate": None if self.success_rate is None else round(self.success_rate, 2),
             "failures_by_reason": self.failures_by_reason,
+            "no_push_by_reason": self.no_push_by_reason,
             "lag_seconds": {"p50": p50, "p95": p95, "max": worst},
             "overdue": self.overdue,
             "oldest_overdue_seconds": self.oldest_overdue_seconds,
@@ -139,6 +143,7 @@ def gather(db: Database, window: timedelta, *, per_hour: bool = True) -> Stats:
             sent_per_hour=repo.sent_per_hour_since(since) if per_hour else [],
             held=held,
             oldest_held_since=oldest_held,
+            no_push_by_reason=repo.skipped_by_reason_since(since),
         )
 
 

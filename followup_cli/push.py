@@ -1,9 +1,13 @@
-"""Push notifications: what a follow-up's push looks like, and the two ways to send it.
+"""Push notifications: what a follow-up's push looks like, and the ways to send it.
 
 - LogPusher (FOLLOWUPS_PUSH=log, the default): writes what would be pushed to the log,
   never the message text; nothing leaves the machine.
 - APNsPusher (FOLLOWUPS_PUSH=apns, in apns.py): Apple's push service through
-  pyapns-client, 3 attempts in all per notification.
+  pyapns-client's classes, 3 attempts in all per notification.
+- FCMPusher (FOLLOWUPS_PUSH=fcm, in fcm.py): Firebase Cloud Messaging's HTTP v1 API.
+- PushRouter (FOLLOWUPS_PUSH=apns,fcm): owns one pusher per service and sends each
+  request to the service its device token belongs to (PushRequest.service), all on one
+  event loop, so a run pushes to both at once.
 
 push() is a coroutine: the delivery service keeps many in flight on one event loop.
 """
@@ -20,9 +24,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from followup_cli.clock import utcnow
+from followup_cli.report import ServiceStop
 
 if TYPE_CHECKING:
+    from followup_cli.db import Database
     from followup_cli.repository import DueFollowUp
+    from followup_cli.service import ServicePusher
     from followup_cli.settings import Settings
 
 log = logging.getLogger("followups.push")
@@ -40,9 +47,21 @@ PERMANENT = "permanent"  # this device will never take it: bad or unregistered t
 CONFIG = "config"  # our key, team or topic is wrong: stop, fail nothing
 UNSENT = "unsent"  # never sent: the run had stopped (configuration or outage) first
 
-# APNs reasons that mean this device token will never work: a requeue needs a new token
-# (or in-app-only delivery).
-DEVICE_REASONS = frozenset({"BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic"})
+# The push services, as FOLLOWUPS_PUSH names them, and as people read them.
+APNS = "apns"
+FCM = "fcm"
+
+# Reasons (APNs' and FCM's) that mean this device token will never work: a requeue needs
+# a new token (or in-app-only delivery).
+DEVICE_REASONS = frozenset(
+    {
+        "BadDeviceToken",
+        "Unregistered",
+        "DeviceTokenNotForTopic",
+        "UNREGISTERED",
+        "INVALID_REGISTRATION_TOKEN",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,8 @@ class PushRequest:
     title: str
     body: str
     urgent: bool
+    # Which service the device token belongs to (delivery.token_service decides).
+    service: str = APNS
     # aps.mutable-content: the app's notification service extension may replace the body.
     mutable_content: bool = False
 
@@ -128,18 +149,29 @@ class OutageBreaker:
         if not self.tripped:
             self.failures = 0
 
+    def trip(self, reason: str) -> None:
+        """The service said to come back later than this run should wait: trip at once."""
+        if not self.tripped:
+            self.failures = self.threshold
+            self.reason = reason
+
 
 class Pusher(Protocol):
     """Sends notifications. push() is a coroutine: many run at once on the pusher's own
     event loop, which run() drives from synchronous code (one loop for the pusher's life,
     so a connection made in one batch serves the next).
 
-    `breaker` lives as long as the pusher (one run): the delivery service starts no push
-    once it has tripped, and the pusher starts no retry."""
+    `services` are the token kinds it pushes to. stopped(service) says why that service
+    takes no more pushes in this run (a configuration answer, or its outage breaker
+    tripped; both last as long as the pusher, i.e. the run): the delivery service starts
+    no push to it after that, and the pusher starts no retry. `concurrency` applies to
+    each service on its own."""
 
     name: str
+    services: frozenset[str]
     concurrency: int
-    breaker: OutageBreaker
+
+    def stopped(self, service: str) -> ServiceStop | None: ...
 
     async def push(self, request: PushRequest) -> PushOutcome: ...
 
@@ -169,8 +201,10 @@ class EventLoopOwner:
         self._loop = None
 
 
-def config_hint(reason: str | None) -> str:
-    """What the operator checks after APNs refused our configuration with `reason`."""
+def config_hint(reason: str | None, service: str = APNS) -> str:
+    """What the operator checks after a service refused our configuration with `reason`."""
+    if service == FCM:
+        return _fcm_config_hint(reason)
     if reason == "TooManyProviderTokenUpdates":
         return (
             "APNs refused a provider token renewed within 20 minutes of the last one: "
@@ -180,6 +214,25 @@ def config_hint(reason: str | None) -> str:
     if reason == "ExpiredProviderToken":
         return "APNs calls a freshly signed provider token expired: check the host's clock (NTP)."
     return "Check FOLLOWUPS_APNS_KEY_FILE, _KEY_ID, _TEAM_ID, _TOPIC and _ENV."
+
+
+def _fcm_config_hint(reason: str | None) -> str:
+    if reason == "SENDER_ID_MISMATCH":
+        return (
+            "The device token belongs to another Firebase project: check "
+            "FOLLOWUPS_FCM_PROJECT_ID (and the service account's project) against the app's "
+            "Firebase project."
+        )
+    if reason == "THIRD_PARTY_AUTH_ERROR":
+        return (
+            "Firebase could not reach APNs for an iOS token: upload a valid APNs "
+            "authentication key in the Firebase console (Project settings, Cloud Messaging)."
+        )
+    return (
+        "Check FOLLOWUPS_FCM_CREDENTIALS_FILE and FOLLOWUPS_FCM_PROJECT_ID, that the "
+        "Firebase Cloud Messaging API is enabled, and that the service account has the "
+        "Firebase Cloud Messaging API Admin role (cloudmessaging.messages.create)."
+    )
 
 
 def mask_token(token: str | None) -> str:
@@ -196,7 +249,9 @@ def notification_title(provider_name: str | None) -> str:
     return f"Follow-up from Dr. {name}" if name else "Follow-up from your provider"
 
 
-def build_request(f: DueFollowUp, device_token: str, settings: Settings) -> PushRequest:
+def build_request(
+    f: DueFollowUp, device_token: str, settings: Settings, service: str = APNS
+) -> PushRequest:
     """The push a follow-up becomes, for send-due and test-send alike.
 
     With FOLLOWUPS_PUSH_BODY=generic the body is FOLLOWUPS_PUSH_GENERIC_TEXT and nothing
@@ -212,6 +267,7 @@ def build_request(f: DueFollowUp, device_token: str, settings: Settings) -> Push
         title=notification_title(f.provider_name),
         body=settings.push_generic_text if generic else (f.display_text or ""),
         urgent=(f.urgency or "").strip().lower() == "urgent",
+        service=service,
         mutable_content=generic,
     )
 
@@ -239,16 +295,17 @@ def encode_payload(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
 
 
-def fit_body(req: PushRequest) -> str:
+def fit_body(req: PushRequest, limit: int = MAX_PAYLOAD_BYTES) -> str:
     """The alert body, cut on a character boundary (with an ellipsis) so the whole payload
-    fits APNs' 4,096 bytes. Never splits a combining mark or emoji sequence from its base."""
-    if len(encode_payload(payload_dict(req))) <= MAX_PAYLOAD_BYTES:
+    fits `limit` bytes (APNs' 4,096). Never splits a combining mark or emoji sequence from
+    its base."""
+    if len(encode_payload(payload_dict(req))) <= limit:
         return req.body
     text = req.body
     lo, hi = 0, len(text)
     while lo < hi:  # largest prefix length that fits
         mid = (lo + hi + 1) // 2
-        if len(encode_payload(payload_dict(req, text[:mid] + ELLIPSIS))) <= MAX_PAYLOAD_BYTES:
+        if len(encode_payload(payload_dict(req, text[:mid] + ELLIPSIS))) <= limit:
             lo = mid
         else:
             hi = mid - 1
@@ -286,20 +343,25 @@ def headers_for(req: PushRequest, topic: str | None) -> dict[str, str]:
 
 
 class LogPusher(EventLoopOwner):
-    """Logs each notification that would be pushed; sends nothing."""
+    """Logs each notification that would be pushed, whichever service its token belongs
+    to; sends nothing."""
 
     name = "log"
+    services = frozenset({APNS, FCM})
 
     def __init__(self, concurrency: int = 16) -> None:
         super().__init__()
         self.concurrency = concurrency
-        self.breaker = OutageBreaker(1)  # nothing to fail: never trips
+
+    def stopped(self, service: str) -> ServiceStop | None:
+        return None  # nothing to fail
 
     async def push(self, request: PushRequest) -> PushOutcome:
         body = fit_body(request)
         log.info(
-            "push (log backend, not sent): follow_up=%s conversation=%s token=%s title=%r "
-            "headers=%s body_length=%d",
+            "push (log backend, not sent): service=%s follow_up=%s conversation=%s token=%s "
+            "title=%r headers=%s body_length=%d",
+            request.service,
             request.follow_up_id,
             request.conversation_id,
             mask_token(request.device_token),
@@ -310,10 +372,50 @@ class LogPusher(EventLoopOwner):
         return PushOutcome(SENT, [Attempt(utcnow(), 1, SENT, None, None, None)])
 
 
-def make_pusher(settings: Settings) -> Pusher:
-    if settings.push == "apns":
-        # Imported only when there is something to push: it costs a fifth of a second.
+class PushRouter(EventLoopOwner):
+    """Owns one pusher per service and hands each request to its token's service. The
+    children's coroutines run on this router's loop (theirs is never started), so both
+    services push concurrently in one run, and closing the router closes them on it."""
+
+    def __init__(self, name: str, concurrency: int, pushers: dict[str, ServicePusher]) -> None:
+        super().__init__()
+        self.name = name
+        self.concurrency = concurrency
+        self.services = frozenset(pushers)
+        self._pushers = pushers
+
+    def stopped(self, service: str) -> ServiceStop | None:
+        pusher = self._pushers.get(service)
+        return None if pusher is None else pusher.stopped(service)
+
+    async def push(self, request: PushRequest) -> PushOutcome:
+        pusher = self._pushers.get(request.service)
+        if pusher is None:  # delivery only routes tokens of configured services here
+            raise ValueError(f"no pusher for service {request.service!r}")
+        return await pusher.push(request)
+
+    async def aclose(self) -> None:
+        for pusher in self._pushers.values():
+            await pusher.aclose()
+
+
+def make_pusher(settings: Settings, db: Database | None = None) -> Pusher:
+    """The pusher FOLLOWUPS_PUSH asks for. `db` holds the FCM access token shared by every
+    run and host; without it (tests, scripts) the token is kept in this process only."""
+    services = settings.push_services
+    if not services:
+        return LogPusher()
+    pushers: dict[str, ServicePusher] = {}
+    # Imported only when there is something to push: they cost a fifth of a second.
+    if APNS in services:
         from followup_cli.apns import APNsPusher
 
-        return APNsPusher(settings)
-    return LogPusher()
+        pushers[APNS] = APNsPusher(settings)
+    if FCM in services:
+        from followup_cli.fcm import FCMPusher
+
+        pushers[FCM] = FCMPusher(settings, db)
+    if len(pushers) == 1:
+        [only] = pushers.values()
+        return only
+    return PushRouter(settings.push, settings.push_concurrency, pushers)

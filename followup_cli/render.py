@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from followup_cli.push import config_hint
-from followup_cli.report import STOP_CONFIG, STOP_OUTAGE, RunReport
+from followup_cli.push import FCM, config_hint
+from followup_cli.report import SERVICE_LABELS, STOP_CONFIG, RunReport, ServiceStop
 
 if TYPE_CHECKING:
     from followup_cli.cleanup import CleanupReport
@@ -45,18 +45,24 @@ def send_due_summary(report: RunReport) -> None:
 
 
 def stop_line(report: RunReport) -> str:
-    if report.stop == STOP_CONFIG:
+    if not report.stops:
+        return f"run ended: {report.outcome}"
+    return " ".join(_stop_clause(stop, report) for stop in report.stops)
+
+
+def _stop_clause(stop: ServiceStop, report: RunReport) -> str:
+    went_on = report.services_that_went_on
+    others = f"; {' and '.join(went_on)} deliveries went on" if went_on else ""
+    if stop.kind == STOP_CONFIG:
         return (
-            f"APNs rejected our configuration ({report.stop_reason}); run stopped, nothing "
-            f"marked failed, the remaining follow-ups stay scheduled. "
-            f"{config_hint(report.stop_reason)}"
+            f"{stop.label} rejected our configuration ({stop.reason}); run stopped, nothing "
+            f"marked failed, the remaining follow-ups stay scheduled{others}. "
+            f"{config_hint(stop.reason, stop.service)}"
         )
-    if report.stop == STOP_OUTAGE:
-        return (
-            f"APNs keeps failing ({report.stop_reason}); run stopped early, the remaining "
-            "follow-ups stay scheduled for the next run"
-        )
-    return f"run ended: {report.outcome}"
+    return (
+        f"{stop.label} keeps failing ({stop.reason}); run stopped early, the remaining "
+        f"follow-ups stay scheduled for the next run{others}."
+    )
 
 
 def requeue_report(report: RequeueReport, asked_ids: Sequence[str]) -> None:
@@ -120,8 +126,12 @@ def _stats_rows(stats: Stats, rules: CheckRules) -> list[tuple[str, str]]:
     rows = [
         ("window", f"last {_seconds(stats.window.total_seconds())}"),
         ("sent", f"{stats.sent} ({stats.pushed} pushed, {stats.in_app_only} in-app only)"),
-        ("failed", str(stats.failed)),
     ]
+    rows += [
+        (f"  in-app only: {reason}", str(n))
+        for reason, n in sorted(stats.no_push_by_reason.items())
+    ]
+    rows += [("failed", str(stats.failed))]
     rows += [(f"  {reason}", str(n)) for reason, n in sorted(stats.failures_by_reason.items())]
     rows += [
         ("cancelled (due in window)", str(stats.cancelled)),
@@ -261,7 +271,8 @@ def cleanup_report(report: CleanupReport) -> None:
 def test_send_request(result: TestSendResult, backend: str, dry_run: bool) -> None:
     req = result.request
     what = "would send" if dry_run else "sending"
-    print(f"test-send {req.follow_up_id}: {what} via push backend {backend!r}")
+    service = SERVICE_LABELS.get(req.service, req.service)
+    print(f"test-send {req.follow_up_id}: {what} to {service} via push backend {backend!r}")
     print(f"device token: {req.device_token}")
     print("headers:")
     for name, value in sorted(result.headers.items()):
@@ -274,10 +285,12 @@ def test_send_outcome(result: TestSendResult) -> None:
     outcome = result.outcome
     if outcome is None:
         return
+    # APNs answers with an apns-id, FCM with the message's name.
+    id_label = "message" if result.request.service == FCM else "apns-id"
     for a in outcome.attempts:
         status = a.status_code if a.status_code is not None else "-"
         answer = f"reason {a.reason}" if a.reason else "accepted"
-        print(f"attempt {a.attempt}: status {status}, {answer}, apns-id {a.apns_id or '-'}")
+        print(f"attempt {a.attempt}: status {status}, {answer}, {id_label} {a.apns_id or '-'}")
     if outcome.kind == "sent":
         tail = "; follow-up marked sent and message written" if result.marked_sent else ""
         print(f"result: sent{tail}")

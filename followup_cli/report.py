@@ -25,6 +25,23 @@ class Refused:
     detail: str  # the database's reason: constraint, table, trigger function; no values
 
 
+# The push services as people read them (FOLLOWUPS_PUSH names them apns and fcm).
+SERVICE_LABELS = {"apns": "APNs", "fcm": "FCM"}
+
+
+@dataclass(frozen=True)
+class ServiceStop:
+    """Why pushes to one service no longer start in this run."""
+
+    service: str  # apns | fcm
+    kind: str  # STOP_CONFIG | STOP_OUTAGE
+    reason: str | None
+
+    @property
+    def label(self) -> str:
+        return SERVICE_LABELS.get(self.service, self.service)
+
+
 @dataclass
 class RunReport:
     run_id: str
@@ -39,8 +56,27 @@ class RunReport:
     held: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
+    # The first stop; `stops` has one per push service that stopped.
     stop: str | None = None
     stop_reason: str | None = None
+    stops: list[ServiceStop] = field(default_factory=list)
+
+    @property
+    def services_that_went_on(self) -> list[str]:
+        """The labels of this run's push services that did not stop."""
+        stopped = {s.service for s in self.stops}
+        return [
+            SERVICE_LABELS[s]
+            for s in self.push_backend.split(",")
+            if s in SERVICE_LABELS and s not in stopped
+        ]
+
+    def note_stop(self, stop: ServiceStop) -> None:
+        if any(s.service == stop.service for s in self.stops):
+            return
+        self.stops.append(stop)
+        if self.stop is None:
+            self.stop, self.stop_reason = stop.kind, stop.reason
 
     @property
     def skipped(self) -> int:

@@ -42,6 +42,7 @@ from followup_cli.tables import (
     follow_up_requests_archive,
     follow_up_runs,
     followups_alert_state,
+    followups_push_credentials,
     provider_review_requests,
 )
 
@@ -141,6 +142,13 @@ class RunRecord:
     failed: int
     skipped: int
     outcome: str
+
+
+@dataclass(frozen=True)
+class StoredCredential:
+    token: str | None
+    expires_at: datetime | None
+    renewal_started_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -594,6 +602,76 @@ class Repository:
                 .values(state="ok", changed_at=now)
             )
         return self.conn.execute(stmt).rowcount == 1
+
+    def skipped_by_reason_since(self, since: datetime) -> dict[str, int]:
+        """Follow-ups delivered in-app only although they had a device token, by why there
+        was no push (invalid_device_token, fcm_not_configured, ...)."""
+        a = follow_up_attempts.c
+        stmt = (
+            select(a.reason, func.count(func.distinct(a.follow_up_id)))
+            .where(a.outcome == "skipped", a.is_test.is_(False), a.attempted_at >= since)
+            .group_by(a.reason)
+        )
+        return {reason or "unknown": int(n) for reason, n in self.conn.execute(stmt)}
+
+    # -- push service credentials (FCM access tokens) -------------------------------
+
+    def push_credential(self, name: str) -> StoredCredential | None:
+        c = followups_push_credentials.c
+        found = self.conn.execute(
+            select(c.token, c.expires_at, c.renewal_started_at).where(c.name == name)
+        ).first()
+        if found is None:
+            return None
+        return StoredCredential(found.token, found.expires_at, found.renewal_started_at)
+
+    def claim_credential_renewal(self, name: str, now: datetime, stale_before: datetime) -> bool:
+        """Compare-and-set: True when this caller may fetch a new token, because no one
+        else has started a renewal since `stale_before` (a renewer that died is taken
+        over). Concurrent callers race on one statement, so one of them wins."""
+        c = followups_push_credentials.c
+        claimed = self.conn.execute(
+            update(followups_push_credentials)
+            .where(
+                c.name == name,
+                or_(c.renewal_started_at.is_(None), c.renewal_started_at < stale_before),
+            )
+            .values(renewal_started_at=now)
+        ).rowcount
+        if claimed:
+            return True
+        # RETURNING, not rowcount: psycopg does not report an INSERT ... ON CONFLICT's count.
+        inserted = self.conn.execute(
+            _insert_ignore(self.dialect, followups_push_credentials)
+            .values(name=name, token=None, expires_at=None, updated_at=now, renewal_started_at=now)
+            .returning(c.name)
+        ).first()
+        return inserted is not None
+
+    def store_credential(self, name: str, token: str, expires_at: datetime, now: datetime) -> None:
+        """The renewed token; the renewal is over."""
+        c = followups_push_credentials.c
+        self.conn.execute(
+            update(followups_push_credentials)
+            .where(c.name == name)
+            .values(token=token, expires_at=expires_at, updated_at=now, renewal_started_at=None)
+        )
+
+    def abandon_credential_renewal(self, name: str) -> None:
+        """The fetch failed: let the next caller try at once instead of waiting it out."""
+        c = followups_push_credentials.c
+        self.conn.execute(
+            update(followups_push_credentials).where(c.name == name).values(renewal_started_at=None)
+        )
+
+    def expire_credential(self, name: str, token: str, now: datetime) -> None:
+        """The service refused `token`: mark it expired, unless it was replaced already."""
+        c = followups_push_credentials.c
+        self.conn.execute(
+            update(followups_push_credentials)
+            .where(c.name == name, c.token == token)
+            .values(expires_at=now)
+        )
 
     # -- cleanup --------------------------------------------------------------------
 

@@ -59,6 +59,8 @@ RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "follow_up_requests_archive": ("INSERT",),
     # the success-rate alert's cooldown
     "followups_alert_state": ("SELECT", "INSERT", "UPDATE"),
+    # FCM access tokens shared by every run: read, claim a renewal, store the new one
+    "followups_push_credentials": ("SELECT", "INSERT", "UPDATE"),
     # only `db upgrade` (the owner) reads and writes the schema version
     "followups_schema_version": (),
 }

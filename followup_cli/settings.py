@@ -6,15 +6,23 @@ code 2 before anything touches the database or APNs.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DATABASE_URL = "sqlite:///followups.db"
-PUSH_BACKENDS = ("log", "apns")
+# FOLLOWUPS_PUSH: log, or the push services to use, in this order when both are given.
+PUSH_SERVICES = ("apns", "fcm")
+PUSH_BACKENDS = ("log", "apns", "fcm", "apns,fcm")
+FCM_DEFAULT_URL = "https://fcm.googleapis.com"
+# The fields of a Google service account key file that FCM needs.
+_SERVICE_ACCOUNT_FIELDS = ("client_email", "private_key", "token_uri")
+_PROJECT_ID = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")
 APNS_ENVIRONMENTS = ("production", "development")
 LOG_FORMATS = ("text", "json")
 # What a push shows on the lock screen: the message itself, or a fixed text.
@@ -37,7 +45,12 @@ class Settings:
     apns_env: str = "production"
     apns_url: str | None = None
     apns_ca_file: Path | None = None
-    # Notifications in flight at once (HTTP/2 streams on the APNs connection).
+    fcm_credentials_file: Path | None = None
+    # None: the credentials file's project_id.
+    fcm_project_id: str | None = None
+    fcm_url: str | None = None
+    fcm_ca_file: Path | None = None
+    # Notifications in flight at once per push service (HTTP/2 streams on its connection).
     push_concurrency: int = 200
     push_timeout_seconds: float = 10.0
     # First backoff step between push attempts; the steps double, with full jitter.
@@ -62,6 +75,11 @@ class Settings:
     check_max_run_age: timedelta = timedelta(minutes=5)
     check_max_overdue: timedelta = timedelta(minutes=10)
     log_format: str = "text"
+
+    @property
+    def push_services(self) -> tuple[str, ...]:
+        """The push services FOLLOWUPS_PUSH turns on; empty for the log backend."""
+        return () if self.push == "log" else tuple(self.push.split(","))
 
     @property
     def safe_database_url(self) -> str:
@@ -141,6 +159,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     key_file = _str(env, "FOLLOWUPS_APNS_KEY_FILE")
     ca_file = _str(env, "FOLLOWUPS_APNS_CA_FILE")
+    fcm_credentials = _str(env, "FOLLOWUPS_FCM_CREDENTIALS_FILE")
+    fcm_ca_file = _str(env, "FOLLOWUPS_FCM_CA_FILE")
     settings = Settings(
         database_url=_str(env, "FOLLOWUPS_DATABASE_URL") or DEFAULT_DATABASE_URL,
         push=(_str(env, "FOLLOWUPS_PUSH") or "log").lower(),
@@ -151,6 +171,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         apns_env=(_str(env, "FOLLOWUPS_APNS_ENV") or "production").lower(),
         apns_url=_str(env, "FOLLOWUPS_APNS_URL"),
         apns_ca_file=Path(ca_file) if ca_file else None,
+        fcm_credentials_file=Path(fcm_credentials) if fcm_credentials else None,
+        fcm_project_id=_str(env, "FOLLOWUPS_FCM_PROJECT_ID"),
+        fcm_url=_str(env, "FOLLOWUPS_FCM_URL"),
+        fcm_ca_file=Path(fcm_ca_file) if fcm_ca_file else None,
         push_concurrency=_int(env, "FOLLOWUPS_PUSH_CONCURRENCY", 200, 1),
         push_timeout_seconds=_float(env, "FOLLOWUPS_PUSH_TIMEOUT", 10.0, 0.1),
         retry_base_seconds=_float(env, "FOLLOWUPS_RETRY_BASE_SECONDS", 0.5, 0.0),
@@ -177,10 +201,9 @@ def validate(s: Settings) -> Settings:
     if url != s.database_url:
         s = replace(s, database_url=url)
     _check_database_url(url)
-    if s.push not in PUSH_BACKENDS:
-        raise ConfigError(
-            f"FOLLOWUPS_PUSH must be one of {', '.join(PUSH_BACKENDS)}, got {s.push!r}"
-        )
+    push = _canonical_push(s.push)
+    if push != s.push:
+        s = replace(s, push=push)
     if s.apns_env not in APNS_ENVIRONMENTS:
         raise ConfigError(
             f"FOLLOWUPS_APNS_ENV must be one of {', '.join(APNS_ENVIRONMENTS)}, got {s.apns_env!r}"
@@ -197,6 +220,14 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(
             f"FOLLOWUPS_APNS_URL must look like https://host[:port], got {s.apns_url!r}"
         )
+    if s.fcm_url is not None and not re.match(r"^https://[^/\s]+/?$", s.fcm_url):
+        raise ConfigError(
+            f"FOLLOWUPS_FCM_URL must look like https://host[:port], got {s.fcm_url!r}"
+        )
+    if s.fcm_project_id is not None and not _PROJECT_ID.fullmatch(s.fcm_project_id):
+        raise ConfigError(
+            f"FOLLOWUPS_FCM_PROJECT_ID is not a Google Cloud project id, got {s.fcm_project_id!r}"
+        )
     if s.alert_webhook_url is not None and not re.match(r"^https?://\S+$", s.alert_webhook_url):
         # The URL is a secret: name the problem, never echo the value.
         raise ConfigError("FOLLOWUPS_ALERT_WEBHOOK_URL must be an http(s) URL")
@@ -211,12 +242,76 @@ def validate(s: Settings) -> Settings:
     return s
 
 
+def _canonical_push(value: str) -> str:
+    """log, apns, fcm or apns,fcm: either order, spaces forgiven, each service once."""
+    names = [part.strip() for part in value.split(",")]
+    if names == ["log"]:
+        return "log"
+    if names and all(n in PUSH_SERVICES for n in names) and len(set(names)) == len(names):
+        return ",".join(n for n in PUSH_SERVICES if n in names)
+    raise ConfigError(f"FOLLOWUPS_PUSH must be log, apns, fcm or apns,fcm, got {value!r}")
+
+
 def require_push_config(s: Settings, *, load_key: bool = True) -> None:
     """For commands that push: with FOLLOWUPS_PUSH=apns the key, ids and topic must be
-    there and the key must load, before anything is claimed. (The idle run, which claims
-    nothing, skips loading the key: that import alone costs a tenth of its time.)"""
-    if s.push == "apns":
+    there and the key must load; with fcm, the service account's key file must hold a
+    usable key and a project id must be known. All before anything is claimed. (The idle
+    run, which claims nothing, skips loading the keys: that import alone costs a tenth of
+    its time.)"""
+    if "apns" in s.push_services:
         _check_apns(s, load_key)
+    if "fcm" in s.push_services:
+        read_fcm_credentials(s, load_key=load_key)
+
+
+def read_fcm_credentials(s: Settings, *, load_key: bool = True) -> tuple[dict[str, Any], str]:
+    """The service account's key file as a dict, and the project to send through
+    (FOLLOWUPS_FCM_PROJECT_ID, else the file's project_id). Errors name the file and the
+    problem, never a value from it."""
+    path = s.fcm_credentials_file
+    if path is None:
+        raise ConfigError(f"FOLLOWUPS_PUSH={s.push} needs FOLLOWUPS_FCM_CREDENTIALS_FILE")
+    where = f"FOLLOWUPS_FCM_CREDENTIALS_FILE {str(path)!r}"
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror}") from None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{where} is not JSON (expected a service account key file from the Google "
+            "Cloud console)"
+        ) from None
+    if not isinstance(info, dict) or info.get("type") != "service_account":
+        raise ConfigError(
+            f'{where} is not a service account key file ("type" is not "service_account")'
+        )
+    missing = [
+        k for k in _SERVICE_ACCOUNT_FIELDS if not isinstance(info.get(k), str) or not info[k]
+    ]
+    if missing:
+        raise ConfigError(f"{where} has no {', '.join(missing)}")
+    if not str(info["token_uri"]).startswith("https://"):
+        raise ConfigError(f"{where}: token_uri must be an https URL")
+    project = s.fcm_project_id or info.get("project_id")
+    if not isinstance(project, str) or not project:
+        raise ConfigError(f"FOLLOWUPS_FCM_PROJECT_ID is not set and {where} has no project_id")
+    if not _PROJECT_ID.fullmatch(project):
+        raise ConfigError(f"{where}: project_id is not a Google Cloud project id")
+    if s.fcm_ca_file is not None and not s.fcm_ca_file.is_file():
+        raise ConfigError(f"FOLLOWUPS_FCM_CA_FILE {str(s.fcm_ca_file)!r} is not a readable file")
+    if load_key:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            key = load_pem_private_key(str(info["private_key"]).encode(), password=None)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{where}: private_key is not a PEM private key") from None
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ConfigError(f"{where}: private_key is not an RSA key")
+    return info, project
 
 
 def _check_database_url(url: str) -> None:
@@ -250,7 +345,7 @@ def _check_apns(s: Settings, load_key: bool) -> None:
         if value is None
     ]
     if missing:
-        raise ConfigError(f"FOLLOWUPS_PUSH=apns needs {', '.join(missing)}")
+        raise ConfigError(f"FOLLOWUPS_PUSH={s.push} needs {', '.join(missing)}")
     assert s.apns_key_file is not None
     try:
         pem = s.apns_key_file.read_bytes()

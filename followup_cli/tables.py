@@ -223,6 +223,21 @@ followups_alert_state = Table(
     Column("changed_at", UTCDateTime()),
 )
 
+# Access tokens of the push services that cannot be computed afresh by every process
+# (FCM's OAuth 2 tokens, unlike APNs' provider token): one row per credential, shared by
+# every run and host so that one of them fetches a token and the others reuse it. It
+# holds a credential: closed to other roles like every table of TOOL_TABLES.
+followups_push_credentials = Table(
+    "followups_push_credentials",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("token", Text),  # null until the first renewal has stored one
+    Column("expires_at", UTCDateTime()),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    # Set while one process fetches a new token, so that the others wait for it.
+    Column("renewal_started_at", UTCDateTime()),
+)
+
 provider_review_requests = Table(
     "provider_review_requests",
     metadata,
@@ -313,5 +328,6 @@ TOOL_TABLES = (
     "follow_up_runs",
     "follow_up_requests_archive",
     "followups_alert_state",
+    "followups_push_credentials",
     VERSION_TABLE,
 )

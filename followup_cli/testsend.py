@@ -20,10 +20,11 @@ from followup_cli.delivery import (
     PushedBatch,
     attempt_records,
     finish_batch,
-    is_valid_token,
     normalize_token,
+    token_service,
 )
 from followup_cli.push import (
+    FCM,
     SENT,
     Pusher,
     PushOutcome,
@@ -33,6 +34,7 @@ from followup_cli.push import (
     headers_for,
     payload_dict,
 )
+from followup_cli.report import SERVICE_LABELS
 from followup_cli.repository import DueFollowUp
 from followup_cli.scheduling import Conflict, NotFound
 from followup_cli.settings import Settings
@@ -65,10 +67,26 @@ def prepare(
     token = normalize_token(to if to is not None else f.device_token)
     if token is None:
         raise NoToken(f"follow-up {follow_up_id} has no device token; give one with --to")
-    if not is_valid_token(token):
-        source = "--to" if to is not None else "the follow-up's device token"
-        raise NoToken(f"{source} is not 64 hexadecimal characters")
-    request = build_request(f, token, settings)
+    source = "--to" if to is not None else "the follow-up's device token"
+    service = token_service(token)
+    if service is None:
+        raise NoToken(
+            f"{source} is neither an APNs device token (64 hexadecimal characters) nor an "
+            "FCM registration token"
+        )
+    services = settings.push_services
+    if services and service not in services:
+        label = SERVICE_LABELS[service]
+        raise NoToken(
+            f"{source} is an {label} token, but FOLLOWUPS_PUSH={settings.push} does not "
+            f"turn {label} on"
+        )
+    request = build_request(f, token, settings, service)
+    if service == FCM:
+        from followup_cli.fcm import fcm_headers, fcm_message
+
+        # Exactly the messages:send body and headers (the bearer token aside).
+        return TestSendResult(request=request, payload=fcm_message(request), headers=fcm_headers())
     return TestSendResult(
         request=request,
         payload=payload_dict(request, fit_body(request)),

@@ -25,6 +25,7 @@ from followup_cli.settings import Settings
 
 if TYPE_CHECKING:
     from tests.fake_apns import FakeAPNs
+    from tests.fake_fcm import FakeFCM
     from tests.fake_webhook import FakeWebhook
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -189,6 +190,45 @@ def apns_settings(settings: Settings, apns: FakeAPNs) -> Settings:
         apns_url=apns.url,
         apns_ca_file=_path(apns.ca_file),
         push_timeout_seconds=5.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def fcm_server() -> Iterator[FakeFCM]:
+    from tests.fake_fcm import FakeFCM
+
+    with FakeFCM() as server:
+        yield server
+
+
+@pytest.fixture
+def fcm(fcm_server: FakeFCM) -> Iterator[FakeFCM]:
+    fcm_server.reset()
+    yield fcm_server
+    fcm_server.reset()
+
+
+@pytest.fixture
+def fcm_settings(settings: Settings, fcm: FakeFCM) -> Settings:
+    return replace(
+        settings,
+        push="fcm",
+        fcm_credentials_file=_path(fcm.credentials_file),
+        fcm_url=fcm.url,
+        fcm_ca_file=_path(fcm.ca_file),
+        push_timeout_seconds=5.0,
+    )
+
+
+@pytest.fixture
+def both_settings(apns_settings: Settings, fcm_settings: Settings) -> Settings:
+    """FOLLOWUPS_PUSH=apns,fcm against both fakes."""
+    return replace(
+        apns_settings,
+        push="apns,fcm",
+        fcm_credentials_file=fcm_settings.fcm_credentials_file,
+        fcm_url=fcm_settings.fcm_url,
+        fcm_ca_file=fcm_settings.fcm_ca_file,
     )
 
 

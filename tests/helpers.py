@@ -14,9 +14,26 @@ from followup_cli.tables import follow_up_messages, follow_up_requests
 
 if TYPE_CHECKING:
     from tests.fake_apns import FakeAPNs
+    from tests.fake_fcm import FakeFCM
 
 TOKEN_A = "a" * 64
 TOKEN_B = "b" * 64
+
+
+def fcm_token(n: int) -> str:
+    """An FCM registration token's shape: instance id, colon, APA91b and URL-safe base64."""
+    return f"c{n:021d}:APA91b{n:08d}" + "Xy_9-Ab" * 20
+
+
+def fcm_env(fcm: FakeFCM) -> dict[str, str]:
+    """The environment a subprocess needs to push to the fake FCM."""
+    return {
+        "FOLLOWUPS_PUSH": "fcm",
+        "FOLLOWUPS_FCM_CREDENTIALS_FILE": str(fcm.credentials_file),
+        "FOLLOWUPS_FCM_URL": fcm.url,
+        "FOLLOWUPS_FCM_CA_FILE": str(fcm.ca_file),
+        "FOLLOWUPS_RETRY_BASE_SECONDS": "0",
+    }
 
 
 def apns_env(apns: FakeAPNs) -> dict[str, str]:

@@ -113,7 +113,11 @@ def test_cancel_then_send_due_delivers_nothing(db_url: str, db: Database) -> Non
         (["schedule", "--in", "soon"], "Error: --in must be a number followed by"),
         (["schedule", "--at", "tomorrow"], "Error: --at must be an ISO-8601 time"),
         (["schedule", "--urgency", "asap"], "Error: --urgency must be routine or urgent"),
-        (["schedule", "--token", "xyz"], "Error: --token must be 64 hexadecimal characters"),
+        (
+            ["schedule", "--token", "xyz"],
+            "Error: --token must be an APNs device token (64 hexadecimal characters) or an "
+            "FCM registration token",
+        ),
         (["send-due", "--limit", "-1"], "Error: --limit must be at least 1"),
         (["send-due", "--batch-size", "0"], "Error: --batch-size must be at least 1"),
     ],
@@ -144,7 +148,10 @@ def test_bad_environment_value_exits_2(tmp_path: Path) -> None:
     """A bad FOLLOWUPS_* value is one line and exit 2 before anything runs."""
     result = runner.invoke(app, ["send-due"], env={"FOLLOWUPS_PUSH": "pager"})
     assert result.exit_code == 2
-    assert result.stderr.strip() == "Error: FOLLOWUPS_PUSH must be one of log, apns, got 'pager'"
+    assert (
+        result.stderr.strip()
+        == "Error: FOLLOWUPS_PUSH must be log, apns, fcm or apns,fcm, got 'pager'"
+    )
 
 
 def test_apns_without_credentials_exits_2_before_claiming(db_url: str, db: Database) -> None:

@@ -383,7 +383,7 @@ def test_send_refusals_and_failures(db_url: str, db: Database, apns: FakeAPNs) -
     r = cli(db_url, "test-send", tokenless, env=env)
     assert r.exit_code == 2 and "has no device token; give one with --to" in r.stderr
     r = cli(db_url, "test-send", tokenless, "--to", "zz", env=env)
-    assert r.exit_code == 2 and "--to is not 64 hexadecimal characters" in r.stderr
+    assert r.exit_code == 2 and "--to is neither an APNs device token" in r.stderr
     rejected = app_row(db, device_token=TOKEN_A)
     apns.respond(410, "Unregistered", token=TOKEN_A)
     r = cli(db_url, "test-send", rejected, "--mark-sent", env=env)

@@ -1,9 +1,12 @@
-"""The push a follow-up becomes: title, headers, and the body cut to fit APNs' limit."""
+"""The push a follow-up becomes: title, headers, the body cut to fit APNs' limit, the FCM
+message, and which service a device token belongs to."""
 
 from __future__ import annotations
 
 import json
 
+from followup_cli.delivery import normalize_token, token_service
+from followup_cli.fcm import FCM_PAYLOAD_MARGIN, fcm_message, retry_after_seconds
 from followup_cli.push import (
     ELLIPSIS,
     MAX_PAYLOAD_BYTES,
@@ -14,6 +17,7 @@ from followup_cli.push import (
     notification_title,
     payload_dict,
 )
+from followup_cli.service import TransientAttempt, wait_before_next_attempt
 
 FID = "5b0e7a43-2c1d-4b7e-9f10-0a1b2c3d4e5f"
 CID = "0d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a"
@@ -71,3 +75,61 @@ def test_multibyte_text_is_cut_on_a_character_boundary() -> None:
         kept = body[: -len(ELLIPSIS)]
         assert len(kept) % len(unit) == 0, f"cut inside {unit!r}"
         assert kept == unit * (len(kept) // len(unit))
+
+
+# -- which service a token belongs to ---------------------------------------------------
+
+FCM_TOKEN = "dGhpcyBpcyBhbiBpZA:APA91bH" + "x1_Y-z" * 25
+
+
+def test_apns_tokens_forgive_spaces_and_case_fcm_tokens_keep_their_case() -> None:
+    """One home for token rules: hex is APNs (lower-cased), FCM tokens keep their case."""
+    assert normalize_token(" ".join(["AB" * 16] * 2)) == "ab" * 32
+    assert normalize_token("AB" * 32 + "\n") == "ab" * 32
+    assert normalize_token(" " + FCM_TOKEN + "\n") == FCM_TOKEN
+    assert normalize_token("   ") is None
+
+
+def test_token_service_by_shape() -> None:
+    """64 hex: APNs. Long URL-safe base64 with a colon: FCM. Anything else: neither."""
+    assert token_service("ab" * 32) == "apns"
+    assert token_service(FCM_TOKEN) == "fcm"
+    assert token_service(FCM_TOKEN.replace(":", "")) is None  # no colon
+    assert token_service(FCM_TOKEN[:60]) is None  # too short
+    assert token_service(FCM_TOKEN + "/=") is None  # not URL-safe base64
+    assert token_service("ab" * 31) is None
+    assert token_service("not-a-token") is None
+
+
+def test_fcm_message_carries_the_apns_payloads_content() -> None:
+    """Same title, body (cut shorter, for FCM's own keys) and ids; strings only in data."""
+    req = PushRequest(FID, CID, FCM_TOKEN, "Follow-up", "x" * 5000, True, service="fcm")
+    message = fcm_message(req)["message"]
+    assert message["token"] == FCM_TOKEN
+    assert set(message) == {"token", "notification", "data", "android", "apns"}
+    assert all(isinstance(v, str) for v in message["data"].values())
+    assert message["android"] == {
+        "priority": "high",
+        "collapse_key": FID,
+        "notification": {"sound": "default"},
+    }
+    body = message["notification"]["body"]
+    assert body.endswith(ELLIPSIS)
+    assert size(req, body) <= MAX_PAYLOAD_BYTES - FCM_PAYLOAD_MARGIN
+
+
+def test_retry_after_is_the_shortest_wait_before_the_next_attempt() -> None:
+    """The wait between attempts is jittered exponential backoff, but never shorter than
+    the Retry-After the failed attempt carried."""
+    waits = wait_before_next_attempt(factor=0.5)
+    next(waits)
+    assert 0 <= waits.send(TransientAttempt()) <= 0.5
+    assert waits.send(TransientAttempt(retry_after=7.0)) >= 7.0
+    assert 0 <= waits.send(TransientAttempt()) <= 2.0
+
+
+def test_retry_after_header_forms() -> None:
+    assert retry_after_seconds("12") == 12.0
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past

@@ -37,7 +37,8 @@ from followup_cli.security import API_ROLES, RUNTIME_PRIVILEGES
 from followup_cli.tables import APP_TABLES, TOOL_TABLES
 from tests.conftest import PGBOUNCER_URL, REQUIRE_PG, drop_pg_database, new_pg_database, pg_url
 from tests.fake_apns import FakeAPNs
-from tests.helpers import TOKEN_A, TOKEN_B, apns_env, app_row, messages, row
+from tests.fake_fcm import FakeFCM
+from tests.helpers import TOKEN_A, TOKEN_B, apns_env, app_row, fcm_env, fcm_token, messages, row
 
 # The tests' runtime role; .ci/pgbouncer.sh lists it so that PgBouncer admits it.
 RUNTIME_ROLE = "followups_test_runtime"
@@ -165,7 +166,7 @@ def exposure(db: Database) -> list[Finding]:
 
 
 def test_api_roles_reach_no_row_of_the_tools_tables_after_real_runs(
-    supabase_url: str, apns: FakeAPNs
+    supabase_url: str, apns: FakeAPNs, fcm: FakeFCM
 ) -> None:
     """After db upgrade, send-due and cleanup --archive, anon and authenticated can neither
     read nor write any table the tool owns; the app's open tables are warned about."""
@@ -187,8 +188,14 @@ def test_api_roles_reach_no_row_of_the_tools_tables_after_real_runs(
     db = Database(supabase_url)
     for _ in range(3):
         app_row(db)
+    app_row(db, device_token=fcm_token(1))  # fills followups_push_credentials
     old_sent_row(db)
-    env = {**apns_env(apns), "FOLLOWUPS_CHECK_MIN_ATTEMPTS": "1"}
+    env = {
+        **fcm_env(fcm),
+        **apns_env(apns),
+        "FOLLOWUPS_PUSH": "apns,fcm",
+        "FOLLOWUPS_CHECK_MIN_ATTEMPTS": "1",
+    }
     sent = runner.invoke(app, ["--database-url", supabase_url, "send-due"], env=env)
     assert sent.exit_code == 0, sent.output
     archived = runner.invoke(
@@ -325,19 +332,30 @@ def followups(url: str, *args: str, env: dict[str, str] | None = None) -> Any:
     )
 
 
-def test_runtime_role_runs_every_runtime_command(runtime: Runtime, apns: FakeAPNs) -> None:
+def test_runtime_role_runs_every_runtime_command(
+    runtime: Runtime, apns: FakeAPNs, fcm: FakeFCM
+) -> None:
     """send-due (busy and idle), retry-failed, stats, cleanup --archive and test-send all
-    work as the runtime role, and do what they do as the owner."""
+    work as the runtime role, and do what they do as the owner; so does FCM's shared
+    access token (read, renewal claimed, stored)."""
     owner = Database(runtime.owner_url)
-    due = [app_row(owner, device_token=TOKEN_A) for _ in range(3)]
+    due = [app_row(owner, device_token=TOKEN_A) for _ in range(2)]
+    due.append(app_row(owner, device_token=fcm_token(1)))
     failed = app_row(owner, status="failed", failure_reason="ServiceUnavailable")
     old = old_sent_row(owner)
     spare = app_row(owner, scheduled_for=utcnow() + timedelta(days=1))
-    env = {**apns_env(apns), "FOLLOWUPS_CHECK_MIN_ATTEMPTS": "1"}
+    env = {
+        **fcm_env(fcm),
+        **apns_env(apns),
+        "FOLLOWUPS_PUSH": "apns,fcm",
+        "FOLLOWUPS_CHECK_MIN_ATTEMPTS": "1",
+    }
 
     busy = followups(runtime.url, "send-due", env=env)
     assert busy.returncode == 0, busy.stderr
     assert "sent 3 (3 pushed" in busy.stdout
+    assert len(fcm.accepted()) == 1 and fcm.tokens_issued == 1
+    assert count_rows(runtime.owner_url, "followups_push_credentials") == 1
     assert all(row(owner, fid).status == "sent" and messages(owner, fid) for fid in due)
     idle = followups(runtime.url, "send-due", env=env)  # the fast path's own statements
     assert idle.returncode == 0, idle.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from followup_cli.settings import (
     ConfigError,
     from_env,
     parse_duration,
+    read_fcm_credentials,
     redact_url,
     require_push_config,
 )
@@ -34,7 +36,7 @@ def test_postgres_urls_from_hosting_providers_get_the_psycopg_driver() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"FOLLOWUPS_PUSH": "sms"}, "FOLLOWUPS_PUSH must be one of log, apns, got 'sms'"),
+        ({"FOLLOWUPS_PUSH": "sms"}, "FOLLOWUPS_PUSH must be log, apns, fcm or apns,fcm, got 'sms'"),
         ({"FOLLOWUPS_APNS_ENV": "staging"}, "FOLLOWUPS_APNS_ENV must be one of"),
         ({"FOLLOWUPS_LEASE_SECONDS": "soon"}, "FOLLOWUPS_LEASE_SECONDS must be a whole number"),
         ({"FOLLOWUPS_LEASE_SECONDS": "5"}, "FOLLOWUPS_LEASE_SECONDS must be at least 10"),
@@ -105,6 +107,107 @@ def test_parse_duration_rejects_malformed(text: str) -> None:
     """Anything else is a usage error."""
     with pytest.raises(ConfigError):
         parse_duration(text, "--since")
+
+
+@pytest.mark.parametrize(
+    ("value", "push", "services"),
+    [
+        ("log", "log", ()),
+        ("apns", "apns", ("apns",)),
+        ("FCM", "fcm", ("fcm",)),
+        ("apns,fcm", "apns,fcm", ("apns", "fcm")),
+        ("fcm, apns", "apns,fcm", ("apns", "fcm")),
+    ],
+)
+def test_push_names_one_or_both_services(value: str, push: str, services: tuple[str, ...]) -> None:
+    """FOLLOWUPS_PUSH: log, apns, fcm, or both in either order."""
+    s = from_env({"FOLLOWUPS_PUSH": value})
+    assert (s.push, s.push_services) == (push, services)
+
+
+@pytest.mark.parametrize("value", ["apns,apns", "log,apns", "apns,", "gcm"])
+def test_push_refuses_anything_else(value: str) -> None:
+    with pytest.raises(ConfigError, match="FOLLOWUPS_PUSH must be log, apns, fcm or apns,fcm"):
+        from_env({"FOLLOWUPS_PUSH": value})
+
+
+def _service_account(path: Path, **changes: object) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    info: dict[str, object] = {
+        "type": "service_account",
+        "project_id": "clara-parents",
+        "private_key": pem,
+        "client_email": "followups@clara-parents.iam.gserviceaccount.com",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    info.update(changes)
+    path.write_text(json.dumps({k: v for k, v in info.items() if v is not None}))
+    return path
+
+
+def test_fcm_project_defaults_to_the_key_files(tmp_path: Path) -> None:
+    """The project comes from the key file unless FOLLOWUPS_FCM_PROJECT_ID says otherwise."""
+    key = _service_account(tmp_path / "sa.json")
+    env = {"FOLLOWUPS_PUSH": "fcm", "FOLLOWUPS_FCM_CREDENTIALS_FILE": str(key)}
+    assert read_fcm_credentials(from_env(env))[1] == "clara-parents"
+    other = from_env({**env, "FOLLOWUPS_FCM_PROJECT_ID": "clara-staging"})
+    assert read_fcm_credentials(other)[1] == "clara-staging"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"type": "authorized_user"}, 'is not a service account key file ("type"'),
+        ({"client_email": None, "private_key": ""}, "has no client_email, private_key"),
+        ({"token_uri": "http://plain"}, "token_uri must be an https URL"),
+        ({"project_id": None}, "FOLLOWUPS_FCM_PROJECT_ID is not set and"),
+        ({"private_key": "-----BEGIN PRIVATE KEY-----\nnope\n"}, "private_key is not a PEM"),
+    ],
+)
+def test_fcm_key_file_problems_are_one_line_without_secrets(
+    tmp_path: Path, changes: dict[str, object], message: str
+) -> None:
+    """Each problem of the key file names the file and the field, never its values."""
+    key = _service_account(tmp_path / "sa.json", **changes)
+    s = from_env({"FOLLOWUPS_PUSH": "apns,fcm", "FOLLOWUPS_FCM_CREDENTIALS_FILE": str(key)})
+    with pytest.raises(ConfigError) as info:
+        read_fcm_credentials(s)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value) and "PRIVATE KEY" not in str(info.value)
+
+
+def test_fcm_needs_a_readable_json_key_file(tmp_path: Path) -> None:
+    """Missing variable, unreadable file, not JSON: each a clear configuration error."""
+    with pytest.raises(ConfigError, match="FOLLOWUPS_PUSH=fcm needs FOLLOWUPS_FCM_CREDENTIALS"):
+        require_push_config(from_env({"FOLLOWUPS_PUSH": "fcm"}))
+    env = {"FOLLOWUPS_PUSH": "fcm", "FOLLOWUPS_FCM_CREDENTIALS_FILE": str(tmp_path / "no.json")}
+    with pytest.raises(ConfigError, match="cannot be read"):
+        require_push_config(from_env(env))
+    junk = tmp_path / "junk.json"
+    junk.write_text("{not json")
+    env["FOLLOWUPS_FCM_CREDENTIALS_FILE"] = str(junk)
+    with pytest.raises(ConfigError, match="is not JSON"):
+        require_push_config(from_env(env))
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FOLLOWUPS_FCM_URL": "http://fcm"}, "FOLLOWUPS_FCM_URL must look like https"),
+        ({"FOLLOWUPS_FCM_PROJECT_ID": "a/b"}, "FOLLOWUPS_FCM_PROJECT_ID is not a Google"),
+    ],
+)
+def test_fcm_url_and_project_are_checked(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_env(env)
 
 
 def test_readme_table_lists_every_variable_with_its_default() -> None:
