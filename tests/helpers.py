@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, select
 
+from followup_cli.alerts import LogAlerter, WebhookAlerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.tables import follow_up_messages, follow_up_requests
 
 if TYPE_CHECKING:
+    from followup_cli.report import RunReport
+    from followup_cli.settings import Settings
     from tests.fake_apns import FakeAPNs
     from tests.fake_fcm import FakeFCM
+    from tests.fake_webhook import FakeWebhook
 
 TOKEN_A = "a" * 64
 TOKEN_B = "b" * 64
@@ -48,6 +55,31 @@ def apns_env(apns: FakeAPNs) -> dict[str, str]:
         "FOLLOWUPS_APNS_CA_FILE": str(apns.ca_file),
         "FOLLOWUPS_RETRY_BASE_SECONDS": "0",
     }
+
+
+def deliver(db: Database, settings: Settings, webhook: FakeWebhook | None = None) -> RunReport:
+    """One send-due run in this process, as the CLI runs it, with alerts to `webhook`."""
+    from followup_cli.delivery import send_due
+    from followup_cli.push import make_pusher
+
+    pusher = make_pusher(settings, db)
+    alerter = WebhookAlerter(webhook.url) if webhook else LogAlerter()
+    try:
+        return send_due(db, pusher, settings, alerter)
+    finally:
+        pusher.close()
+
+
+def start_send_due(url: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`followups send-due` as its own process (a cron run), with only `env`'s settings."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUPS_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "followup_cli", "--database-url", url, "send-due"],
+        env={**clean, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 # -- rows as the app writes them --------------------------------------------------------

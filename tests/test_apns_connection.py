@@ -6,9 +6,6 @@ breaker. Each test names the rule it holds the client to."""
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from dataclasses import replace
@@ -19,26 +16,14 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import select
 
-from followup_cli.alerts import LogAlerter, WebhookAlerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.delivery import send_due
 from followup_cli.push import PushRequest, make_pusher
-from followup_cli.report import RunReport
 from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_attempts
 from tests.fake_apns import FakeAPNs
 from tests.fake_webhook import FakeWebhook
-from tests.helpers import apns_env, app_row, row
-
-
-def deliver(db: Database, settings: Settings, webhook: FakeWebhook | None = None) -> RunReport:
-    pusher = make_pusher(settings)
-    alerter = WebhookAlerter(webhook.url) if webhook else LogAlerter()
-    try:
-        return send_due(db, pusher, settings, alerter)
-    finally:
-        pusher.close()
+from tests.helpers import apns_env, app_row, deliver, row, start_send_due
 
 
 def token(n: int) -> str:
@@ -135,18 +120,6 @@ def test_goaway_while_a_stream_is_in_flight_still_reads_its_answer(
     assert push.status == 200
 
 
-def _cli_send_due(url: str, apns: FakeAPNs) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUPS_")}
-    env.update(apns_env(apns))
-    return subprocess.Popen(
-        [sys.executable, "-m", "followup_cli", "--database-url", url, "send-due"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_every_run_and_host_uses_the_same_provider_token(
     db_url: str, db: Database, apns: FakeAPNs
 ) -> None:
@@ -155,7 +128,7 @@ def test_every_run_and_host_uses_the_same_provider_token(
     ids: list[str] = []
     for runs in (1, 1, 2):
         ids += [app_row(db, device_token=token(len(ids) + i)) for i in range(50)]
-        procs = [_cli_send_due(db_url, apns) for _ in range(runs)]
+        procs = [start_send_due(db_url, apns_env(apns)) for _ in range(runs)]
         for proc in procs:
             _, err = proc.communicate(timeout=60)
             assert proc.returncode == 0, err

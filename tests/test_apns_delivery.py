@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import select, update
 
-from followup_cli.alerts import LogAlerter, WebhookAlerter
+from followup_cli.alerts import WebhookAlerter
 from followup_cli.db import Database
 from followup_cli.delivery import send_due
 from followup_cli.push import make_pusher
@@ -20,16 +20,7 @@ from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_attempts, follow_up_requests
 from tests.fake_apns import FakeAPNs
 from tests.fake_webhook import FakeWebhook
-from tests.helpers import TOKEN_A, TOKEN_B, app_row, messages, row
-
-
-def deliver(db: Database, settings: Settings, webhook: FakeWebhook | None = None) -> RunReport:
-    pusher = make_pusher(settings)
-    alerter = WebhookAlerter(webhook.url) if webhook else LogAlerter()
-    try:
-        return send_due(db, pusher, settings, alerter)
-    finally:
-        pusher.close()
+from tests.helpers import TOKEN_A, TOKEN_B, app_row, deliver, messages, row
 
 
 def attempts(db: Database, follow_up_id: str) -> list[tuple[int, str, str | None]]:

@@ -12,31 +12,18 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from followup_cli.alerts import LogAlerter, WebhookAlerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.delivery import send_due
 from followup_cli.fcm import FCMPusher, read_error
 from followup_cli.h2client import H2Endpoint
 from followup_cli.monitoring import gather
-from followup_cli.push import make_pusher
-from followup_cli.report import RunReport
 from followup_cli.requeue import retry_failed
 from followup_cli.settings import DEFAULT_GENERIC_TEXT, Settings
 from followup_cli.tables import follow_up_attempts
 from tests.fake_apns import FakeAPNs
 from tests.fake_fcm import FakeFCM
 from tests.fake_webhook import FakeWebhook
-from tests.helpers import app_row, fcm_token, messages, row
-
-
-def deliver(db: Database, settings: Settings, webhook: FakeWebhook | None = None) -> RunReport:
-    pusher = make_pusher(settings, db)
-    alerter = WebhookAlerter(webhook.url) if webhook else LogAlerter()
-    try:
-        return send_due(db, pusher, settings, alerter)
-    finally:
-        pusher.close()
+from tests.helpers import app_row, deliver, fcm_token, messages, row
 
 
 def apns_token(n: int) -> str:

@@ -6,9 +6,6 @@ the environment; the credentials table closed to other roles; test-send for FCM 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import uuid
 from dataclasses import replace
@@ -22,28 +19,17 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from followup_cli import migrate
-from followup_cli.alerts import LogAlerter
 from followup_cli.cli import app
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.delivery import send_due
 from followup_cli.fcm import REFRESH_MARGIN
 from followup_cli.push import PushRequest, make_pusher
-from followup_cli.report import RunReport
 from followup_cli.settings import Settings
 from tests.fake_apns import _make_pki
 from tests.fake_fcm import FakeFCM
-from tests.helpers import app_row, fcm_env, fcm_token, messages, row
+from tests.helpers import app_row, deliver, fcm_env, fcm_token, messages, row, start_send_due
 
 CREDENTIAL = "fcm:followups@clara-parents.iam.gserviceaccount.com"
-
-
-def deliver(db: Database, settings: Settings) -> RunReport:
-    pusher = make_pusher(settings, db)
-    try:
-        return send_due(db, pusher, settings, LogAlerter())
-    finally:
-        pusher.close()
 
 
 def _request() -> PushRequest:
@@ -58,18 +44,6 @@ def stored_token(db: Database) -> str | None:
     return None if found is None else found.token
 
 
-def _cli_send_due(url: str, fcm: FakeFCM) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUPS_")}
-    env.update(fcm_env(fcm))
-    return subprocess.Popen(
-        [sys.executable, "-m", "followup_cli", "--database-url", url, "send-due"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 @pytest.mark.slow
 def test_one_access_token_serves_every_run_and_host(
     db_url: str, db: Database, fcm: FakeFCM
@@ -79,7 +53,7 @@ def test_one_access_token_serves_every_run_and_host(
     ids: list[str] = []
     for runs in (3, 1, 2):
         ids += [app_row(db, device_token=fcm_token(len(ids) + i)) for i in range(20)]
-        procs = [_cli_send_due(db_url, fcm) for _ in range(runs)]
+        procs = [start_send_due(db_url, fcm_env(fcm)) for _ in range(runs)]
         for proc in procs:
             _, err = proc.communicate(timeout=60)
             assert proc.returncode == 0, err

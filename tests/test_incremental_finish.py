@@ -14,27 +14,17 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import create_engine, select
 
-from followup_cli.alerts import LogAlerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.delivery import MAX_UNFINISHED, send_due
-from followup_cli.push import make_pusher
+from followup_cli.delivery import MAX_UNFINISHED
 from followup_cli.report import RunReport
 from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_messages, follow_up_requests
 from tests.fake_apns import FakeAPNs
-from tests.helpers import app_row, row
+from tests.helpers import app_row, deliver, row
 from tests.test_concurrency import seed
 
 r = follow_up_requests.c
-
-
-def deliver(db: Database, settings: Settings) -> RunReport:
-    pusher = make_pusher(settings)
-    try:
-        return send_due(db, pusher, settings, LogAlerter())
-    finally:
-        pusher.close()
 
 
 def test_in_app_only_follow_up_waits_for_the_earlier_push_of_its_conversation(
