@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import datetime as dt
 import ipaddress
@@ -103,16 +102,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.fake_server import REAL_CLOCK, ServerThread
+
 __all__ = ["FakeAPNs", "Received"]
 
 log = logging.getLogger(__name__)
 
-# Held in a dict so freezegun, which swaps module attributes that are time functions,
-# leaves them alone: the server's event loop and bounded waits need real time.
-_REAL: Final[dict[str, Callable[[], float]]] = {
-    "monotonic": time.monotonic,
-    "time": time.time,
-}
 
 MAX_PAYLOAD_BYTES: Final = 4096
 MAX_VOIP_PAYLOAD_BYTES: Final = 5120
@@ -146,7 +141,7 @@ class _UnenforcedSettings(h2.settings.Settings):
     """h2 would end the whole connection (PROTOCOL_ERROR) on a stream above the advertised
     limit; APNs refuses just that stream, which the protocol below does itself."""
 
-    @property  # type: ignore[override]
+    @property  # type: ignore[misc]
     def max_concurrent_streams(self) -> int:
         return 2**31 - 1
 
@@ -273,7 +268,7 @@ def _write_cert(path: str, cert: x509.Certificate) -> None:
 
 def _make_pki(directory: str) -> tuple[str, str, str]:
     """A CA and a 127.0.0.1/localhost server certificate it signed: (ca, cert, key) paths."""
-    now = dt.datetime.fromtimestamp(_REAL["time"](), dt.UTC)
+    now = dt.datetime.fromtimestamp(REAL_CLOCK["time"](), dt.UTC)
     not_before = now - dt.timedelta(days=1)
     not_after = now + dt.timedelta(days=3650)
 
@@ -360,14 +355,7 @@ def _make_pki(directory: str) -> tuple[str, str, str]:
     return ca_path, cert_path, key_path
 
 
-# -- the event loop -----------------------------------------------------------------------
-
-
-class _RealClockLoop(asyncio.SelectorEventLoop):
-    """An event loop whose timers run on real time even while freezegun is active."""
-
-    def time(self) -> float:
-        return _REAL["monotonic"]()
+# -- one connection ----------------------------------------------------------------------
 
 
 class _H2Protocol(asyncio.Protocol):
@@ -703,14 +691,12 @@ class FakeAPNs:
         self._lock = threading.Lock()
         self._recorded = threading.Condition(self._lock)
         self._protocols: set[_H2Protocol] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop_event: asyncio.Event | None = None
+        self._server: ServerThread | None = None
 
     # -- lifecycle
 
     def start(self) -> FakeAPNs:
-        if self._thread is not None:
+        if self._server is not None:
             raise RuntimeError("FakeAPNs is already running")
         self._tmpdir = tempfile.mkdtemp(prefix="fake-apns-")
         try:
@@ -729,34 +715,32 @@ class FakeAPNs:
             ctx.set_alpn_protocols(["h2"])
             ctx.load_cert_chain(cert_file, server_key_file)
 
-            ready: concurrent.futures.Future[int] = concurrent.futures.Future()
-            self._thread = threading.Thread(
-                target=self._run, args=(ctx, ready), name="fake-apns", daemon=True
+            self._server = ServerThread(
+                "fake APNs",
+                lambda: _H2Protocol(self),
+                ctx,
+                port=self._requested_port,
+                on_stop=self._abort_connections,
             )
-            self._thread.start()
-            self._port = ready.result(timeout=10)
+            self._port = self._server.start()
         except BaseException:
-            self._thread = None
+            self._server = None
             self._cleanup_files()
             raise
         return self
 
     def stop(self) -> None:
         """Close the listener and every connection; join the thread; delete the files."""
-        thread, loop, stop_event = self._thread, self._loop, self._stop_event
-        if thread is None:
+        if self._server is None:
             return
-        if loop is not None and stop_event is not None:
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                loop.call_soon_threadsafe(stop_event.set)
-        thread.join(timeout=3.0)
-        if thread.is_alive():
-            log.warning("fake APNs: server thread did not stop in time")
-        self._thread = None
-        self._loop = None
-        self._stop_event = None
+        self._server.stop()
+        self._server = None
         self._port = None
         self._cleanup_files()
+
+    def _abort_connections(self) -> None:
+        for protocol in list(self._protocols):
+            protocol.abort()
 
     def __enter__(self) -> FakeAPNs:
         return self.start()
@@ -774,55 +758,6 @@ class FakeAPNs:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
 
-    def _run(self, ctx: ssl.SSLContext, ready: concurrent.futures.Future[int]) -> None:
-        loop = _RealClockLoop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        loop.set_exception_handler(self._on_loop_exception)
-        try:
-            loop.run_until_complete(self._serve(ctx, ready))
-        except BaseException as exc:
-            if not ready.done():
-                ready.set_exception(exc)
-            else:
-                log.exception("fake APNs: server loop failed")
-        finally:
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _serve(self, ctx: ssl.SSLContext, ready: concurrent.futures.Future[int]) -> None:
-        loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        server = await loop.create_server(
-            lambda: _H2Protocol(self),
-            host="127.0.0.1",
-            port=self._requested_port,
-            ssl=ctx,
-            reuse_address=True,
-            backlog=512,
-            ssl_handshake_timeout=10.0,
-        )
-        ready.set_result(server.sockets[0].getsockname()[1])
-        try:
-            await self._stop_event.wait()
-        finally:
-            server.close()
-            for protocol in list(self._protocols):
-                protocol.abort()
-            current = asyncio.current_task()
-            tasks = [t for t in asyncio.all_tasks() if t is not current]
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks, timeout=1.0)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), timeout=1.0)
-
-    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, ctx: dict[str, Any]) -> None:
-        # Mostly TLS handshakes from clients that went away; never fatal for the server.
-        log.debug("fake APNs: %s (%r)", ctx.get("message"), ctx.get("exception"))
-
     def _connection_opened(self, protocol: _H2Protocol) -> None:
         with self._lock:
             self._protocols.add(protocol)
@@ -835,7 +770,7 @@ class FakeAPNs:
     # -- what tests and clients read
 
     def _started(self, value: str) -> str:
-        if self._thread is None:
+        if self._server is None:
             raise RuntimeError("FakeAPNs is not running; use start() or a with block")
         return value
 
@@ -868,22 +803,16 @@ class FakeAPNs:
 
     def goaway_now(self, reason: str = "Shutdown") -> None:
         """Send GOAWAY on every open connection (streams in flight still get answers)."""
-        self._on_loop(lambda: [p.goaway(reason) for p in list(self._protocols)])
+
+        def goaway_all() -> None:
+            for protocol in list(self._protocols):
+                protocol.goaway(reason)
+
+        self._on_loop(goaway_all)
 
     def _on_loop(self, action: Callable[[], object]) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                action()
-            finally:
-                done.set()
-
-        loop.call_soon_threadsafe(run)
-        done.wait(timeout=2.0)
+        if self._server is not None:
+            self._server.call(action)
 
     def _in_flight(self, streams: int) -> None:
         if streams > self.max_streams_in_flight:
@@ -907,18 +836,12 @@ class FakeAPNs:
 
     def drop_connections(self) -> None:
         """Abruptly close every client connection (the listener stays up)."""
-        loop = self._loop
-        if loop is None:
-            return
-        done = threading.Event()
 
-        def drop() -> None:
+        def drop_all() -> None:
             for protocol in list(self._protocols):
                 protocol.abort(rst=True)
-            done.set()
 
-        loop.call_soon_threadsafe(drop)
-        done.wait(timeout=2.0)
+        self._on_loop(drop_all)
 
     # -- scripting
 
@@ -977,10 +900,10 @@ class FakeAPNs:
     def wait_for(self, n: int, timeout: float = 5.0) -> list[Received]:
         """Block until at least ``n`` requests were recorded; return them all.
         Raises TimeoutError otherwise."""
-        deadline = _REAL["monotonic"]() + timeout
+        deadline = REAL_CLOCK["monotonic"]() + timeout
         with self._recorded:
             while len(self.requests) < n:
-                remaining = deadline - _REAL["monotonic"]()
+                remaining = deadline - REAL_CLOCK["monotonic"]()
                 if remaining <= 0:
                     raise TimeoutError(
                         f"fake APNs: {len(self.requests)} request(s) recorded, "

@@ -48,8 +48,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
-import contextlib
 import http.server
 import json
 import logging
@@ -77,7 +75,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.fake_apns import _REAL, _DrainingStateMachine, _make_pki, _RealClockLoop
+from tests.fake_apns import _DrainingStateMachine, _make_pki, _UnenforcedSettings
+from tests.fake_server import REAL_CLOCK, ServerThread
 
 __all__ = ["FakeFCM", "FcmReceived"]
 
@@ -228,14 +227,6 @@ class _Stream:
     task: asyncio.Task[None] | None = None
 
 
-class _Unchecked(h2.settings.Settings):
-    """The fake refuses streams above its limit itself (REFUSED_STREAM), like Google."""
-
-    @property  # type: ignore[override]
-    def max_concurrent_streams(self) -> int:
-        return 2**31 - 1
-
-
 def error_body(
     status: int,
     google_status: str,
@@ -354,7 +345,7 @@ class _H2Protocol(asyncio.Protocol):
             config=h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
         self._conn.state_machine = _DrainingStateMachine()
-        self._conn.local_settings = _Unchecked(
+        self._conn.local_settings = _UnenforcedSettings(
             client=False,
             initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: server.max_streams},
         )
@@ -574,16 +565,14 @@ class FakeFCM:
         self._lock = threading.Lock()
         self._recorded = threading.Condition(self._lock)
         self._protocols: set[_H2Protocol] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop_event: asyncio.Event | None = None
+        self._server: ServerThread | None = None
         self._token_server: _TokenServer | None = None
         self._token_thread: threading.Thread | None = None
 
     # -- lifecycle
 
     def start(self) -> FakeFCM:
-        if self._thread is not None:
+        if self._server is not None:
             raise RuntimeError("FakeFCM is already running")
         self._tmpdir = tempfile.mkdtemp(prefix="fake-fcm-")
         try:
@@ -611,12 +600,14 @@ class FakeFCM:
             other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             self._files["wrong"] = self._write_credentials("wrong-service-account.json", other)
 
-            ready: concurrent.futures.Future[int] = concurrent.futures.Future()
-            self._thread = threading.Thread(
-                target=self._run, args=(context, ready), name="fake-fcm", daemon=True
+            self._server = ServerThread(
+                "fake FCM",
+                lambda: _H2Protocol(self),
+                context,
+                port=self._requested_port,
+                on_stop=self._abort_connections,
             )
-            self._thread.start()
-            self._port = ready.result(timeout=10)
+            self._port = self._server.start()
         except BaseException:
             self.stop()
             raise
@@ -643,15 +634,12 @@ class FakeFCM:
         return path
 
     def stop(self) -> None:
-        thread, loop, stop_event = self._thread, self._loop, self._stop_event
-        if thread is not None and loop is not None and stop_event is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop_event.set)
-            thread.join(timeout=3.0)
+        if self._server is not None:
+            self._server.stop()
         if self._token_server is not None:
             self._token_server.shutdown()
             self._token_server.server_close()
-        self._thread = self._loop = self._stop_event = None
+        self._server = None
         self._token_server = self._token_thread = None
         self._port = None
         if self._tmpdir is not None:
@@ -668,44 +656,6 @@ class FakeFCM:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    def _run(self, context: ssl.SSLContext, ready: concurrent.futures.Future[int]) -> None:
-        loop = _RealClockLoop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        loop.set_exception_handler(lambda _loop, ctx: log.debug("fake FCM: %s", ctx))
-        try:
-            loop.run_until_complete(self._serve(context, ready))
-        except BaseException as exc:
-            if not ready.done():
-                ready.set_exception(exc)
-        finally:
-            loop.close()
-
-    async def _serve(self, context: ssl.SSLContext, ready: concurrent.futures.Future[int]) -> None:
-        loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        server = await loop.create_server(
-            lambda: _H2Protocol(self),
-            host="127.0.0.1",
-            port=self._requested_port,
-            ssl=context,
-            reuse_address=True,
-            backlog=512,
-        )
-        ready.set_result(server.sockets[0].getsockname()[1])
-        try:
-            await self._stop_event.wait()
-        finally:
-            server.close()
-            for protocol in list(self._protocols):
-                protocol.abort()
-            current = asyncio.current_task()
-            tasks = [t for t in asyncio.all_tasks() if t is not current]
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks, timeout=1.0)
 
     def _opened(self, protocol: _H2Protocol) -> None:
         with self._lock:
@@ -785,18 +735,13 @@ class FakeFCM:
             self._issued.clear()
 
     def drop_connections(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        done = threading.Event()
+        """Abruptly close every client connection (the listener stays up)."""
+        if self._server is not None:
+            self._server.call(self._abort_connections)
 
-        def drop() -> None:
-            for protocol in list(self._protocols):
-                protocol.abort()
-            done.set()
-
-        loop.call_soon_threadsafe(drop)
-        done.wait(timeout=2.0)
+    def _abort_connections(self) -> None:
+        for protocol in list(self._protocols):
+            protocol.abort()
 
     # -- scripting
 
@@ -982,10 +927,10 @@ class FakeFCM:
             self._recorded.notify_all()
 
     def wait_for(self, n: int, timeout: float = 5.0) -> list[FcmReceived]:
-        deadline = _REAL["monotonic"]() + timeout
+        deadline = REAL_CLOCK["monotonic"]() + timeout
         with self._recorded:
             while len(self.requests) < n:
-                remaining = deadline - _REAL["monotonic"]()
+                remaining = deadline - REAL_CLOCK["monotonic"]()
                 if remaining <= 0:
                     raise TimeoutError(f"fake FCM: {len(self.requests)} request(s), wanted {n}")
                 self._recorded.wait(remaining)
