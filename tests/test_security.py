@@ -237,6 +237,27 @@ def test_upgrade_closes_an_existing_install(supabase_url: str) -> None:
     db.close()
 
 
+def test_db_check_reports_what_the_api_roles_can_read(supabase_url: str) -> None:
+    """`db check`, read-only, warns about the app's tables readable by anon without row
+    level security (warnings only: exit 0), and stops once they are protected."""
+    upgrade(supabase_url)
+    result = runner.invoke(app, ["--database-url", supabase_url, "db", "check"])
+    assert result.exit_code == 0, result.output
+    exposed = [line for line in result.stdout.splitlines() if "row level security" in line]
+    assert [line.split(":")[1].strip() for line in exposed] == [
+        "follow_up_requests",
+        "follow_up_messages",
+    ]
+    execute(
+        supabase_url,
+        "ALTER TABLE follow_up_requests ENABLE ROW LEVEL SECURITY;"
+        "ALTER TABLE follow_up_messages ENABLE ROW LEVEL SECURITY;",
+    )
+    again = runner.invoke(app, ["--database-url", supabase_url, "db", "check"])
+    assert again.exit_code == 0, again.output
+    assert "row level security" not in again.stdout
+
+
 def test_sql_output_closes_the_tables_too(supabase_url: str) -> None:
     """The DBA's path: db upgrade --sql, applied by hand, closes the tables the same way."""
     out = io.StringIO()
