@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -159,21 +158,20 @@ def send_due(
     from followup_cli.alerts import make_alerter
     from followup_cli.db import Database
     from followup_cli.delivery import send_due as run_send_due
-    from followup_cli.monitoring import after_send_due
+    from followup_cli.monitoring import after_send_due, backlog_size
     from followup_cli.push import make_pusher
 
-    db = Database(settings.database_url)
-    pusher = make_pusher(settings, db)
-    alerter = make_alerter(settings.alert_webhook_url)
-    try:
-        # A person draining a backlog by hand sees a progress bar; cron sees none.
-        total = render.backlog_size(db, limit) if render.is_terminal() else 0
-        with render.progress("send-due", total) as advance:
-            report = run_send_due(db, pusher, settings, alerter, limit=limit, progress=advance)
-        after_send_due(db, report, settings, alerter, metrics_file)
-    finally:
-        pusher.close()
-        db.close()
+    with Database(settings.database_url) as db:
+        pusher = make_pusher(settings, db)
+        alerter = make_alerter(settings.alert_webhook_url)
+        try:
+            # A person draining a backlog by hand sees a progress bar; cron sees none.
+            total = backlog_size(db, limit) if render.is_terminal() else 0
+            with render.progress("send-due", total) as advance:
+                report = run_send_due(db, pusher, settings, alerter, limit=limit, progress=advance)
+            after_send_due(db, report, settings, alerter, metrics_file)
+        finally:
+            pusher.close()
     render.send_due_summary(report)
     if report.exit_code != EXIT_OK:
         fail(render.stop_line(report), report.exit_code)
@@ -220,15 +218,11 @@ def retry_failed(
     from followup_cli.requeue import retry_failed as run_retry_failed
     from followup_cli.scheduling import parse_uuid
 
-    try:
-        wanted = [parse_uuid(value, "--id") for value in ids or []]
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    wanted = [parse_uuid(value, "--id") for value in ids or []]
     failed_since = utcnow() - settings_mod.parse_duration(since, "--since") if since else None
     if reason is not None and not reason.strip():
         raise ConfigError("--reason must not be empty")
-    db = Database(_settings(ctx).database_url)
-    try:
+    with Database(_settings(ctx).database_url) as db:
         report = run_retry_failed(
             db,
             ids=wanted,
@@ -237,8 +231,6 @@ def retry_failed(
             in_app_only=in_app_only,
             dry_run=dry_run,
         )
-    finally:
-        db.close()
     render.requeue_report(report, wanted)
 
 
@@ -303,11 +295,8 @@ def stats(
         rules = replace(
             rules, max_overdue=settings_mod.parse_duration(max_overdue, "--max-overdue")
         )
-    db = Database(settings.database_url)
-    try:
+    with Database(settings.database_url) as db:
         result = gather(db, window)
-    finally:
-        db.close()
     problems = check(result, rules) if check_ else []
     if as_json:
         render.stats_json(result, rules, problems if check_ else None)
@@ -354,8 +343,7 @@ def cleanup(
     window = settings_mod.parse_duration(older_than, "--older-than")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    db = Database(_settings(ctx).database_url)
-    try:
+    with Database(_settings(ctx).database_url) as db:
         planned = cleanup_mod.count(db, window)
         if dry_run:
             report = planned
@@ -364,8 +352,6 @@ def cleanup(
                 report = cleanup_mod.cleanup(
                     db, window, archive=archive, batch_size=batch_size, progress=advance
                 )
-    finally:
-        db.close()
     render.cleanup_report(report)
 
 
@@ -406,15 +392,11 @@ def test_send(
     from followup_cli.push import SENT, make_pusher
     from followup_cli.scheduling import parse_uuid
 
-    try:
-        follow_up_id = parse_uuid(follow_up_id)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    follow_up_id = parse_uuid(follow_up_id)
     settings = _settings(ctx)
     if not dry_run:
         settings_mod.require_push_config(settings)
-    db = Database(settings.database_url)
-    try:
+    with Database(settings.database_url) as db:
         try:
             prepared = testsend_mod.prepare(db, follow_up_id, to, force, settings)
         except testsend_mod.NoToken as exc:
@@ -429,8 +411,6 @@ def test_send(
             )
         finally:
             pusher.close()
-    finally:
-        db.close()
     render.test_send_outcome(result)
     if result.outcome is None or result.outcome.kind != SENT:
         raise typer.Exit(EXIT_FAILURE)
@@ -463,8 +443,7 @@ def db_upgrade(
     from followup_cli import render, schemacheck
     from followup_cli.db import Database
 
-    db = Database(settings.database_url)
-    try:
+    with Database(settings.database_url) as db:
         findings = schemacheck.run(db, schemacheck.APP_CHECKS)
         render.schema_findings(findings)
         problems = schemacheck.errors(findings)
@@ -481,8 +460,6 @@ def db_upgrade(
             print(f"Schema upgraded from {before or 'empty'} to revision {after} ({where}).")
         # Advice only: the exit code stays the upgrade's.
         render.schema_findings(schemacheck.run(db, schemacheck.ACCESS_CHECKS))
-    finally:
-        db.close()
 
 
 @db_app.command("grants")
@@ -504,11 +481,8 @@ def db_grants(
     from followup_cli.db import Database
     from followup_cli.security import runtime_grants
 
-    db = Database(_settings(ctx).database_url)
-    try:
+    with Database(_settings(ctx).database_url) as db:
         script = runtime_grants(db, role)
-    finally:
-        db.close()
     render.grant_script(script, role)
 
 
@@ -528,11 +502,8 @@ def db_check(ctx: typer.Context) -> None:
     from followup_cli import render, schemacheck
     from followup_cli.db import Database
 
-    db = Database(_settings(ctx).database_url)
-    try:
+    with Database(_settings(ctx).database_url) as db:
         findings = schemacheck.run(db)
-    finally:
-        db.close()
     render.schema_findings(findings)
     render.schema_check_summary(findings)
     if schemacheck.errors(findings):
@@ -540,18 +511,6 @@ def db_check(ctx: typer.Context) -> None:
 
 
 # -- schedule / cancel ------------------------------------------------------------------
-
-
-def _parse_at(value: str) -> datetime:
-    from datetime import UTC
-
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ConfigError(
-            f"--at must be an ISO-8601 time like 2026-11-28T14:30:00Z, got {value!r}"
-        ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
 @app.command("schedule")
@@ -585,52 +544,23 @@ def schedule(
 
     Example: followups schedule --text "How is Maya's fever today?" --in 10m --urgency urgent
     """
-    import uuid
-
-    from followup_cli.clock import utcnow
     from followup_cli.db import Database
-    from followup_cli.delivery import is_valid_token, normalize_token
-    from followup_cli.scheduling import NewFollowUp, parse_uuid
+    from followup_cli.scheduling import new_follow_up
     from followup_cli.scheduling import schedule as run_schedule
 
-    if in_ is not None and at is not None:
-        raise ConfigError("give --in or --at, not both")
-    if urgency not in ("routine", "urgent"):
-        raise ConfigError(f"--urgency must be routine or urgent, got {urgency!r}")
-    if not text.strip():
-        raise ConfigError("--text must not be empty")
-    when = utcnow()
-    if in_ is not None:
-        when += settings_mod.parse_duration(in_, "--in")
-    elif at is not None:
-        when = _parse_at(at)
-    device_token = normalize_token(token)
-    if device_token is not None and not is_valid_token(device_token):
-        raise ConfigError(
-            "--token must be an APNs device token (64 hexadecimal characters) or an FCM "
-            "registration token"
-        )
-    try:
-        conversation_id = parse_uuid(conversation, "--conversation") if conversation else None
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    db = Database(_settings(ctx).database_url)
-    try:
-        follow_up_id = run_schedule(
-            db,
-            NewFollowUp(
-                conversation_id=conversation_id or str(uuid.uuid4()),
-                user_id=user,
-                text=text,
-                scheduled_for=when,
-                urgency=urgency,
-                device_token=device_token,
-                child_name=child_name,
-                provider_name=provider_name,
-            ),
-        )
-    finally:
-        db.close()
+    new = new_follow_up(
+        text=text,
+        user_id=user,
+        conversation=conversation,
+        due_in=in_,
+        due_at=at,
+        urgency=urgency,
+        token=token,
+        child_name=child_name,
+        provider_name=provider_name,
+    )
+    with Database(_settings(ctx).database_url) as db:
+        follow_up_id = run_schedule(db, new)
     print(follow_up_id)
 
 
@@ -650,15 +580,9 @@ def cancel(
     from followup_cli.scheduling import cancel as run_cancel
     from followup_cli.scheduling import parse_uuid
 
-    try:
-        follow_up_id = parse_uuid(follow_up_id)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    db = Database(_settings(ctx).database_url)
-    try:
+    follow_up_id = parse_uuid(follow_up_id)
+    with Database(_settings(ctx).database_url) as db:
         run_cancel(db, follow_up_id)
-    finally:
-        db.close()
     print(f"Cancelled {follow_up_id}.")
 
 

@@ -208,7 +208,10 @@ def describe_error(exc: BaseException) -> str:
 
 
 class Database:
-    """Owns the engine; hands out one Repository per transaction."""
+    """Owns the engine; hands out one Repository per transaction.
+
+    Also a context manager (`with Database(url) as db:`) that disposes of the engine, and
+    so of its pooled connections, when the block ends, however it ends."""
 
     def __init__(self, url: str, *, pool_size: int = 2) -> None:
         self.url = url
@@ -237,3 +240,9 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -191,6 +191,19 @@ def _human(seconds: float) -> str:
     return f"{seconds // 86400}d"
 
 
+def overdue_now(db: Database) -> int:
+    """How many follow-ups are due now and not yet sent."""
+    with db.transaction() as repo:
+        overdue, _ = repo.backlog(utcnow())
+    return overdue
+
+
+def backlog_size(db: Database, limit: int | None) -> int:
+    """How many follow-ups a send-due run would deliver now: its progress bar's length."""
+    overdue = overdue_now(db)
+    return overdue if limit is None else min(overdue, limit)
+
+
 def alert_on_success_rate(
     db: Database,
     alerter: Alerter,
@@ -242,8 +255,7 @@ def after_send_due(
     if metrics_file is not None or settings.pushgateway_url:
         from followup_cli import metrics
 
-        with db.transaction() as repo:
-            overdue, _ = repo.backlog(utcnow())
+        overdue = overdue_now(db)
         metrics.publish(
             metrics.RunMetrics(
                 started_at=report.started_at,
