@@ -42,6 +42,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("followups.cli")
 
 
+def _default(field: str) -> str:
+    """A setting's default as help texts show it; the Settings field is its one home."""
+    return settings_mod.show_default(settings_mod.default(field))
+
+
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     print(f"Error: {message}", file=sys.stderr)
     raise typer.Exit(code)
@@ -88,14 +93,20 @@ def main_options(
         str | None,
         typer.Option(
             "--database-url",
-            help="SQLAlchemy URL; overrides FOLLOWUPS_DATABASE_URL. Default: sqlite:///followups.db",
+            help=(
+                "SQLAlchemy URL; overrides FOLLOWUPS_DATABASE_URL. "
+                f"Default: {_default('database_url')}"
+            ),
             show_default=False,
         ),
     ] = None,
     log_format: Annotated[
         str | None,
         typer.Option(
-            "--log-format", help="text (default) or json; overrides FOLLOWUPS_LOG_FORMAT."
+            "--log-format",
+            help=(
+                f"text or json; overrides FOLLOWUPS_LOG_FORMAT. Default: {_default('log_format')}"
+            ),
         ),
     ] = None,
     quiet: Annotated[
@@ -125,7 +136,8 @@ def send_due(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            "--batch-size", help="Follow-ups claimed per batch (FOLLOWUPS_BATCH_SIZE, 1000)."
+            "--batch-size",
+            help=f"Follow-ups claimed per batch (FOLLOWUPS_BATCH_SIZE, {_default('batch_size')}).",
         ),
     ] = None,
     limit: Annotated[
@@ -250,17 +262,43 @@ def stats(
         ),
     ] = False,
     min_success_rate: Annotated[
-        float | None, typer.Option("--min-success-rate", help="Percent (default 95).")
+        float | None,
+        typer.Option(
+            "--min-success-rate",
+            help=(
+                f"Percent (FOLLOWUPS_CHECK_MIN_SUCCESS_RATE, {_default('check_min_success_rate')})."
+            ),
+        ),
     ] = None,
     min_attempts: Annotated[
         int | None,
-        typer.Option("--min-attempts", help="Judge the rate only from this many (default 20)."),
+        typer.Option(
+            "--min-attempts",
+            help=(
+                "Judge the rate only from this many "
+                f"(FOLLOWUPS_CHECK_MIN_ATTEMPTS, {_default('check_min_attempts')})."
+            ),
+        ),
     ] = None,
     max_run_age: Annotated[
-        str | None, typer.Option("--max-run-age", help="Last run at most this old (5m).")
+        str | None,
+        typer.Option(
+            "--max-run-age",
+            help=(
+                "Last run at most this old "
+                f"(FOLLOWUPS_CHECK_MAX_RUN_AGE, {_default('check_max_run_age')})."
+            ),
+        ),
     ] = None,
     max_overdue: Annotated[
-        str | None, typer.Option("--max-overdue", help="No follow-up overdue longer (10m).")
+        str | None,
+        typer.Option(
+            "--max-overdue",
+            help=(
+                "No follow-up overdue longer "
+                f"(FOLLOWUPS_CHECK_MAX_OVERDUE, {_default('check_max_overdue')})."
+            ),
+        ),
     ] = None,
 ) -> None:
     """How follow-ups did in a window, the backlog now, and whether cron looks alive.
