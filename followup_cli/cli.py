@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from followup_cli import settings as settings_mod
 from followup_cli.settings import ConfigError, Settings
@@ -25,8 +26,30 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
+
+class _FlagsWithoutMetavar:
+    """Typer labels a flag's (absent) value <bool>; a flag takes no value, so its help
+    row shows none."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsWithoutMetavar, TyperCommand):
+    pass
+
+
+class _Group(_FlagsWithoutMetavar, TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="followups",
+    cls=_Group,
     help=(
         "Deliver clinicians' scheduled follow-ups to parents: APNs or FCM push and in-app message."
     ),
@@ -34,8 +57,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
+    # Markdown joins the lines of a paragraph, so docstrings wrap to the terminal.
+    rich_markup_mode="markdown",
 )
-db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+db_app = typer.Typer(
+    cls=_Group,
+    help="Database schema commands.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 app.add_typer(db_app, name="db")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -129,7 +159,7 @@ def main_options(
 # -- send-due ---------------------------------------------------------------------------
 
 
-@app.command("send-due")
+@app.command(cls=_Command, name="send-due")
 @cli_errors
 def send_due(
     ctx: typer.Context,
@@ -157,7 +187,10 @@ def send_due(
     completed, 1 when it stopped (database unreachable, a push service's configuration
     rejected, an APNs or FCM outage), 2 on bad configuration.
 
-    Example: FOLLOWUPS_PUSH=log followups send-due
+    Example:
+
+        FOLLOWUPS_PUSH=log followups send-due
+        followups send-due --metrics-file /var/lib/node_exporter/followups.prom
     """
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -192,7 +225,7 @@ def send_due(
 # -- retry-failed -----------------------------------------------------------------------
 
 
-@app.command("retry-failed")
+@app.command(cls=_Command, name="retry-failed")
 @cli_errors
 def retry_failed(
     ctx: typer.Context,
@@ -222,7 +255,10 @@ def retry_failed(
     device token (BadDeviceToken, Unregistered, DeviceTokenNotForTopic) are held back
     unless the app stored a new token since, or --in-app-only is given.
 
-    Example: followups retry-failed --since 24h --reason ServiceUnavailable --dry-run
+    Example:
+
+        followups retry-failed --since 24h --reason ServiceUnavailable --dry-run
+        followups retry-failed --reason Unregistered --in-app-only
     """
     from followup_cli import render
     from followup_cli.clock import utcnow
@@ -249,7 +285,7 @@ def retry_failed(
 # -- stats ------------------------------------------------------------------------------
 
 
-@app.command("stats")
+@app.command(cls=_Command, name="stats")
 @cli_errors
 def stats(
     ctx: typer.Context,
@@ -306,7 +342,10 @@ def stats(
     With --check it is a monitor: exit 0 when healthy, 1 when the success rate is low,
     the last send-due run is too old, or a follow-up is overdue too long.
 
-    Example: followups stats --since 24h --check
+    Example:
+
+        followups stats --since 24h --check
+        followups stats --since 1h --json
     """
     from dataclasses import replace
 
@@ -349,7 +388,7 @@ def stats(
 # -- cleanup ----------------------------------------------------------------------------
 
 
-@app.command("cleanup")
+@app.command(cls=_Command, name="cleanup")
 @cli_errors
 def cleanup(
     ctx: typer.Context,
@@ -372,7 +411,10 @@ def cleanup(
     Failed and scheduled follow-ups are kept, and follow_up_messages (the parents'
     history) are never deleted. Sent ones age by sent_at, cancelled ones by created_at.
 
-    Example: followups cleanup --older-than 90d --dry-run
+    Example:
+
+        followups cleanup --older-than 90d --dry-run
+        followups cleanup --older-than 180d --archive
     """
     from followup_cli import cleanup as cleanup_mod
     from followup_cli import render
@@ -396,7 +438,7 @@ def cleanup(
 # -- test-send --------------------------------------------------------------------------
 
 
-@app.command("test-send")
+@app.command(cls=_Command, name="test-send")
 @cli_errors
 def test_send(
     ctx: typer.Context,
@@ -417,10 +459,14 @@ def test_send(
 
     Prints the payload, the headers and the push service's answer (APNs or FCM, by the
     token). Changes nothing unless --mark-sent.
+
     Exit 2 on a malformed id or no usable token, 1 when not found, cancelled (without
     --force) or the push failed.
 
-    Example: followups test-send 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20 --to <device token>
+    Example:
+
+        followups test-send 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20 --dry-run
+        followups test-send 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20 --to TOKEN
     """
     from datetime import timedelta
 
@@ -457,7 +503,7 @@ def test_send(
 # -- db ---------------------------------------------------------------------------------
 
 
-@db_app.command("upgrade")
+@db_app.command(cls=_Command, name="upgrade")
 @cli_errors
 def db_upgrade(
     ctx: typer.Context,
@@ -470,7 +516,10 @@ def db_upgrade(
     First checks the app's schema, as `db check` does: an error stops it before it
     changes anything (exit 1); warnings are printed and the upgrade goes on.
 
-    Example: followups db upgrade --sql > followups-schema.sql
+    Example:
+
+        followups db upgrade
+        followups db upgrade --sql > followups-schema.sql
     """
     from followup_cli import migrate
 
@@ -500,7 +549,7 @@ def db_upgrade(
         render.schema_findings(schemacheck.run(db, schemacheck.ACCESS_CHECKS))
 
 
-@db_app.command("grants")
+@db_app.command(cls=_Command, name="grants")
 @cli_errors
 def db_grants(
     ctx: typer.Context,
@@ -513,7 +562,9 @@ def db_grants(
     Reads the catalogs only; changes nothing. Exit 2 on SQLite or a bad role name, 1 when
     the tables are missing.
 
-    Example: followups db grants followups_runtime > followups-grants.sql
+    Example:
+
+        followups db grants followups_runtime > followups-grants.sql
     """
     from followup_cli import render
     from followup_cli.db import Database
@@ -524,7 +575,7 @@ def db_grants(
     render.grant_script(script, role)
 
 
-@db_app.command("check")
+@db_app.command(cls=_Command, name="check")
 @cli_errors
 def db_check(ctx: typer.Context) -> None:
     """Check the app's schema for what would make delivery fail; read-only, for a DBA.
@@ -535,7 +586,9 @@ def db_check(ctx: typer.Context) -> None:
     API roles (anon, authenticated) can read. Exit 1 when any is an error, 0 when there
     are only warnings or none.
 
-    Example: followups --database-url postgresql+psycopg://dba@db/app db check
+    Example:
+
+        followups --database-url postgresql+psycopg://dba@db/app db check
     """
     from followup_cli import render, schemacheck
     from followup_cli.db import Database
@@ -551,7 +604,7 @@ def db_check(ctx: typer.Context) -> None:
 # -- schedule / cancel ------------------------------------------------------------------
 
 
-@app.command("schedule")
+@app.command(cls=_Command, name="schedule")
 @cli_errors
 def schedule(
     ctx: typer.Context,
@@ -573,14 +626,19 @@ def schedule(
             "--token", help="APNs device token (64 hex characters) or FCM registration token."
         ),
     ] = None,
-    child_name: Annotated[str | None, typer.Option("--child-name")] = None,
+    child_name: Annotated[
+        str | None, typer.Option("--child-name", help="The child's name, as the app stores it.")
+    ] = None,
     provider_name: Annotated[
         str | None, typer.Option("--provider-name", help="Shown as 'Follow-up from Dr. NAME'.")
     ] = None,
 ) -> None:
     """Schedule a follow-up exactly as the app does; prints its id.
 
-    Example: followups schedule --text "How is Maya's fever today?" --in 10m --urgency urgent
+    Example:
+
+        followups schedule --text "How is Maya's fever?" --in 10m --urgency urgent
+        followups schedule --at 2026-11-28T14:30:00Z --token TOKEN
     """
     from followup_cli.db import Database
     from followup_cli.scheduling import new_follow_up
@@ -602,7 +660,7 @@ def schedule(
     print(follow_up_id)
 
 
-@app.command("cancel")
+@app.command(cls=_Command, name="cancel")
 @cli_errors
 def cancel(
     ctx: typer.Context,
@@ -612,7 +670,9 @@ def cancel(
 
     Exit 1 when it is unknown or already sent.
 
-    Example: followups cancel 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20
+    Example:
+
+        followups cancel 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20
     """
     from followup_cli.db import Database
     from followup_cli.scheduling import cancel as run_cancel
