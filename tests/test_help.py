@@ -12,18 +12,18 @@ from typer.testing import CliRunner
 from followup_cli.cli import app
 
 runner = CliRunner()
-COMMANDS = (
-    ["send-due"],
-    ["retry-failed"],
-    ["stats"],
-    ["cleanup"],
-    ["test-send"],
-    ["db", "upgrade"],
-    ["db", "grants"],
-    ["db", "check"],
-    ["schedule"],
-    ["cancel"],
-)
+
+
+def all_commands() -> list[list[str]]:
+    """Every command of the app, as its words (db upgrade -> ["db", "upgrade"])."""
+    commands: list[list[str]] = []
+    for name, command in get_command(app).commands.items():  # type: ignore[attr-defined]
+        subcommands = getattr(command, "commands", None)
+        commands += [[name, sub] for sub in subcommands] if subcommands else [[name]]
+    return commands
+
+
+COMMANDS = all_commands()
 
 
 def render_help(command: list[str], columns: int) -> list[str]:
@@ -37,16 +37,6 @@ def docstring(command: list[str]) -> str:
     for name in command:
         group = group.commands[name]  # type: ignore[attr-defined]
     return inspect.cleandoc(group.help or "")
-
-
-def test_every_command_is_in_this_list() -> None:
-    group = get_command(app)
-    names = {
-        f"{name} {sub}" if hasattr(cmd, "commands") else name
-        for name, cmd in group.commands.items()  # type: ignore[attr-defined]
-        for sub in getattr(cmd, "commands", {None: None})
-    }
-    assert names == {" ".join(c) for c in COMMANDS}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
