@@ -13,11 +13,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from followup_cli import settings as settings_mod
 from followup_cli.settings import ConfigError, Settings
@@ -26,8 +26,30 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
+
+class _FlagsWithoutMetavar:
+    """Typer labels a flag's (absent) value <bool>; a flag takes no value, so its help
+    row shows none."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsWithoutMetavar, TyperCommand):
+    pass
+
+
+class _Group(_FlagsWithoutMetavar, TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="followups",
+    cls=_Group,
     help=(
         "Deliver clinicians' scheduled follow-ups to parents: APNs or FCM push and in-app message."
     ),
@@ -35,12 +57,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
+    # Markdown joins the lines of a paragraph, so docstrings wrap to the terminal.
+    rich_markup_mode="markdown",
 )
-db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+db_app = typer.Typer(
+    cls=_Group,
+    help="Database schema commands.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 app.add_typer(db_app, name="db")
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("followups.cli")
+
+
+def _default(field: str) -> str:
+    """A setting's default as help texts show it; the Settings field is its one home."""
+    return settings_mod.show_default(settings_mod.default(field))
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -89,14 +123,20 @@ def main_options(
         str | None,
         typer.Option(
             "--database-url",
-            help="SQLAlchemy URL; overrides FOLLOWUPS_DATABASE_URL. Default: sqlite:///followups.db",
+            help=(
+                "SQLAlchemy URL; overrides FOLLOWUPS_DATABASE_URL. "
+                f"Default: {_default('database_url')}"
+            ),
             show_default=False,
         ),
     ] = None,
     log_format: Annotated[
         str | None,
         typer.Option(
-            "--log-format", help="text (default) or json; overrides FOLLOWUPS_LOG_FORMAT."
+            "--log-format",
+            help=(
+                f"text or json; overrides FOLLOWUPS_LOG_FORMAT. Default: {_default('log_format')}"
+            ),
         ),
     ] = None,
     quiet: Annotated[
@@ -119,14 +159,15 @@ def main_options(
 # -- send-due ---------------------------------------------------------------------------
 
 
-@app.command("send-due")
+@app.command(cls=_Command, name="send-due")
 @cli_errors
 def send_due(
     ctx: typer.Context,
     batch_size: Annotated[
         int | None,
         typer.Option(
-            "--batch-size", help="Follow-ups claimed per batch (FOLLOWUPS_BATCH_SIZE, 1000)."
+            "--batch-size",
+            help=f"Follow-ups claimed per batch (FOLLOWUPS_BATCH_SIZE, {_default('batch_size')}).",
         ),
     ] = None,
     limit: Annotated[
@@ -146,7 +187,10 @@ def send_due(
     completed, 1 when it stopped (database unreachable, a push service's configuration
     rejected, an APNs or FCM outage), 2 on bad configuration.
 
-    Example: FOLLOWUPS_PUSH=log followups send-due
+    Example:
+
+        FOLLOWUPS_PUSH=log followups send-due
+        followups send-due --metrics-file /var/lib/node_exporter/followups.prom
     """
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -159,21 +203,20 @@ def send_due(
     from followup_cli.alerts import make_alerter
     from followup_cli.db import Database
     from followup_cli.delivery import send_due as run_send_due
-    from followup_cli.monitoring import after_send_due
+    from followup_cli.monitoring import after_send_due, backlog_size
     from followup_cli.push import make_pusher
 
-    db = Database(settings.database_url)
-    pusher = make_pusher(settings, db)
-    alerter = make_alerter(settings.alert_webhook_url)
-    try:
-        # A person draining a backlog by hand sees a progress bar; cron sees none.
-        total = render.backlog_size(db, limit) if render.is_terminal() else 0
-        with render.progress("send-due", total) as advance:
-            report = run_send_due(db, pusher, settings, alerter, limit=limit, progress=advance)
-        after_send_due(db, report, settings, alerter, metrics_file)
-    finally:
-        pusher.close()
-        db.close()
+    with Database(settings.database_url) as db:
+        pusher = make_pusher(settings, db)
+        alerter = make_alerter(settings.alert_webhook_url)
+        try:
+            # A person draining a backlog by hand sees a progress bar; cron sees none.
+            total = backlog_size(db, limit) if render.is_terminal() else 0
+            with render.progress("send-due", total) as advance:
+                report = run_send_due(db, pusher, settings, alerter, limit=limit, progress=advance)
+            after_send_due(db, report, settings, alerter, metrics_file)
+        finally:
+            pusher.close()
     render.send_due_summary(report)
     if report.exit_code != EXIT_OK:
         fail(render.stop_line(report), report.exit_code)
@@ -182,7 +225,7 @@ def send_due(
 # -- retry-failed -----------------------------------------------------------------------
 
 
-@app.command("retry-failed")
+@app.command(cls=_Command, name="retry-failed")
 @cli_errors
 def retry_failed(
     ctx: typer.Context,
@@ -212,7 +255,10 @@ def retry_failed(
     device token (BadDeviceToken, Unregistered, DeviceTokenNotForTopic) are held back
     unless the app stored a new token since, or --in-app-only is given.
 
-    Example: followups retry-failed --since 24h --reason ServiceUnavailable --dry-run
+    Example:
+
+        followups retry-failed --since 24h --reason ServiceUnavailable --dry-run
+        followups retry-failed --reason Unregistered --in-app-only
     """
     from followup_cli import render
     from followup_cli.clock import utcnow
@@ -220,15 +266,11 @@ def retry_failed(
     from followup_cli.requeue import retry_failed as run_retry_failed
     from followup_cli.scheduling import parse_uuid
 
-    try:
-        wanted = [parse_uuid(value, "--id") for value in ids or []]
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    wanted = [parse_uuid(value, "--id") for value in ids or []]
     failed_since = utcnow() - settings_mod.parse_duration(since, "--since") if since else None
     if reason is not None and not reason.strip():
         raise ConfigError("--reason must not be empty")
-    db = Database(_settings(ctx).database_url)
-    try:
+    with Database(_settings(ctx).database_url) as db:
         report = run_retry_failed(
             db,
             ids=wanted,
@@ -237,15 +279,13 @@ def retry_failed(
             in_app_only=in_app_only,
             dry_run=dry_run,
         )
-    finally:
-        db.close()
     render.requeue_report(report, wanted)
 
 
 # -- stats ------------------------------------------------------------------------------
 
 
-@app.command("stats")
+@app.command(cls=_Command, name="stats")
 @cli_errors
 def stats(
     ctx: typer.Context,
@@ -258,17 +298,43 @@ def stats(
         ),
     ] = False,
     min_success_rate: Annotated[
-        float | None, typer.Option("--min-success-rate", help="Percent (default 95).")
+        float | None,
+        typer.Option(
+            "--min-success-rate",
+            help=(
+                f"Percent (FOLLOWUPS_CHECK_MIN_SUCCESS_RATE, {_default('check_min_success_rate')})."
+            ),
+        ),
     ] = None,
     min_attempts: Annotated[
         int | None,
-        typer.Option("--min-attempts", help="Judge the rate only from this many (default 20)."),
+        typer.Option(
+            "--min-attempts",
+            help=(
+                "Judge the rate only from this many "
+                f"(FOLLOWUPS_CHECK_MIN_ATTEMPTS, {_default('check_min_attempts')})."
+            ),
+        ),
     ] = None,
     max_run_age: Annotated[
-        str | None, typer.Option("--max-run-age", help="Last run at most this old (5m).")
+        str | None,
+        typer.Option(
+            "--max-run-age",
+            help=(
+                "Last run at most this old "
+                f"(FOLLOWUPS_CHECK_MAX_RUN_AGE, {_default('check_max_run_age')})."
+            ),
+        ),
     ] = None,
     max_overdue: Annotated[
-        str | None, typer.Option("--max-overdue", help="No follow-up overdue longer (10m).")
+        str | None,
+        typer.Option(
+            "--max-overdue",
+            help=(
+                "No follow-up overdue longer "
+                f"(FOLLOWUPS_CHECK_MAX_OVERDUE, {_default('check_max_overdue')})."
+            ),
+        ),
     ] = None,
 ) -> None:
     """How follow-ups did in a window, the backlog now, and whether cron looks alive.
@@ -276,7 +342,10 @@ def stats(
     With --check it is a monitor: exit 0 when healthy, 1 when the success rate is low,
     the last send-due run is too old, or a follow-up is overdue too long.
 
-    Example: followups stats --since 24h --check
+    Example:
+
+        followups stats --since 24h --check
+        followups stats --since 1h --json
     """
     from dataclasses import replace
 
@@ -303,11 +372,8 @@ def stats(
         rules = replace(
             rules, max_overdue=settings_mod.parse_duration(max_overdue, "--max-overdue")
         )
-    db = Database(settings.database_url)
-    try:
+    with Database(settings.database_url) as db:
         result = gather(db, window)
-    finally:
-        db.close()
     problems = check(result, rules) if check_ else []
     if as_json:
         render.stats_json(result, rules, problems if check_ else None)
@@ -322,7 +388,7 @@ def stats(
 # -- cleanup ----------------------------------------------------------------------------
 
 
-@app.command("cleanup")
+@app.command(cls=_Command, name="cleanup")
 @cli_errors
 def cleanup(
     ctx: typer.Context,
@@ -345,7 +411,10 @@ def cleanup(
     Failed and scheduled follow-ups are kept, and follow_up_messages (the parents'
     history) are never deleted. Sent ones age by sent_at, cancelled ones by created_at.
 
-    Example: followups cleanup --older-than 90d --dry-run
+    Example:
+
+        followups cleanup --older-than 90d --dry-run
+        followups cleanup --older-than 180d --archive
     """
     from followup_cli import cleanup as cleanup_mod
     from followup_cli import render
@@ -354,8 +423,7 @@ def cleanup(
     window = settings_mod.parse_duration(older_than, "--older-than")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    db = Database(_settings(ctx).database_url)
-    try:
+    with Database(_settings(ctx).database_url) as db:
         planned = cleanup_mod.count(db, window)
         if dry_run:
             report = planned
@@ -364,15 +432,13 @@ def cleanup(
                 report = cleanup_mod.cleanup(
                     db, window, archive=archive, batch_size=batch_size, progress=advance
                 )
-    finally:
-        db.close()
     render.cleanup_report(report)
 
 
 # -- test-send --------------------------------------------------------------------------
 
 
-@app.command("test-send")
+@app.command(cls=_Command, name="test-send")
 @cli_errors
 def test_send(
     ctx: typer.Context,
@@ -393,10 +459,14 @@ def test_send(
 
     Prints the payload, the headers and the push service's answer (APNs or FCM, by the
     token). Changes nothing unless --mark-sent.
+
     Exit 2 on a malformed id or no usable token, 1 when not found, cancelled (without
     --force) or the push failed.
 
-    Example: followups test-send 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20 --to <device token>
+    Example:
+
+        followups test-send 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20 --dry-run
+        followups test-send 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20 --to TOKEN
     """
     from datetime import timedelta
 
@@ -406,15 +476,11 @@ def test_send(
     from followup_cli.push import SENT, make_pusher
     from followup_cli.scheduling import parse_uuid
 
-    try:
-        follow_up_id = parse_uuid(follow_up_id)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    follow_up_id = parse_uuid(follow_up_id)
     settings = _settings(ctx)
     if not dry_run:
         settings_mod.require_push_config(settings)
-    db = Database(settings.database_url)
-    try:
+    with Database(settings.database_url) as db:
         try:
             prepared = testsend_mod.prepare(db, follow_up_id, to, force, settings)
         except testsend_mod.NoToken as exc:
@@ -429,8 +495,6 @@ def test_send(
             )
         finally:
             pusher.close()
-    finally:
-        db.close()
     render.test_send_outcome(result)
     if result.outcome is None or result.outcome.kind != SENT:
         raise typer.Exit(EXIT_FAILURE)
@@ -439,7 +503,7 @@ def test_send(
 # -- db ---------------------------------------------------------------------------------
 
 
-@db_app.command("upgrade")
+@db_app.command(cls=_Command, name="upgrade")
 @cli_errors
 def db_upgrade(
     ctx: typer.Context,
@@ -452,7 +516,10 @@ def db_upgrade(
     First checks the app's schema, as `db check` does: an error stops it before it
     changes anything (exit 1); warnings are printed and the upgrade goes on.
 
-    Example: followups db upgrade --sql > followups-schema.sql
+    Example:
+
+        followups db upgrade
+        followups db upgrade --sql > followups-schema.sql
     """
     from followup_cli import migrate
 
@@ -463,8 +530,7 @@ def db_upgrade(
     from followup_cli import render, schemacheck
     from followup_cli.db import Database
 
-    db = Database(settings.database_url)
-    try:
+    with Database(settings.database_url) as db:
         findings = schemacheck.run(db, schemacheck.APP_CHECKS)
         render.schema_findings(findings)
         problems = schemacheck.errors(findings)
@@ -481,11 +547,9 @@ def db_upgrade(
             print(f"Schema upgraded from {before or 'empty'} to revision {after} ({where}).")
         # Advice only: the exit code stays the upgrade's.
         render.schema_findings(schemacheck.run(db, schemacheck.ACCESS_CHECKS))
-    finally:
-        db.close()
 
 
-@db_app.command("grants")
+@db_app.command(cls=_Command, name="grants")
 @cli_errors
 def db_grants(
     ctx: typer.Context,
@@ -498,21 +562,20 @@ def db_grants(
     Reads the catalogs only; changes nothing. Exit 2 on SQLite or a bad role name, 1 when
     the tables are missing.
 
-    Example: followups db grants followups_runtime > followups-grants.sql
+    Example:
+
+        followups db grants followups_runtime > followups-grants.sql
     """
     from followup_cli import render
     from followup_cli.db import Database
     from followup_cli.security import runtime_grants
 
-    db = Database(_settings(ctx).database_url)
-    try:
+    with Database(_settings(ctx).database_url) as db:
         script = runtime_grants(db, role)
-    finally:
-        db.close()
     render.grant_script(script, role)
 
 
-@db_app.command("check")
+@db_app.command(cls=_Command, name="check")
 @cli_errors
 def db_check(ctx: typer.Context) -> None:
     """Check the app's schema for what would make delivery fail; read-only, for a DBA.
@@ -523,16 +586,15 @@ def db_check(ctx: typer.Context) -> None:
     API roles (anon, authenticated) can read. Exit 1 when any is an error, 0 when there
     are only warnings or none.
 
-    Example: followups --database-url postgresql+psycopg://dba@db/app db check
+    Example:
+
+        followups --database-url postgresql+psycopg://dba@db/app db check
     """
     from followup_cli import render, schemacheck
     from followup_cli.db import Database
 
-    db = Database(_settings(ctx).database_url)
-    try:
+    with Database(_settings(ctx).database_url) as db:
         findings = schemacheck.run(db)
-    finally:
-        db.close()
     render.schema_findings(findings)
     render.schema_check_summary(findings)
     if schemacheck.errors(findings):
@@ -542,19 +604,7 @@ def db_check(ctx: typer.Context) -> None:
 # -- schedule / cancel ------------------------------------------------------------------
 
 
-def _parse_at(value: str) -> datetime:
-    from datetime import UTC
-
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ConfigError(
-            f"--at must be an ISO-8601 time like 2026-11-28T14:30:00Z, got {value!r}"
-        ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
-
-
-@app.command("schedule")
+@app.command(cls=_Command, name="schedule")
 @cli_errors
 def schedule(
     ctx: typer.Context,
@@ -576,65 +626,41 @@ def schedule(
             "--token", help="APNs device token (64 hex characters) or FCM registration token."
         ),
     ] = None,
-    child_name: Annotated[str | None, typer.Option("--child-name")] = None,
+    child_name: Annotated[
+        str | None, typer.Option("--child-name", help="The child's name, as the app stores it.")
+    ] = None,
     provider_name: Annotated[
         str | None, typer.Option("--provider-name", help="Shown as 'Follow-up from Dr. NAME'.")
     ] = None,
 ) -> None:
     """Schedule a follow-up exactly as the app does; prints its id.
 
-    Example: followups schedule --text "How is Maya's fever today?" --in 10m --urgency urgent
-    """
-    import uuid
+    Example:
 
-    from followup_cli.clock import utcnow
+        followups schedule --text "How is Maya's fever?" --in 10m --urgency urgent
+        followups schedule --at 2026-11-28T14:30:00Z --token TOKEN
+    """
     from followup_cli.db import Database
-    from followup_cli.delivery import is_valid_token, normalize_token
-    from followup_cli.scheduling import NewFollowUp, parse_uuid
+    from followup_cli.scheduling import new_follow_up
     from followup_cli.scheduling import schedule as run_schedule
 
-    if in_ is not None and at is not None:
-        raise ConfigError("give --in or --at, not both")
-    if urgency not in ("routine", "urgent"):
-        raise ConfigError(f"--urgency must be routine or urgent, got {urgency!r}")
-    if not text.strip():
-        raise ConfigError("--text must not be empty")
-    when = utcnow()
-    if in_ is not None:
-        when += settings_mod.parse_duration(in_, "--in")
-    elif at is not None:
-        when = _parse_at(at)
-    device_token = normalize_token(token)
-    if device_token is not None and not is_valid_token(device_token):
-        raise ConfigError(
-            "--token must be an APNs device token (64 hexadecimal characters) or an FCM "
-            "registration token"
-        )
-    try:
-        conversation_id = parse_uuid(conversation, "--conversation") if conversation else None
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    db = Database(_settings(ctx).database_url)
-    try:
-        follow_up_id = run_schedule(
-            db,
-            NewFollowUp(
-                conversation_id=conversation_id or str(uuid.uuid4()),
-                user_id=user,
-                text=text,
-                scheduled_for=when,
-                urgency=urgency,
-                device_token=device_token,
-                child_name=child_name,
-                provider_name=provider_name,
-            ),
-        )
-    finally:
-        db.close()
+    new = new_follow_up(
+        text=text,
+        user_id=user,
+        conversation=conversation,
+        due_in=in_,
+        due_at=at,
+        urgency=urgency,
+        token=token,
+        child_name=child_name,
+        provider_name=provider_name,
+    )
+    with Database(_settings(ctx).database_url) as db:
+        follow_up_id = run_schedule(db, new)
     print(follow_up_id)
 
 
-@app.command("cancel")
+@app.command(cls=_Command, name="cancel")
 @cli_errors
 def cancel(
     ctx: typer.Context,
@@ -644,21 +670,17 @@ def cancel(
 
     Exit 1 when it is unknown or already sent.
 
-    Example: followups cancel 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20
+    Example:
+
+        followups cancel 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20
     """
     from followup_cli.db import Database
     from followup_cli.scheduling import cancel as run_cancel
     from followup_cli.scheduling import parse_uuid
 
-    try:
-        follow_up_id = parse_uuid(follow_up_id)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    db = Database(_settings(ctx).database_url)
-    try:
+    follow_up_id = parse_uuid(follow_up_id)
+    with Database(_settings(ctx).database_url) as db:
         run_cancel(db, follow_up_id)
-    finally:
-        db.close()
     print(f"Cancelled {follow_up_id}.")
 
 

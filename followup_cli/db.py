@@ -13,13 +13,15 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from followup_cli.repository import Repository
+from followup_cli.settings import POSTGRES_CONNECT_ARGS, SQLITE_BUSY_TIMEOUT_SECONDS
 
 
 def make_engine(url: str, *, pool_size: int = 2) -> Engine:
     """An engine tuned for this tool on either backend.
 
-    PostgreSQL: prepared statements off (PgBouncer / Supavisor transaction pooling), a
-    connect timeout so an unreachable server fails fast, parameters never echoed in
+    PostgreSQL: the connect arguments the idle run uses too (POSTGRES_CONNECT_ARGS:
+    prepared statements off for PgBouncer / Supavisor, a connect timeout so an
+    unreachable server fails fast), parameters never echoed in
     errors (they carry health data), and a pooled connection checked before use, so one
     that a restart or failover of the server closed is replaced instead of failing the
     next transaction. SQLite: WAL, a busy timeout, and BEGIN IMMEDIATE so
@@ -27,7 +29,9 @@ def make_engine(url: str, *, pool_size: int = 2) -> Engine:
     """
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, hide_parameters=True, connect_args={"timeout": 30, "check_same_thread": False}
+            url,
+            hide_parameters=True,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
         )
 
         @event.listens_for(engine, "connect")
@@ -36,7 +40,7 @@ def make_engine(url: str, *, pool_size: int = 2) -> Engine:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -50,11 +54,7 @@ def make_engine(url: str, *, pool_size: int = 2) -> Engine:
         pool_size=pool_size,
         max_overflow=2,
         pool_pre_ping=True,
-        connect_args={
-            "prepare_threshold": None,
-            "connect_timeout": 10,
-            "application_name": "followups",
-        },
+        connect_args=dict(POSTGRES_CONNECT_ARGS),
     )
 
 
@@ -208,7 +208,10 @@ def describe_error(exc: BaseException) -> str:
 
 
 class Database:
-    """Owns the engine; hands out one Repository per transaction."""
+    """Owns the engine; hands out one Repository per transaction.
+
+    Also a context manager (`with Database(url) as db:`) that disposes of the engine, and
+    so of its pooled connections, when the block ends, however it ends."""
 
     def __init__(self, url: str, *, pool_size: int = 2) -> None:
         self.url = url
@@ -237,3 +240,9 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -22,7 +22,7 @@ from typing import Any
 
 from followup_cli.clock import utcnow
 from followup_cli.report import RunReport
-from followup_cli.settings import Settings
+from followup_cli.settings import POSTGRES_CONNECT_ARGS, SQLITE_BUSY_TIMEOUT_SECONDS, Settings
 
 # The same filter as Repository.claim_due, minus the per-conversation ordering (which
 # can only make fewer rows claimable, never more).
@@ -52,14 +52,12 @@ def _connect(url: str) -> tuple[Any, str, Any] | None:
         path = url[len("sqlite:///") :].split("?", 1)[0]
         if not path or path == ":memory:" or not os.path.exists(path):
             return None
-        return sqlite3.connect(path, timeout=30), "?", _sqlite_time
+        return sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS), "?", _sqlite_time
     if url.startswith("postgresql+psycopg://"):
         import psycopg
 
         conninfo = "postgresql://" + url[len("postgresql+psycopg://") :]
-        pg = psycopg.connect(
-            conninfo, prepare_threshold=None, connect_timeout=10, application_name="followups"
-        )
+        pg = psycopg.connect(conninfo, **POSTGRES_CONNECT_ARGS)
         return pg, "%s", lambda value: value
     return None
 

@@ -13,7 +13,7 @@ from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.report import RunReport
 from followup_cli.repository import LastRun
-from followup_cli.settings import Settings
+from followup_cli.settings import Settings, default
 
 log = logging.getLogger("followups.monitoring")
 
@@ -22,10 +22,12 @@ SUCCESS_RATE_ALERT = "success_rate"
 
 @dataclass(frozen=True)
 class CheckRules:
-    min_success_rate: float = 95.0  # percent
-    min_attempts: int = 20  # below this many sent+failed, the rate is not judged
-    max_run_age: timedelta = timedelta(minutes=5)
-    max_overdue: timedelta = timedelta(minutes=10)
+    """stats --check's rules. The defaults are the FOLLOWUPS_CHECK_* settings' own."""
+
+    min_success_rate: float = default("check_min_success_rate")  # percent
+    min_attempts: int = default("check_min_attempts")  # below this many sent+failed, not judged
+    max_run_age: timedelta = default("check_max_run_age")
+    max_overdue: timedelta = default("check_max_overdue")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CheckRules:
@@ -191,6 +193,19 @@ def _human(seconds: float) -> str:
     return f"{seconds // 86400}d"
 
 
+def overdue_now(db: Database) -> int:
+    """How many follow-ups are due now and not yet sent."""
+    with db.transaction() as repo:
+        overdue, _ = repo.backlog(utcnow())
+    return overdue
+
+
+def backlog_size(db: Database, limit: int | None) -> int:
+    """How many follow-ups a send-due run would deliver now: its progress bar's length."""
+    overdue = overdue_now(db)
+    return overdue if limit is None else min(overdue, limit)
+
+
 def alert_on_success_rate(
     db: Database,
     alerter: Alerter,
@@ -242,8 +257,7 @@ def after_send_due(
     if metrics_file is not None or settings.pushgateway_url:
         from followup_cli import metrics
 
-        with db.transaction() as repo:
-            overdue, _ = repo.backlog(utcnow())
+        overdue = overdue_now(db)
         metrics.publish(
             metrics.RunMetrics(
                 started_at=report.started_at,

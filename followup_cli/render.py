@@ -13,7 +13,6 @@ from followup_cli.report import SERVICE_LABELS, STOP_CONFIG, RunReport, ServiceS
 
 if TYPE_CHECKING:
     from followup_cli.cleanup import CleanupReport
-    from followup_cli.db import Database
     from followup_cli.monitoring import CheckRules, Stats
     from followup_cli.requeue import RequeueReport
     from followup_cli.schemacheck import Finding
@@ -23,15 +22,6 @@ if TYPE_CHECKING:
 
 def is_terminal() -> bool:
     return sys.stdout.isatty()
-
-
-def backlog_size(db: Database, limit: int | None) -> int:
-    """How many follow-ups are due now: the length of the progress bar."""
-    from followup_cli.clock import utcnow
-
-    with db.transaction() as repo:
-        overdue, _ = repo.backlog(utcnow())
-    return overdue if limit is None else min(overdue, limit)
 
 
 def send_due_summary(report: RunReport) -> None:

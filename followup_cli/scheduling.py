@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
+from followup_cli.delivery import is_valid_token, normalize_token
+from followup_cli.settings import ConfigError, parse_duration
 from followup_cli.tables import CANCELLED, SCHEDULED
+
+URGENCIES = ("routine", "urgent")
 
 
 class NotFound(LookupError):
@@ -29,6 +33,61 @@ class NewFollowUp:
     device_token: str | None = None
     child_name: str | None = None
     provider_name: str | None = None
+
+
+def new_follow_up(
+    *,
+    text: str,
+    user_id: str,
+    conversation: str | None,
+    due_in: str | None,
+    due_at: str | None,
+    urgency: str,
+    token: str | None,
+    child_name: str | None,
+    provider_name: str | None,
+) -> NewFollowUp:
+    """The `schedule` command's options as a follow-up, checked as the app would check
+    them. Raises ConfigError naming the first bad option; nothing is written."""
+    if due_in is not None and due_at is not None:
+        raise ConfigError("give --in or --at, not both")
+    if urgency not in URGENCIES:
+        raise ConfigError(f"--urgency must be routine or urgent, got {urgency!r}")
+    if not text.strip():
+        raise ConfigError("--text must not be empty")
+    when = utcnow()
+    if due_in is not None:
+        when += parse_duration(due_in, "--in")
+    elif due_at is not None:
+        when = _parse_at(due_at)
+    device_token = normalize_token(token)
+    if device_token is not None and not is_valid_token(device_token):
+        raise ConfigError(
+            "--token must be an APNs device token (64 hexadecimal characters) or an FCM "
+            "registration token"
+        )
+    conversation_id = parse_uuid(conversation, "--conversation") if conversation else None
+    return NewFollowUp(
+        conversation_id=conversation_id or str(uuid.uuid4()),
+        user_id=user_id,
+        text=text,
+        scheduled_for=when,
+        urgency=urgency,
+        device_token=device_token,
+        child_name=child_name,
+        provider_name=provider_name,
+    )
+
+
+def _parse_at(value: str) -> datetime:
+    """An ISO-8601 time; one without a zone is taken as UTC."""
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--at must be an ISO-8601 time like 2026-11-28T14:30:00Z, got {value!r}"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
 def schedule(db: Database, new: NewFollowUp) -> str:
@@ -82,8 +141,9 @@ def cancel(db: Database, follow_up_id: str) -> str:
 
 
 def parse_uuid(value: str, what: str = "id") -> str:
-    """A canonical UUID string, or ValueError with a one-line message."""
+    """A canonical UUID string. A malformed one is a usage error (exit 2): ConfigError
+    with a one-line message naming the option or argument."""
     try:
         return str(uuid.UUID(value.strip()))
     except (ValueError, AttributeError):
-        raise ValueError(f"{what} must be a UUID like 3f2b8c1e-..., got {value!r}") from None
+        raise ConfigError(f"{what} must be a UUID like 3f2b8c1e-..., got {value!r}") from None

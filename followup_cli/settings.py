@@ -10,7 +10,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,16 @@ LOG_FORMATS = ("text", "json")
 # What a push shows on the lock screen: the message itself, or a fixed text.
 PUSH_BODIES = ("full", "generic")
 DEFAULT_GENERIC_TEXT = "You have a new message from your care team"
+# How both the full path (SQLAlchemy) and the idle run (bare psycopg / sqlite3) connect:
+# no prepared statements (PgBouncer / Supavisor transaction pooling), an unreachable
+# server fails fast, and the connection is named in pg_stat_activity.
+POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "prepare_threshold": None,
+    "connect_timeout": 10,
+    "application_name": "followups",
+}
+# How long a SQLite connection waits for another run's write lock.
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
 
 class ConfigError(ValueError):
@@ -48,7 +58,7 @@ class Settings:
     fcm_credentials_file: Path | None = None
     # None: the credentials file's project_id.
     fcm_project_id: str | None = None
-    fcm_url: str | None = None
+    fcm_url: str = FCM_DEFAULT_URL
     fcm_ca_file: Path | None = None
     # Notifications in flight at once per push service (HTTP/2 streams on its connection).
     push_concurrency: int = 200
@@ -114,86 +124,98 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+@dataclass(frozen=True)
+class Variable:
+    """One FOLLOWUPS_* variable: the Settings field it sets, how its text is read, and
+    the smallest value allowed. Its default is the field's default and nowhere else."""
+
+    name: str
+    field: str
+    kind: str = "text"  # text, lower (case folded), path, int, float, duration
+    minimum: float = 0
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+VARIABLES = (
+    Variable("FOLLOWUPS_DATABASE_URL", "database_url"),
+    Variable("FOLLOWUPS_PUSH", "push", "lower"),
+    Variable("FOLLOWUPS_PUSH_BODY", "push_body", "lower"),
+    Variable("FOLLOWUPS_PUSH_GENERIC_TEXT", "push_generic_text"),
+    Variable("FOLLOWUPS_APNS_KEY_FILE", "apns_key_file", "path"),
+    Variable("FOLLOWUPS_APNS_KEY_ID", "apns_key_id"),
+    Variable("FOLLOWUPS_APNS_TEAM_ID", "apns_team_id"),
+    Variable("FOLLOWUPS_APNS_TOPIC", "apns_topic"),
+    Variable("FOLLOWUPS_APNS_ENV", "apns_env", "lower"),
+    Variable("FOLLOWUPS_APNS_URL", "apns_url"),
+    Variable("FOLLOWUPS_APNS_CA_FILE", "apns_ca_file", "path"),
+    Variable("FOLLOWUPS_FCM_CREDENTIALS_FILE", "fcm_credentials_file", "path"),
+    Variable("FOLLOWUPS_FCM_PROJECT_ID", "fcm_project_id"),
+    Variable("FOLLOWUPS_FCM_URL", "fcm_url"),
+    Variable("FOLLOWUPS_FCM_CA_FILE", "fcm_ca_file", "path"),
+    Variable("FOLLOWUPS_PUSH_CONCURRENCY", "push_concurrency", "int", 1),
+    Variable("FOLLOWUPS_PUSH_TIMEOUT", "push_timeout_seconds", "float", 0.1),
+    Variable("FOLLOWUPS_RETRY_BASE_SECONDS", "retry_base_seconds", "float", 0.0),
+    Variable("FOLLOWUPS_LEASE_SECONDS", "lease_seconds", "int", 10),
+    Variable("FOLLOWUPS_CANCEL_CHECK_SECONDS", "cancel_check_seconds", "float", 0.0),
+    Variable("FOLLOWUPS_BATCH_SIZE", "batch_size", "int", 1),
+    Variable("FOLLOWUPS_OUTAGE_THRESHOLD", "outage_threshold", "int", 1),
+    Variable("FOLLOWUPS_ALERT_WEBHOOK_URL", "alert_webhook_url"),
+    Variable("FOLLOWUPS_HEARTBEAT_URL", "heartbeat_url"),
+    Variable("FOLLOWUPS_PUSHGATEWAY_URL", "pushgateway_url"),
+    Variable("FOLLOWUPS_CHECK_MIN_SUCCESS_RATE", "check_min_success_rate", "float", 0.0),
+    Variable("FOLLOWUPS_CHECK_MIN_ATTEMPTS", "check_min_attempts", "int", 1),
+    Variable("FOLLOWUPS_CHECK_MAX_RUN_AGE", "check_max_run_age", "duration"),
+    Variable("FOLLOWUPS_CHECK_MAX_OVERDUE", "check_max_overdue", "duration"),
+    Variable("FOLLOWUPS_LOG_FORMAT", "log_format", "lower"),
+)
+_SETTINGS_DEFAULTS = {f.name: f.default for f in fields(Settings)}
 
 
-def _duration(env: Mapping[str, str], name: str, default: timedelta) -> timedelta:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    return parse_duration(raw, name)
+def default(field_name: str) -> Any:
+    """A Settings field's default, e.g. for a command-line option's help text."""
+    return _SETTINGS_DEFAULTS[field_name]
 
 
-def _str(env: Mapping[str, str], name: str) -> str | None:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return None
-    return raw.strip()
+def show_default(value: object) -> str:
+    """A default as the README and the help texts write it: 10 (not 10.0), 5m, text."""
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _read(var: Variable, raw: str) -> object:
+    """The variable's value from its (non-blank) text. Raises ConfigError."""
+    text = raw.strip()
+    if var.kind == "lower":
+        return text.lower()
+    if var.kind == "path":
+        return Path(text)
+    if var.kind == "duration":
+        return parse_duration(raw, var.name)
+    if var.kind in ("int", "float"):
+        try:
+            number: float = int(text) if var.kind == "int" else float(text)
+        except ValueError:
+            what = "a whole number" if var.kind == "int" else "a number"
+            raise ConfigError(f"{var.name} must be {what}, got {raw!r}") from None
+        if number < var.minimum:
+            bound = int(var.minimum) if var.kind == "int" else var.minimum
+            raise ConfigError(f"{var.name} must be at least {bound}, got {number}")
+        return number
+    return text
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
-    """Read FOLLOWUPS_* variables. Raises ConfigError on the first bad value."""
+    """Read FOLLOWUPS_* variables; an unset or blank one keeps its default. Raises
+    ConfigError on the first bad value."""
     env = os.environ if env is None else env
-    key_file = _str(env, "FOLLOWUPS_APNS_KEY_FILE")
-    ca_file = _str(env, "FOLLOWUPS_APNS_CA_FILE")
-    fcm_credentials = _str(env, "FOLLOWUPS_FCM_CREDENTIALS_FILE")
-    fcm_ca_file = _str(env, "FOLLOWUPS_FCM_CA_FILE")
-    settings = Settings(
-        database_url=_str(env, "FOLLOWUPS_DATABASE_URL") or DEFAULT_DATABASE_URL,
-        push=(_str(env, "FOLLOWUPS_PUSH") or "log").lower(),
-        apns_key_file=Path(key_file) if key_file else None,
-        apns_key_id=_str(env, "FOLLOWUPS_APNS_KEY_ID"),
-        apns_team_id=_str(env, "FOLLOWUPS_APNS_TEAM_ID"),
-        apns_topic=_str(env, "FOLLOWUPS_APNS_TOPIC"),
-        apns_env=(_str(env, "FOLLOWUPS_APNS_ENV") or "production").lower(),
-        apns_url=_str(env, "FOLLOWUPS_APNS_URL"),
-        apns_ca_file=Path(ca_file) if ca_file else None,
-        fcm_credentials_file=Path(fcm_credentials) if fcm_credentials else None,
-        fcm_project_id=_str(env, "FOLLOWUPS_FCM_PROJECT_ID"),
-        fcm_url=_str(env, "FOLLOWUPS_FCM_URL"),
-        fcm_ca_file=Path(fcm_ca_file) if fcm_ca_file else None,
-        push_concurrency=_int(env, "FOLLOWUPS_PUSH_CONCURRENCY", 200, 1),
-        push_timeout_seconds=_float(env, "FOLLOWUPS_PUSH_TIMEOUT", 10.0, 0.1),
-        retry_base_seconds=_float(env, "FOLLOWUPS_RETRY_BASE_SECONDS", 0.5, 0.0),
-        lease_seconds=_int(env, "FOLLOWUPS_LEASE_SECONDS", 120, 10),
-        cancel_check_seconds=_float(env, "FOLLOWUPS_CANCEL_CHECK_SECONDS", 0.2, 0.0),
-        batch_size=_int(env, "FOLLOWUPS_BATCH_SIZE", 1000, 1),
-        outage_threshold=_int(env, "FOLLOWUPS_OUTAGE_THRESHOLD", 5, 1),
-        push_body=(_str(env, "FOLLOWUPS_PUSH_BODY") or "full").lower(),
-        push_generic_text=_str(env, "FOLLOWUPS_PUSH_GENERIC_TEXT") or DEFAULT_GENERIC_TEXT,
-        alert_webhook_url=_str(env, "FOLLOWUPS_ALERT_WEBHOOK_URL"),
-        heartbeat_url=_str(env, "FOLLOWUPS_HEARTBEAT_URL"),
-        pushgateway_url=_str(env, "FOLLOWUPS_PUSHGATEWAY_URL"),
-        check_min_success_rate=_float(env, "FOLLOWUPS_CHECK_MIN_SUCCESS_RATE", 95.0, 0.0),
-        check_min_attempts=_int(env, "FOLLOWUPS_CHECK_MIN_ATTEMPTS", 20, 1),
-        check_max_run_age=_duration(env, "FOLLOWUPS_CHECK_MAX_RUN_AGE", timedelta(minutes=5)),
-        check_max_overdue=_duration(env, "FOLLOWUPS_CHECK_MAX_OVERDUE", timedelta(minutes=10)),
-        log_format=(_str(env, "FOLLOWUPS_LOG_FORMAT") or "text").lower(),
-    )
-    return validate(settings)
+    values: dict[str, Any] = {}
+    for var in VARIABLES:
+        raw = env.get(var.name)
+        if raw is not None and raw.strip():
+            values[var.field] = _read(var, raw)
+    return validate(Settings(**values))
 
 
 def validate(s: Settings) -> Settings:
@@ -383,6 +405,18 @@ def _check_apns(s: Settings, load_key: bool) -> None:
         raise ConfigError(f"FOLLOWUPS_APNS_CA_FILE {str(s.apns_ca_file)!r} is not a readable file")
 
 
+_DURATION_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def format_duration(value: timedelta) -> str:
+    """The inverse of parse_duration: timedelta(minutes=5) -> '5m'."""
+    seconds = int(value.total_seconds())
+    for unit, size in _DURATION_UNITS.items():
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    raise AssertionError("a whole number of seconds is always divisible by 1")
+
+
 def parse_duration(text: str, option: str = "duration") -> timedelta:
     """'30m', '24h', '7d', '90s' -> timedelta. Raises ConfigError on anything else."""
     match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text or "")
@@ -392,7 +426,7 @@ def parse_duration(text: str, option: str = "duration") -> timedelta:
             f"got {text!r}"
         )
     amount, unit = int(match.group(1)), match.group(2)
-    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+    seconds = _DURATION_UNITS[unit]
     if amount <= 0:
         raise ConfigError(f"{option} must be greater than zero, got {text!r}")
     return timedelta(seconds=amount * seconds)

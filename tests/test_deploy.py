@@ -154,16 +154,59 @@ def test_secrets_come_from_secrets_and_the_apns_key_is_a_read_only_file() -> Non
         {"configMapRef": {"name": "followups-config"}},
         {"secretRef": {"name": "followups-env"}},
     ]
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    (key_mount,) = [m for m in container["volumeMounts"] if "secret" in volumes[m["name"]]]
+    key_mount, secret = key_file_mount(pod, "followups-apns-key")
     assert key_mount["readOnly"] is True
-    secret = volumes[key_mount["name"]]["secret"]
-    assert secret["secretName"] == "followups-apns-key"
     assert secret["defaultMode"] & 0o007 == 0  # nothing for "other"
     assert config["FOLLOWUPS_APNS_KEY_FILE"].startswith(key_mount["mountPath"] + "/")
     assert not SECRET_SETTINGS & set(config)
     for variable in config:  # each one is a documented setting
         assert f"| `{variable}` |" in README, variable
+
+
+def key_file_mount(pod: dict[str, Any], secret_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The send-due container's mount of a Secret volume, and that volume's secret."""
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    ((mount, secret),) = [
+        (m, volumes[m["name"]]["secret"])
+        for m in container["volumeMounts"]
+        if volumes[m["name"]].get("secret", {}).get("secretName") == secret_name
+    ]
+    return mount, secret
+
+
+def test_the_fcm_key_is_a_read_only_file_from_its_own_secret() -> None:
+    """Like the APNs key: a Secret volume mounted read-only, group-readable only, where
+    FOLLOWUPS_FCM_CREDENTIALS_FILE points; optional, as FCM is. No other pod has it."""
+    config = resource("ConfigMap", "followups-config")["data"]
+    mount, secret = key_file_mount(
+        pod_spec(resource("CronJob", "followups-send-due")), "followups-fcm-key"
+    )
+    apns_mount, _ = key_file_mount(
+        pod_spec(resource("CronJob", "followups-send-due")), "followups-apns-key"
+    )
+    assert mount["readOnly"] is True
+    assert secret["defaultMode"] & 0o007 == 0
+    assert secret["optional"] is True
+    assert config["FOLLOWUPS_FCM_CREDENTIALS_FILE"].startswith(mount["mountPath"] + "/")
+    assert mount["mountPath"] != apns_mount["mountPath"]
+    for kind, name in (("CronJob", "followups-cleanup"), ("Job", "followups-db-upgrade")):
+        found = resource(kind, name)
+        spec = pod_spec(found) if kind == "CronJob" else found["spec"]["template"]["spec"]
+        assert all("secret" not in v for v in spec.get("volumes", [])), name
+
+
+def test_systemd_send_due_documents_both_key_files_read_only() -> None:
+    """The unit names both key variables and keeps their directory read-only; the docs
+    page gives the same paths."""
+    text = (DEPLOY / "systemd" / "followups-send-due.service").read_text()
+    section = unit("followups-send-due.service")["Service"]
+    key_dir = section["ReadOnlyPaths"].lstrip("-")
+    deploy_doc = (ROOT / "docs" / "deploy.md").read_text()
+    for variable in ("FOLLOWUPS_APNS_KEY_FILE", "FOLLOWUPS_FCM_CREDENTIALS_FILE"):
+        (path,) = re.findall(rf"{variable}=(\S+?),? ", text)
+        assert path.startswith(key_dir + "/"), path
+        assert f"{variable}={path}" in deploy_doc, variable
 
 
 def test_resources_are_sized_from_the_measured_peak() -> None:

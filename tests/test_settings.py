@@ -222,3 +222,63 @@ def test_readme_table_lists_every_variable_with_its_default() -> None:
         assert f"| `{name}` |" in readme, name
     assert f"| `FOLLOWUPS_PUSH_BODY` | `{settings.Settings().push_body}` |" in readme
     assert f"| `FOLLOWUPS_PUSH_GENERIC_TEXT` | `{settings.DEFAULT_GENERIC_TEXT}` |" in readme
+
+
+def _readme_configuration_table() -> dict[str, str]:
+    """The README's configuration table: variable -> its default cell."""
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    return dict(re.findall(r"^\| `(FOLLOWUPS_[A-Z0-9_]+)` \| ([^|]*?) \|", readme, re.M))
+
+
+def test_readme_table_lists_exactly_the_variables_the_code_reads() -> None:
+    """Every FOLLOWUPS_* name in the package has a README row, and no row is stale."""
+    import re
+
+    import followup_cli
+
+    package = Path(followup_cli.__file__).parent
+    in_code = {
+        name
+        for path in package.rglob("*.py")
+        for name in re.findall(r"\bFOLLOWUPS_[A-Z][A-Z0-9_]*[A-Z0-9]\b", path.read_text())
+    }
+    assert in_code == set(_readme_configuration_table())
+
+
+def test_every_setting_has_one_variable_and_the_readme_states_its_default() -> None:
+    """One Variable per Settings field; the README's default is the field's own."""
+    from dataclasses import fields
+
+    from followup_cli.settings import VARIABLES, Settings, show_default
+
+    table = _readme_configuration_table()
+    assert sorted(v.field for v in VARIABLES) == sorted(f.name for f in fields(Settings))
+    for var in VARIABLES:
+        default = getattr(Settings(), var.field)
+        cell = table[var.name]
+        if default is None:
+            # No value: the cell says in words what happens (system CAs, Apple's URL, -).
+            assert not cell.startswith("`"), (var.name, cell)
+        else:
+            assert cell == f"`{show_default(default)}`", (var.name, cell)
+
+
+def test_unset_and_blank_variables_take_the_settings_defaults() -> None:
+    from followup_cli.settings import VARIABLES, Settings
+
+    assert from_env({}) == Settings()
+    assert from_env({var.name: "  " for var in VARIABLES}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(timedelta(minutes=5), "5m"), (timedelta(hours=2), "2h"), (10.0, "10"), (0.5, "0.5")],
+)
+def test_defaults_are_shown_as_they_are_written(value: object, shown: str) -> None:
+    from followup_cli.settings import parse_duration, show_default
+
+    assert show_default(value) == shown
+    if isinstance(value, timedelta):
+        assert parse_duration(shown) == value
