@@ -23,7 +23,8 @@ from followup_cli.alerts import LogAlerter, WebhookAlerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.delivery import send_due
-from followup_cli.push import PushRequest, make_pusher
+from followup_cli.push.factory import make_pusher
+from followup_cli.push.protocol import PushRequest
 from followup_cli.report import RunReport
 from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_attempts

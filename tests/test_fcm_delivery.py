@@ -16,10 +16,10 @@ from followup_cli.alerts import LogAlerter, WebhookAlerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.delivery import send_due
-from followup_cli.fcm import FCMPusher, read_error
-from followup_cli.h2client import H2Endpoint
 from followup_cli.monitoring import gather
-from followup_cli.push import make_pusher
+from followup_cli.push.factory import make_pusher
+from followup_cli.push.fcm import FCMPusher, read_error
+from followup_cli.push.h2client import H2Endpoint
 from followup_cli.report import RunReport
 from followup_cli.requeue import retry_failed
 from followup_cli.settings import DEFAULT_GENERIC_TEXT, Settings
