@@ -30,7 +30,7 @@ WARNING = "warning"
 REQUESTS = "follow_up_requests"
 MESSAGES = "follow_up_messages"
 # The statuses this tool writes into the app's column.
-TOOL_STATUSES = (Status.SENT, Status.FAILED)
+TOOL_STATUSES = (Status.SENT.value, Status.FAILED.value)  # plain str: quoted by repr() below
 # The columns of follow_up_messages that send-due fills.
 MESSAGE_COLUMNS = frozenset(
     {

@@ -28,7 +28,7 @@ class PushRouter(EventLoopOwner):
     async def push(self, request: PushRequest) -> PushOutcome:
         pusher = self._pushers.get(request.service)
         if pusher is None:  # delivery only routes tokens of configured services here
-            raise ValueError(f"no pusher for service {request.service!r}")
+            raise ValueError(f"no pusher for service '{request.service}'")
         return await pusher.push(request)
 
     async def aclose(self) -> None:
