@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.tables import CANCELLED, SENT
+from followup_cli.vocabulary import Status
 
 
 @dataclass
@@ -48,7 +48,7 @@ def cleanup(
 ) -> CleanupReport:
     cutoff = utcnow() - older_than
     report = CleanupReport(cutoff=cutoff, archived=archive)
-    for status in (SENT, CANCELLED):
+    for status in (Status.SENT, Status.CANCELLED):
         while True:
             with db.transaction() as repo:
                 ids = repo.purgeable_batch(cutoff, status, batch_size)
@@ -57,7 +57,7 @@ def cleanup(
                 if archive:
                     repo.archive_requests(ids, utcnow())
                 removed = repo.delete_requests(ids)
-            if status == SENT:
+            if status == Status.SENT:
                 report.sent += removed
             else:
                 report.cancelled += removed

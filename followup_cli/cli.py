@@ -20,11 +20,8 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from followup_cli import settings as settings_mod
-from followup_cli.settings import ConfigError, Settings
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+from followup_cli.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, FollowupsError
+from followup_cli.settings import Settings
 
 
 class _FlagsWithoutMetavar:
@@ -90,16 +87,13 @@ def cli_errors(func: F) -> F:
         from sqlalchemy.exc import SQLAlchemyError
 
         from followup_cli.db import describe_error
-        from followup_cli.scheduling import Conflict, NotFound
 
         try:
             return func(*args, **kwargs)
         except typer.Exit:
             raise
-        except ConfigError as exc:
-            fail(str(exc), EXIT_USAGE)
-        except (NotFound, Conflict) as exc:
-            fail(str(exc), EXIT_FAILURE)
+        except FollowupsError as exc:  # ConfigError 2; NotFound, Conflict 1 (errors.py)
+            fail(str(exc), exc.exit_code)
         except SQLAlchemyError as exc:
             if os.environ.get("FOLLOWUPS_DEBUG"):
                 raise
@@ -204,7 +198,7 @@ def send_due(
     from followup_cli.db import Database
     from followup_cli.delivery import send_due as run_send_due
     from followup_cli.monitoring import after_send_due, backlog_size
-    from followup_cli.push import make_pusher
+    from followup_cli.push.factory import make_pusher
 
     with Database(settings.database_url) as db:
         pusher = make_pusher(settings, db)
@@ -473,8 +467,9 @@ def test_send(
     from followup_cli import render
     from followup_cli import testsend as testsend_mod
     from followup_cli.db import Database
-    from followup_cli.push import SENT, make_pusher
+    from followup_cli.push.factory import make_pusher
     from followup_cli.scheduling import parse_uuid
+    from followup_cli.vocabulary import Outcome
 
     follow_up_id = parse_uuid(follow_up_id)
     settings = _settings(ctx)
@@ -496,7 +491,7 @@ def test_send(
         finally:
             pusher.close()
     render.test_send_outcome(result)
-    if result.outcome is None or result.outcome.kind != SENT:
+    if result.outcome is None or result.outcome.kind != Outcome.SENT:
         raise typer.Exit(EXIT_FAILURE)
 
 

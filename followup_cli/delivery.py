@@ -22,7 +22,6 @@ import asyncio
 import logging
 import os
 import random
-import re
 import socket
 import threading
 import time
@@ -39,22 +38,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from followup_cli.alerts import Alerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database, classify_error
-from followup_cli.push import (
-    APNS,
-    CONFIG,
-    FCM,
-    PERMANENT,
-    SENT,
-    TRANSIENT,
-    UNSENT,
-    Attempt,
-    Pusher,
-    PushOutcome,
-    PushRequest,
-    build_request,
-    config_hint,
-    mask_token,
-)
+from followup_cli.push.payload import build_request
+from followup_cli.push.protocol import Attempt, Pusher, PushOutcome, PushRequest, config_hint
+from followup_cli.push.tokens import mask_token, normalize_token, token_service
 from followup_cli.report import (
     REFUSED_FAILED,
     REFUSED_HELD,
@@ -74,6 +60,7 @@ from followup_cli.repository import (
     RunRecord,
 )
 from followup_cli.settings import Settings
+from followup_cli.vocabulary import Outcome, Service
 
 log = logging.getLogger("followups.delivery")
 T = TypeVar("T")
@@ -100,14 +87,7 @@ DB_RETRY_FIRST_SECONDS = 0.1
 DB_RETRY_MAX_SECONDS = 2.0
 
 # A token of a push service that FOLLOWUPS_PUSH does not turn on: in-app only.
-NOT_CONFIGURED = {APNS: "apns_not_configured", FCM: "fcm_not_configured"}
-
-# APNs device tokens: 64 hexadecimal characters (after normalize_token).
-_APNS_TOKEN = re.compile(r"[0-9a-f]{64}")
-# FCM registration tokens: an instance id, a colon and a long URL-safe base64 part (about
-# 150-200 characters today; Google promises no fixed length, so up to 4 KB is taken).
-_FCM_TOKEN = re.compile(r"[A-Za-z0-9_-]+:[A-Za-z0-9_-]+")
-_FCM_TOKEN_LENGTH = range(100, 4097)
+NOT_CONFIGURED = {Service.APNS: "apns_not_configured", Service.FCM: "fcm_not_configured"}
 
 ProgressCallback = Callable[[int], None]
 
@@ -120,32 +100,6 @@ class _Plan:
     in_app: list[DueFollowUp] = field(default_factory=list)
     invalid: list[Failure] = field(default_factory=list)
     notes: list[AttemptRecord] = field(default_factory=list)
-
-
-def normalize_token(token: str | None) -> str | None:
-    """Whitespace is forgiven in any token. An APNs token (64 hex characters) is also
-    forgiven its case; an FCM token keeps its case, which is part of the token."""
-    if token is None:
-        return None
-    cleaned = "".join(token.split())
-    if not cleaned:
-        return None
-    lowered = cleaned.lower()
-    return lowered if _APNS_TOKEN.fullmatch(lowered) else cleaned
-
-
-def token_service(token: str) -> str | None:
-    """The push service a normalized token belongs to (push.APNS or push.FCM), or None
-    when it is neither an APNs device token nor an FCM registration token."""
-    if _APNS_TOKEN.fullmatch(token):
-        return APNS
-    if len(token) in _FCM_TOKEN_LENGTH and _FCM_TOKEN.fullmatch(token):
-        return FCM
-    return None
-
-
-def is_valid_token(token: str) -> bool:
-    return token_service(token) is not None
 
 
 def _plan(
@@ -169,7 +123,7 @@ def _plan(
             # record (stats counts these by reason).
             reason = INVALID_DEVICE_TOKEN if service is None else NOT_CONFIGURED[service]
             plan.in_app.append(f)
-            plan.notes.append(AttemptRecord(f.id, now, 1, "skipped", reason, None, None))
+            plan.notes.append(AttemptRecord(f.id, now, 1, Outcome.SKIPPED, reason, None, None))
             continue
         plan.push.append((f, build_request(f, token, settings, service)))
     return plan
@@ -228,10 +182,10 @@ class _PushRound:
     def stays_scheduled(self, req: PushRequest, outcome: PushOutcome) -> bool:
         """Neither sent nor failed because its service stopped: never sent, refused as a
         configuration error, or its attempts used up in the service's outage."""
-        if outcome.kind in (UNSENT, CONFIG):
+        if outcome.kind in (Outcome.UNSENT, Outcome.CONFIG):
             return True
         stop = self.stops.get(req.service)
-        return outcome.kind == TRANSIENT and stop is not None and stop.kind == STOP_OUTAGE
+        return outcome.kind == Outcome.TRANSIENT and stop is not None and stop.kind == STOP_OUTAGE
 
     async def _run(
         self,
@@ -808,7 +762,7 @@ class _Tracker:
             if stays_scheduled(request, outcome):
                 # Its service stopped (configuration or outage): nothing is failed.
                 parked.append(entry.follow_up.id)
-            elif outcome.kind == TRANSIENT:
+            elif outcome.kind == Outcome.TRANSIENT:
                 part.failures.append(Failure(entry.follow_up.id, outcome.reason or "unknown"))
                 log.warning(
                     "follow-up %s failed after %d attempts: %s",
@@ -833,7 +787,7 @@ class _Tracker:
         outcome = entry.outcome
         if entry.request is not None and outcome is None:
             self._not_pushed.append(entry.follow_up.id)
-        elif outcome is not None and outcome.kind not in (SENT, PERMANENT):
+        elif outcome is not None and outcome.kind not in (Outcome.SENT, Outcome.PERMANENT):
             self._answered_later.append(entry)
         else:
             self._take(entry, part)
@@ -846,7 +800,7 @@ class _Tracker:
             part.delivered.append(f)
             return
         part.attempts.extend(attempt_records(f.id, outcome.attempts))
-        if outcome.kind == SENT:
+        if outcome.kind == Outcome.SENT:
             part.delivered.append(f)
             part.pushed_ids.add(f.id)
             return

@@ -33,7 +33,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from followup_cli.settings import ConfigError
+from followup_cli.errors import ConfigError
 
 log = logging.getLogger("followups.metrics")
 

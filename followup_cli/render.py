@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from followup_cli.push import FCM, config_hint
 from followup_cli.report import SERVICE_LABELS, STOP_CONFIG, RunReport, ServiceStop
+from followup_cli.vocabulary import Outcome, Service
 
 if TYPE_CHECKING:
     from followup_cli.cleanup import CleanupReport
@@ -41,6 +41,8 @@ def stop_line(report: RunReport) -> str:
 
 
 def _stop_clause(stop: ServiceStop, report: RunReport) -> str:
+    from followup_cli.push.protocol import config_hint  # not on the idle run's path
+
     went_on = report.services_that_went_on
     others = f"; {' and '.join(went_on)} deliveries went on" if went_on else ""
     if stop.kind == STOP_CONFIG:
@@ -276,12 +278,12 @@ def test_send_outcome(result: TestSendResult) -> None:
     if outcome is None:
         return
     # APNs answers with an apns-id, FCM with the message's name.
-    id_label = "message" if result.request.service == FCM else "apns-id"
+    id_label = "message" if result.request.service == Service.FCM else "apns-id"
     for a in outcome.attempts:
         status = a.status_code if a.status_code is not None else "-"
         answer = f"reason {a.reason}" if a.reason else "accepted"
         print(f"attempt {a.attempt}: status {status}, {answer}, {id_label} {a.apns_id or '-'}")
-    if outcome.kind == "sent":
+    if outcome.kind == Outcome.SENT:
         tail = "; follow-up marked sent and message written" if result.marked_sent else ""
         print(f"result: sent{tail}")
     else:

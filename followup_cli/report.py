@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from followup_cli.clock import utcnow
+from followup_cli.vocabulary import Service
 
 # Why a run stopped early (follow_up_runs.outcome); None means it completed.
 STOP_CONFIG = "config_error"
@@ -26,7 +27,7 @@ class Refused:
 
 
 # The push services as people read them (FOLLOWUPS_PUSH names them apns and fcm).
-SERVICE_LABELS = {"apns": "APNs", "fcm": "FCM"}
+SERVICE_LABELS: dict[str, str] = {Service.APNS: "APNs", Service.FCM: "FCM"}
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from followup_cli.tables import (
     ARCHIVED_COLUMNS,
-    CANCELLED,
-    FAILED,
-    SCHEDULED,
-    SENT,
     follow_up_attempts,
     follow_up_messages,
     follow_up_requests,
@@ -45,6 +41,7 @@ from followup_cli.tables import (
     followups_push_credentials,
     provider_review_requests,
 )
+from followup_cli.vocabulary import Outcome, Status
 
 r = follow_up_requests.c
 
@@ -232,7 +229,7 @@ class Repository:
         # planner estimates (a correlated NOT EXISTS was planned as a nested loop over
         # every leased row once several runners held thousands).
         in_flight = select(e.conversation_id).where(
-            e.status == SCHEDULED,
+            e.status == Status.SCHEDULED,
             e.claimed_by.is_not(None),
             e.claim_expires_at > now,
             e.conversation_id.is_not(None),
@@ -240,7 +237,7 @@ class Repository:
         candidates = (
             select(r.id)
             .where(
-                r.status == SCHEDULED,
+                r.status == Status.SCHEDULED,
                 r.scheduled_for <= due_before,
                 or_(r.claim_expires_at.is_(None), r.claim_expires_at <= now),
                 r.held_at.is_(None),
@@ -265,7 +262,7 @@ class Repository:
         if not ids:
             return set()
         stmt = select(r.id).where(
-            r.id.in_(list(ids)), r.status == SCHEDULED, r.claimed_by == run_id
+            r.id.in_(list(ids)), r.status == Status.SCHEDULED, r.claimed_by == run_id
         )
         return set(self.conn.scalars(stmt))
 
@@ -273,7 +270,7 @@ class Repository:
         """Extend the lease of everything this run still holds."""
         stmt = (
             update(follow_up_requests)
-            .where(r.claimed_by == run_id, r.status == SCHEDULED)
+            .where(r.claimed_by == run_id, r.status == Status.SCHEDULED)
             .values(claim_expires_at=lease_until)
         )
         return self.conn.execute(stmt).rowcount
@@ -288,9 +285,9 @@ class Repository:
             return set()
         stmt = (
             update(follow_up_requests)
-            .where(r.id.in_(list(ids)), r.status == SCHEDULED, r.claimed_by == run_id)
+            .where(r.id.in_(list(ids)), r.status == Status.SCHEDULED, r.claimed_by == run_id)
             .values(
-                status=SENT,
+                status=Status.SENT,
                 sent_at=sent_at,
                 claimed_by=None,
                 claim_expires_at=None,
@@ -340,9 +337,9 @@ class Repository:
         for reason, ids in by_reason.items():
             stmt = (
                 update(follow_up_requests)
-                .where(r.id.in_(ids), r.status == SCHEDULED, r.claimed_by == run_id)
+                .where(r.id.in_(ids), r.status == Status.SCHEDULED, r.claimed_by == run_id)
                 .values(
-                    status=FAILED,
+                    status=Status.FAILED,
                     failure_reason=reason,
                     failure_detail=detail,
                     failed_device_token=r.device_token,
@@ -362,7 +359,7 @@ class Repository:
         (its status stays as the app's constraints allow). True if it was held."""
         stmt = (
             update(follow_up_requests)
-            .where(r.id == follow_up_id, r.status == SCHEDULED, r.claimed_by == run_id)
+            .where(r.id == follow_up_id, r.status == Status.SCHEDULED, r.claimed_by == run_id)
             .values(
                 held_at=held_at,
                 failure_reason=reason,
@@ -438,7 +435,7 @@ class Repository:
             update(follow_up_requests)
             .where(
                 r.id == follow_up_id,
-                r.status == SCHEDULED,
+                r.status == Status.SCHEDULED,
                 or_(r.claim_expires_at.is_(None), r.claim_expires_at <= now),
                 r.held_at.is_(None),
             )
@@ -459,13 +456,16 @@ class Repository:
 
     def count_sent_since(self, since: datetime) -> int:
         return int(
-            self.conn.scalar(select(func.count()).where(r.status == SENT, r.sent_at >= since)) or 0
+            self.conn.scalar(
+                select(func.count()).where(r.status == Status.SENT, r.sent_at >= since)
+            )
+            or 0
         )
 
     def failures_by_reason_since(self, since: datetime) -> dict[str, int]:
         stmt = (
             select(r.failure_reason, func.count())
-            .where(r.status == FAILED, r.failed_at >= since)
+            .where(r.status == Status.FAILED, r.failed_at >= since)
             .group_by(r.failure_reason)
         )
         return {reason or "unknown": int(n) for reason, n in self.conn.execute(stmt)}
@@ -475,7 +475,7 @@ class Repository:
         return int(
             self.conn.scalar(
                 select(func.count()).where(
-                    r.status == CANCELLED, r.scheduled_for >= since, r.scheduled_for <= until
+                    r.status == Status.CANCELLED, r.scheduled_for >= since, r.scheduled_for <= until
                 )
             )
             or 0
@@ -485,13 +485,13 @@ class Repository:
         """Sent follow-ups that went out as a push (not test pushes)."""
         a = follow_up_attempts.c
         stmt = select(func.count(func.distinct(a.follow_up_id))).where(
-            a.outcome == "sent", a.is_test.is_(False), a.attempted_at >= since
+            a.outcome == Outcome.SENT, a.is_test.is_(False), a.attempted_at >= since
         )
         return int(self.conn.scalar(stmt) or 0)
 
     def lag_seconds_since(self, since: datetime) -> tuple[float, float, float] | None:
         """p50, p95 and max of sent_at - scheduled_for for follow-ups sent in the window."""
-        where = (r.status == SENT, r.sent_at >= since)
+        where = (r.status == Status.SENT, r.sent_at >= since)
         if self.dialect == "postgresql":
             lag = func.extract("epoch", r.sent_at - r.scheduled_for)
             found = self.conn.execute(
@@ -517,7 +517,7 @@ class Repository:
         """Scheduled follow-ups already due (held ones apart), and the oldest due time."""
         count, oldest = self.conn.execute(
             select(func.count(), func.min(r.scheduled_for)).where(
-                r.status == SCHEDULED, r.scheduled_for <= now, r.held_at.is_(None)
+                r.status == Status.SCHEDULED, r.scheduled_for <= now, r.held_at.is_(None)
             )
         ).one()
         return int(count or 0), _aware(oldest)
@@ -527,7 +527,7 @@ class Repository:
         hold."""
         count, oldest = self.conn.execute(
             select(func.count(), func.min(r.held_at)).where(
-                r.held_at.is_not(None), r.status == SCHEDULED
+                r.held_at.is_not(None), r.status == Status.SCHEDULED
             )
         ).one()
         return int(count or 0), _aware(oldest)
@@ -560,7 +560,7 @@ class Repository:
             hour = func.strftime("%Y-%m-%d %H:00", r.sent_at)
         stmt = (
             select(hour.label("hour"), func.count())
-            .where(r.status == SENT, r.sent_at >= since)
+            .where(r.status == Status.SENT, r.sent_at >= since)
             .group_by("hour")
             .order_by("hour")
         )
@@ -609,7 +609,7 @@ class Repository:
         a = follow_up_attempts.c
         stmt = (
             select(a.reason, func.count(func.distinct(a.follow_up_id)))
-            .where(a.outcome == "skipped", a.is_test.is_(False), a.attempted_at >= since)
+            .where(a.outcome == Outcome.SKIPPED, a.is_test.is_(False), a.attempted_at >= since)
             .group_by(a.reason)
         )
         return {reason or "unknown": int(n) for reason, n in self.conn.execute(stmt)}
@@ -677,16 +677,18 @@ class Repository:
 
     def count_purgeable(self, cutoff: datetime) -> tuple[int, int]:
         """(sent older than cutoff, cancelled created before cutoff)."""
-        sent = self.conn.scalar(select(func.count()).where(r.status == SENT, r.sent_at < cutoff))
+        sent = self.conn.scalar(
+            select(func.count()).where(r.status == Status.SENT, r.sent_at < cutoff)
+        )
         cancelled = self.conn.scalar(
-            select(func.count()).where(r.status == CANCELLED, r.created_at < cutoff)
+            select(func.count()).where(r.status == Status.CANCELLED, r.created_at < cutoff)
         )
         return int(sent or 0), int(cancelled or 0)
 
     def purgeable_batch(self, cutoff: datetime, status: str, limit: int) -> list[str]:
         """Ids of up to `limit` old sent (by sent_at) or cancelled (by created_at) rows,
         skipping rows another transaction holds."""
-        column = r.sent_at if status == SENT else r.created_at
+        column = r.sent_at if status == Status.SENT else r.created_at
         stmt = (
             select(r.id)
             .where(r.status == status, column < cutoff)
@@ -715,7 +717,9 @@ class Repository:
         a = follow_up_attempts.c
         self.conn.execute(delete(follow_up_attempts).where(a.follow_up_id.in_(list(ids))))
         return self.conn.execute(
-            delete(follow_up_requests).where(r.id.in_(list(ids)), r.status.in_([SENT, CANCELLED]))
+            delete(follow_up_requests).where(
+                r.id.in_(list(ids)), r.status.in_([Status.SENT, Status.CANCELLED])
+            )
         ).rowcount
 
     def delete_runs_before(self, cutoff: datetime) -> int:
@@ -731,7 +735,7 @@ class Repository:
         reason: str | None = None,
     ) -> list[FailedFollowUp]:
         """Failed follow-ups, and held ones, matching every given filter, oldest first."""
-        held = and_(r.status == SCHEDULED, r.held_at.is_not(None))
+        held = and_(r.status == Status.SCHEDULED, r.held_at.is_not(None))
         when = func.coalesce(r.failed_at, r.held_at)
         stmt = select(
             r.id,
@@ -742,7 +746,7 @@ class Repository:
             r.device_token,
             r.failed_device_token,
         )
-        stmt = stmt.where(or_(r.status == FAILED, held))
+        stmt = stmt.where(or_(r.status == Status.FAILED, held))
         if ids:
             stmt = stmt.where(r.id.in_(list(ids)))
         if failed_since is not None:
@@ -756,7 +760,7 @@ class Repository:
                 reason=row.failure_reason,
                 failed_at=_aware(row.failed_at),
                 token_changed=(row.device_token or None) != (row.failed_device_token or None),
-                held=row.status == SCHEDULED,
+                held=row.status == Status.SCHEDULED,
                 detail=row.failure_detail,
             )
             for row in self.conn.execute(stmt)
@@ -767,7 +771,7 @@ class Repository:
         if not ids:
             return 0
         values: dict[str, Any] = {
-            "status": SCHEDULED,
+            "status": Status.SCHEDULED,
             "failure_reason": None,
             "failure_detail": None,
             "failed_at": None,
@@ -777,10 +781,10 @@ class Repository:
         }
         if in_app_only:
             values["in_app_only"] = True
-        held = and_(r.status == SCHEDULED, r.held_at.is_not(None))
+        held = and_(r.status == Status.SCHEDULED, r.held_at.is_not(None))
         stmt = (
             update(follow_up_requests)
-            .where(r.id.in_(list(ids)), or_(r.status == FAILED, held))
+            .where(r.id.in_(list(ids)), or_(r.status == Status.FAILED, held))
             .values(**values)
         )
         return self.conn.execute(stmt).rowcount
@@ -791,7 +795,7 @@ class Repository:
             return set()
         a = follow_up_attempts.c
         stmt = select(a.follow_up_id).where(
-            a.follow_up_id.in_(list(ids)), a.outcome == "sent", a.is_test.is_(False)
+            a.follow_up_id.in_(list(ids)), a.outcome == Outcome.SENT, a.is_test.is_(False)
         )
         return set(self.conn.scalars(stmt.distinct()))
 
@@ -916,8 +920,8 @@ class Repository:
         """scheduled -> cancelled. Returns (status after, conversation_id), or None if unknown."""
         row = self.conn.execute(
             update(follow_up_requests)
-            .where(r.id == follow_up_id, r.status == SCHEDULED)
-            .values(status=CANCELLED, claimed_by=None, claim_expires_at=None)
+            .where(r.id == follow_up_id, r.status == Status.SCHEDULED)
+            .values(status=Status.CANCELLED, claimed_by=None, claim_expires_at=None)
             .returning(r.status, r.conversation_id)
         ).first()
         if row is not None:

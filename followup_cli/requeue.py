@@ -18,7 +18,7 @@ from datetime import datetime
 
 from followup_cli.db import Database
 from followup_cli.delivery import DATABASE_REJECTED
-from followup_cli.push import DEVICE_REASONS
+from followup_cli.push.protocol import DEVICE_REASONS
 from followup_cli.repository import FailedFollowUp
 
 

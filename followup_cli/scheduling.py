@@ -8,19 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.delivery import is_valid_token, normalize_token
-from followup_cli.settings import ConfigError, parse_duration
-from followup_cli.tables import CANCELLED, SCHEDULED
+from followup_cli.errors import ConfigError, Conflict, NotFound
+from followup_cli.push.tokens import is_valid_token, normalize_token
+from followup_cli.settings import parse_duration
+from followup_cli.vocabulary import Status
 
 URGENCIES = ("routine", "urgent")
-
-
-class NotFound(LookupError):
-    """No follow-up with that id (exit code 1)."""
-
-
-class Conflict(RuntimeError):
-    """The follow-up is not in a state that allows the operation (exit code 1)."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +100,7 @@ def schedule(db: Database, new: NewFollowUp) -> str:
                 "urgency": new.urgency,
                 "display_text": new.text,
                 "original_message": new.text,
-                "status": SCHEDULED,
+                "status": Status.SCHEDULED,
                 "child_name": new.child_name,
                 "device_token": new.device_token,
                 "follow_up_days": days,
@@ -131,7 +124,7 @@ def cancel(db: Database, follow_up_id: str) -> str:
         if result is None:
             raise NotFound(f"no follow-up with id {follow_up_id}")
         status, conversation_id = result
-        if status != CANCELLED:
+        if status != Status.CANCELLED:
             raise Conflict(
                 f"follow-up {follow_up_id} is {status}; only a scheduled one can be cancelled"
             )

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from followup_cli.db import Database
 from followup_cli.repository import CheckFacts, ColumnFacts, Repository, TableAccess
 from followup_cli.security import API_ROLES, SENSITIVE_APP_TABLES, qualified, quote_ident
-from followup_cli.tables import APP_TABLES, FAILED, SENT, TOOL_TABLES
+from followup_cli.tables import APP_TABLES, TOOL_TABLES
+from followup_cli.vocabulary import Status
 
 ERROR = "error"
 WARNING = "warning"
@@ -29,7 +30,7 @@ WARNING = "warning"
 REQUESTS = "follow_up_requests"
 MESSAGES = "follow_up_messages"
 # The statuses this tool writes into the app's column.
-TOOL_STATUSES = (SENT, FAILED)
+TOOL_STATUSES = (Status.SENT.value, Status.FAILED.value)  # plain str: quoted by repr() below
 # The columns of follow_up_messages that send-due fills.
 MESSAGE_COLUMNS = frozenset(
     {

@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from followup_cli.db import Database
-from followup_cli.scheduling import NotFound
-from followup_cli.settings import ConfigError
+from followup_cli.errors import ConfigError, NotFound
 from followup_cli.tables import APP_REQUEST_COLUMNS, APP_TABLES, TOOL_TABLES, follow_up_requests
 
 # The roles an auto-generated API acts as for the app's public key and signed-in users

@@ -15,6 +15,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from followup_cli.errors import ConfigError
+
 DEFAULT_DATABASE_URL = "sqlite:///followups.db"
 # FOLLOWUPS_PUSH: log, or the push services to use, in this order when both are given.
 PUSH_SERVICES = ("apns", "fcm")
@@ -38,10 +40,6 @@ POSTGRES_CONNECT_ARGS: dict[str, Any] = {
 }
 # How long a SQLite connection waits for another run's write lock.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
-
-
-class ConfigError(ValueError):
-    """A configuration or usage value is wrong; the CLI prints it and exits 2."""
 
 
 @dataclass(frozen=True)
@@ -392,7 +390,7 @@ def _check_apns(s: Settings, load_key: bool) -> None:
         )
     from cryptography.exceptions import UnsupportedAlgorithm
 
-    from followup_cli.provider_token import ProviderToken
+    from followup_cli.push.provider_token import ProviderToken
 
     try:  # every host must sign the same token: deterministic ECDSA (RFC 6979)
         ProviderToken(key, s.apns_key_id or "", s.apns_team_id or "").sign(0)

@@ -31,12 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-# App-visible statuses. The app writes scheduled and cancelled; this tool writes sent
-# and failed; any other value is left alone.
-SCHEDULED = "scheduled"
-SENT = "sent"
-CANCELLED = "cancelled"
-FAILED = "failed"
+from followup_cli.vocabulary import Status
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -137,7 +132,7 @@ partial_index(
     "ix_follow_up_requests_due",
     follow_up_requests.c.scheduled_for,
     follow_up_requests.c.id,
-    where=follow_up_requests.c.status == SCHEDULED,
+    where=follow_up_requests.c.status == Status.SCHEDULED,
 )
 
 # "Does this conversation have a follow-up in flight?" during a claim: only leased rows,
@@ -146,7 +141,8 @@ partial_index(
     "ix_follow_up_requests_leased",
     follow_up_requests.c.conversation_id,
     where=and_(
-        follow_up_requests.c.status == SCHEDULED, follow_up_requests.c.claimed_by.is_not(None)
+        follow_up_requests.c.status == Status.SCHEDULED,
+        follow_up_requests.c.claimed_by.is_not(None),
     ),
 )
 
@@ -154,22 +150,22 @@ partial_index(
 partial_index(
     "ix_follow_up_requests_sent_at",
     follow_up_requests.c.sent_at,
-    where=follow_up_requests.c.status == SENT,
+    where=follow_up_requests.c.status == Status.SENT,
 )
 partial_index(
     "ix_follow_up_requests_failed_at",
     follow_up_requests.c.failed_at,
-    where=follow_up_requests.c.status == FAILED,
+    where=follow_up_requests.c.status == Status.FAILED,
 )
 partial_index(
     "ix_follow_up_requests_cancelled_created",
     follow_up_requests.c.created_at,
-    where=follow_up_requests.c.status == CANCELLED,
+    where=follow_up_requests.c.status == Status.CANCELLED,
 )
 partial_index(
     "ix_follow_up_requests_cancelled_due",
     follow_up_requests.c.scheduled_for,
-    where=follow_up_requests.c.status == CANCELLED,
+    where=follow_up_requests.c.status == Status.CANCELLED,
 )
 # Held rows (stats, stats --check, retry-failed): normally none, so the index is empty.
 partial_index(

@@ -15,34 +15,15 @@ from typing import Any
 
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.delivery import (
-    MessageClock,
-    PushedBatch,
-    attempt_records,
-    finish_batch,
-    normalize_token,
-    token_service,
-)
-from followup_cli.push import (
-    FCM,
-    SENT,
-    Pusher,
-    PushOutcome,
-    PushRequest,
-    build_request,
-    fit_body,
-    headers_for,
-    payload_dict,
-)
+from followup_cli.delivery import MessageClock, PushedBatch, attempt_records, finish_batch
+from followup_cli.errors import Conflict, NotFound, NoToken
+from followup_cli.push.payload import build_request, fit_body, headers_for, payload_dict
+from followup_cli.push.protocol import Pusher, PushOutcome, PushRequest
+from followup_cli.push.tokens import normalize_token, token_service
 from followup_cli.report import SERVICE_LABELS
 from followup_cli.repository import DueFollowUp
-from followup_cli.scheduling import Conflict, NotFound
 from followup_cli.settings import Settings
-from followup_cli.tables import CANCELLED
-
-
-class NoToken(ValueError):
-    """Neither the follow-up nor --to has a usable device token (usage error)."""
+from followup_cli.vocabulary import Outcome, Service, Status
 
 
 @dataclass
@@ -62,7 +43,7 @@ def prepare(
     if found is None:
         raise NotFound(f"no follow-up with id {follow_up_id}")
     f, status = found
-    if status == CANCELLED and not force:
+    if status == Status.CANCELLED and not force:
         raise Conflict(f"follow-up {follow_up_id} is cancelled; use --force to send it anyway")
     token = normalize_token(to if to is not None else f.device_token)
     if token is None:
@@ -82,8 +63,8 @@ def prepare(
             f"turn {label} on"
         )
     request = build_request(f, token, settings, service)
-    if service == FCM:
-        from followup_cli.fcm import fcm_headers, fcm_message
+    if service == Service.FCM:
+        from followup_cli.push.fcm import fcm_headers, fcm_message
 
         # Exactly the messages:send body and headers (the bearer token aside).
         return TestSendResult(request=request, payload=fcm_message(request), headers=fcm_headers())
@@ -118,7 +99,7 @@ def send(
         return prepared
     # Finished exactly as send-due finishes a batch: message and status together, or the
     # claim handed back when the push failed.
-    sent = outcome.kind == SENT
+    sent = outcome.kind == Outcome.SENT
     finished = finish_batch(
         db,
         run_id,

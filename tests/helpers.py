@@ -60,7 +60,7 @@ def apns_env(apns: FakeAPNs) -> dict[str, str]:
 def deliver(db: Database, settings: Settings, webhook: FakeWebhook | None = None) -> RunReport:
     """One send-due run in this process, as the CLI runs it, with alerts to `webhook`."""
     from followup_cli.delivery import send_due
-    from followup_cli.push import make_pusher
+    from followup_cli.push.factory import make_pusher
 
     pusher = make_pusher(settings, db)
     alerter = WebhookAlerter(webhook.url) if webhook else LogAlerter()

@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.push import PushRequest, make_pusher
+from followup_cli.push.factory import make_pusher
+from followup_cli.push.protocol import PushRequest
 from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_attempts
 from tests.fake_apns import FakeAPNs

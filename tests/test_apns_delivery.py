@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from followup_cli.alerts import WebhookAlerter
 from followup_cli.db import Database
 from followup_cli.delivery import send_due
-from followup_cli.push import make_pusher
+from followup_cli.push.factory import make_pusher
 from followup_cli.report import RunReport
 from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_attempts, follow_up_requests

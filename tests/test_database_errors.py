@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from followup_cli.alerts import LogAlerter
 from followup_cli.db import OTHER, REFUSED, TRANSIENT, Database, classify_error, describe_error
 from followup_cli.delivery import DATABASE_REJECTED, send_due
-from followup_cli.push import LogPusher
+from followup_cli.push.log import LogPusher
 from followup_cli.settings import Settings
 from tests.helpers import app_row, messages, row
 

@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.fcm import FCMPusher, read_error
-from followup_cli.h2client import H2Endpoint
 from followup_cli.monitoring import gather
+from followup_cli.push.fcm import FCMPusher, read_error
+from followup_cli.push.h2client import H2Endpoint
 from followup_cli.requeue import retry_failed
 from followup_cli.settings import DEFAULT_GENERIC_TEXT, Settings
 from followup_cli.tables import follow_up_attempts

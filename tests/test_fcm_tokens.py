@@ -22,8 +22,9 @@ from followup_cli import migrate
 from followup_cli.cli import app
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.fcm import REFRESH_MARGIN
-from followup_cli.push import PushRequest, make_pusher
+from followup_cli.push.factory import make_pusher
+from followup_cli.push.fcm import REFRESH_MARGIN
+from followup_cli.push.protocol import PushRequest
 from followup_cli.settings import Settings
 from tests.fake_apns import _make_pki
 from tests.fake_fcm import FakeFCM

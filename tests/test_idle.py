@@ -14,7 +14,7 @@ from followup_cli.alerts import LogAlerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.delivery import send_due
-from followup_cli.push import LogPusher
+from followup_cli.push.log import LogPusher
 from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_requests, follow_up_runs
 from tests.helpers import app_row, row

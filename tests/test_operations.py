@@ -20,7 +20,7 @@ from followup_cli.cli import app
 from followup_cli.db import Database
 from followup_cli.delivery import send_due
 from followup_cli.monitoring import CheckRules, after_send_due, alert_on_success_rate
-from followup_cli.push import LogPusher
+from followup_cli.push.log import LogPusher
 from followup_cli.repository import AttemptRecord
 from followup_cli.settings import Settings
 from followup_cli.tables import (

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import json
 
-from followup_cli.delivery import normalize_token, token_service
-from followup_cli.fcm import FCM_PAYLOAD_MARGIN, fcm_message, retry_after_seconds
-from followup_cli.push import (
+from followup_cli.push.fcm import FCM_PAYLOAD_MARGIN, fcm_message, retry_after_seconds
+from followup_cli.push.payload import (
     ELLIPSIS,
     MAX_PAYLOAD_BYTES,
-    PushRequest,
     encode_payload,
     fit_body,
     headers_for,
     notification_title,
     payload_dict,
 )
-from followup_cli.service import TransientAttempt, wait_before_next_attempt
+from followup_cli.push.protocol import PushRequest
+from followup_cli.push.service import TransientAttempt, wait_before_next_attempt
+from followup_cli.push.tokens import normalize_token, token_service
 
 FID = "5b0e7a43-2c1d-4b7e-9f10-0a1b2c3d4e5f"
 CID = "0d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a"

@@ -13,7 +13,8 @@ from followup_cli.alerts import LogAlerter
 from followup_cli.cli import app
 from followup_cli.db import Database
 from followup_cli.delivery import send_due
-from followup_cli.push import build_request, make_pusher, payload_dict
+from followup_cli.push.factory import make_pusher
+from followup_cli.push.payload import build_request, payload_dict
 from followup_cli.repository import DueFollowUp
 from followup_cli.settings import DEFAULT_GENERIC_TEXT, ConfigError, Settings, from_env
 from tests.fake_apns import FakeAPNs

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from freezegun import freeze_time
 
-from followup_cli.provider_token import WINDOW_SECONDS, ProviderToken
+from followup_cli.push.provider_token import WINDOW_SECONDS, ProviderToken
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -57,7 +57,7 @@ def test_another_process_signs_the_same_bytes(key: ec.EllipticCurvePrivateKey) -
     code = (
         "import sys\n"
         "from cryptography.hazmat.primitives.serialization import load_pem_private_key\n"
-        "from followup_cli.provider_token import ProviderToken\n"
+        "from followup_cli.push.provider_token import ProviderToken\n"
         "key = load_pem_private_key(sys.stdin.read().encode(), password=None)\n"
         "print(ProviderToken(key, 'K', 'T').sign(1796112000))\n"
     )

@@ -24,7 +24,7 @@ from followup_cli.alerts import WebhookAlerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.delivery import DATABASE_REJECTED, send_due
-from followup_cli.push import make_pusher
+from followup_cli.push.factory import make_pusher
 from followup_cli.report import RunReport
 from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_attempts, follow_up_messages, follow_up_requests

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from followup_cli.clock import utcnow
-from followup_cli.h2client import (
+from followup_cli.push.h2client import (
     MAX_RESENDS,
     ConnectionLost,
     H2Connection,
@@ -46,21 +46,11 @@ from followup_cli.h2client import (
     NotProcessed,
     PushTimeout,
 )
-from followup_cli.push import (
-    CONFIG,
-    FCM,
-    MAX_PAYLOAD_BYTES,
-    PERMANENT,
-    SENT,
-    TRANSIENT,
-    Attempt,
-    PushOutcome,
-    PushRequest,
-    encode_payload,
-    fit_body,
-)
-from followup_cli.service import ServicePusher
+from followup_cli.push.payload import MAX_PAYLOAD_BYTES, encode_payload, fit_body
+from followup_cli.push.protocol import Attempt, PushOutcome, PushRequest
+from followup_cli.push.service import ServicePusher
 from followup_cli.settings import FCM_DEFAULT_URL, Settings, read_fcm_credentials
+from followup_cli.vocabulary import Outcome, Service
 
 if TYPE_CHECKING:
     from followup_cli.db import Database
@@ -109,7 +99,7 @@ FCM_PAYLOAD_MARGIN = 256
 
 def fcm_message(req: PushRequest) -> dict[str, Any]:
     """The messages:send body: the same content and semantics as the APNs payload (the
-    generic body of FOLLOWUPS_PUSH_BODY=generic too, built in push.build_request), in FCM
+    generic body of FOLLOWUPS_PUSH_BODY=generic too, built in push.payload.build_request), in FCM
     v1's shape (which refuses unknown fields, such as the legacy notification.sound)."""
     priority = "high" if req.urgent else "normal"
     aps: dict[str, Any] = {
@@ -218,19 +208,19 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, (when - utcnow()).total_seconds())
 
 
-def classify(error: FcmError) -> tuple[str, str]:
+def classify(error: FcmError) -> tuple[Outcome, str]:
     """(kind, reason) of an error answer (not the access-token refusal, renewed first)."""
     code = error.code
     if code == "INVALID_ARGUMENT":
-        return PERMANENT, "INVALID_REGISTRATION_TOKEN" if error.token_field else code
+        return Outcome.PERMANENT, "INVALID_REGISTRATION_TOKEN" if error.token_field else code
     if code == "UNREGISTERED":
-        return PERMANENT, code
+        return Outcome.PERMANENT, code
     if code in CONFIG_REASONS:
-        return CONFIG, code
+        return Outcome.CONFIG, code
     if code in TRANSIENT_REASONS or error.http_status >= 500 or error.http_status == 429:
-        return TRANSIENT, code
+        return Outcome.TRANSIENT, code
     # Any other request error concerns this notification only.
-    return PERMANENT, code
+    return Outcome.PERMANENT, code
 
 
 # -- access tokens ------------------------------------------------------------------------
@@ -498,7 +488,7 @@ class FCMPusher(ServicePusher):
     """Pushes through FCM HTTP v1; up to `concurrency` messages in flight as HTTP/2
     streams on one connection at a time."""
 
-    service = FCM
+    service = Service.FCM
     name = "fcm"
 
     def __init__(self, settings: Settings, db: Database | None = None) -> None:
@@ -535,7 +525,7 @@ class FCMPusher(ServicePusher):
             try:
                 token = await self.tokens.current()
             except TokenUnavailable as exc:
-                kind = CONFIG if exc.config else TRANSIENT
+                kind = Outcome.CONFIG if exc.config else Outcome.TRANSIENT
                 return self._failed(at, attempts, kind, exc.reason, None, cause=exc)
             if not self._may_start():  # the service stopped while this push waited
                 return self._halted(attempts)
@@ -552,13 +542,17 @@ class FCMPusher(ServicePusher):
                 if resends < MAX_RESENDS:
                     resends += 1  # FCM never saw it: not an attempt
                     continue
-                return self._failed(at, attempts, TRANSIENT, "NotProcessed", None, cause=exc)
+                return self._failed(
+                    at, attempts, Outcome.TRANSIENT, "NotProcessed", None, cause=exc
+                )
             except PushTimeout as exc:
                 if conn is not None:
                     conn.retire()
-                return self._failed(at, attempts, TRANSIENT, "Timeout", None, cause=exc)
+                return self._failed(at, attempts, Outcome.TRANSIENT, "Timeout", None, cause=exc)
             except ConnectionLost as exc:
-                return self._failed(at, attempts, TRANSIENT, "ConnectionError", None, cause=exc)
+                return self._failed(
+                    at, attempts, Outcome.TRANSIENT, "ConnectionError", None, cause=exc
+                )
             if answer.status == 200:
                 break
             error = read_error(answer.status, answer.headers, bytes(answer.body))
@@ -569,9 +563,9 @@ class FCMPusher(ServicePusher):
                     await self.tokens.refused(token)
                     continue
                 # Refused again, freshly fetched: the service account cannot send.
-                return self._failed(at, attempts, CONFIG, error.code, answer.status)
+                return self._failed(at, attempts, Outcome.CONFIG, error.code, answer.status)
             kind, reason = classify(error)
-            if kind == TRANSIENT and (error.retry_after or 0) > MAX_RETRY_AFTER_SECONDS:
+            if kind == Outcome.TRANSIENT and (error.retry_after or 0) > MAX_RETRY_AFTER_SECONDS:
                 log.warning(
                     "FCM asks to wait %.0f s (%s): no more FCM pushes in this run",
                     error.retry_after,
@@ -587,14 +581,16 @@ class FCMPusher(ServicePusher):
                 retry_after=error.retry_after,
             )
         self.breaker.answered()
-        attempts.append(Attempt(at, len(attempts) + 1, SENT, None, 200, _message_name(answer.body)))
-        return PushOutcome(SENT, attempts)
+        attempts.append(
+            Attempt(at, len(attempts) + 1, Outcome.SENT, None, 200, _message_name(answer.body))
+        )
+        return PushOutcome(Outcome.SENT, attempts)
 
     def _failed(
         self,
         at: datetime,
         attempts: list[Attempt],
-        kind: str,
+        kind: Outcome,
         reason: str,
         status: int | None,
         *,

@@ -1,13 +1,13 @@
-"""The APNs adapter: pyapns-client's notification and error classes, sent as concurrent
-HTTP/2 streams over one connection at a time from an asyncio event loop, under the rules
-Apple's servers enforce.
+"""The APNs adapter: concurrent HTTP/2 streams over one connection at a time from an
+asyncio event loop, under the rules Apple's servers enforce.
 
 Why not pyapns-client's own push(): it is synchronous and opens a TLS connection per
 push (keep-alive off); a shared client is unsafe across threads; its push() retries
 server errors three times by itself (so any outer retry would multiply attempts). The
 requests go through h2client's small HTTP/2 client instead (about a fifth of httpx's
-CPU per push). What stays pyapns-client's: the payload and headers (IOSNotification /
-IOSPayload) and the mapping from APNs' reason to its exception classes, which
+CPU per push). The payload and headers are push.payload's (apns_body, headers_for), the
+very bytes its body cut was measured on. What stays pyapns-client's: the mapping from
+APNs' reason to its exception classes and its reading of an error answer, which
 `classify` sorts into our failure classes. The provider token is
 provider_token.ProviderToken: one per key and 30-minute window, the same in every process.
 
@@ -40,10 +40,10 @@ from typing import Any
 import pyapns_client.exceptions as apns_exc
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from pyapns_client import APNSClient, IOSNotification, IOSPayload, IOSPayloadAlert
+from pyapns_client import APNSClient
 
 from followup_cli.clock import utcnow
-from followup_cli.h2client import (
+from followup_cli.push.h2client import (
     MAX_RESENDS,
     ConnectionLost,
     H2Connection,
@@ -52,22 +52,12 @@ from followup_cli.h2client import (
     NotProcessed,
     PushTimeout,
 )
-from followup_cli.provider_token import ProviderToken
-from followup_cli.push import (
-    APNS,
-    CONFIG,
-    MAX_PAYLOAD_BYTES,
-    PERMANENT,
-    SENT,
-    TRANSIENT,
-    Attempt,
-    PushOutcome,
-    PushRequest,
-    encode_payload,
-    fit_body,
-)
-from followup_cli.service import ServicePusher
+from followup_cli.push.payload import apns_body, headers_for
+from followup_cli.push.protocol import Attempt, PushOutcome, PushRequest
+from followup_cli.push.provider_token import ProviderToken
+from followup_cli.push.service import ServicePusher
 from followup_cli.settings import Settings
+from followup_cli.vocabulary import Outcome, Service
 
 log = logging.getLogger("followups.push")
 
@@ -98,29 +88,29 @@ RETIRE_CONNECTION_REASONS = frozenset({"Timeout", "IdleTimeout", "Shutdown"})
 NOT_AN_OUTAGE_REASONS = frozenset({"TooManyRequests"})
 
 
-def classify(exc: BaseException) -> tuple[str, str, int | None, str | None]:
+def classify(exc: BaseException) -> tuple[Outcome, str, int | None, str | None]:
     """(kind, reason, HTTP status, apns-id) for an exception raised by one push attempt."""
     if isinstance(exc, apns_exc.APNSConnectionException | ConnectionLost):
-        return TRANSIENT, "ConnectionError", None, None
+        return Outcome.TRANSIENT, "ConnectionError", None, None
     if isinstance(exc, PushTimeout):
-        return TRANSIENT, "Timeout", None, None
+        return Outcome.TRANSIENT, "Timeout", None, None
     if isinstance(exc, NotProcessed):
-        return TRANSIENT, "NotProcessed", None, None
+        return Outcome.TRANSIENT, "NotProcessed", None, None
     if isinstance(exc, apns_exc.APNSException):
         reason = type(exc).__name__.removesuffix("Exception")
         status, apns_id = exc.status_code, exc.apns_id
         if reason in CONFIG_REASONS:
-            return CONFIG, reason, status, apns_id
+            return Outcome.CONFIG, reason, status, apns_id
         if isinstance(exc, apns_exc.APNSServerException):
-            return TRANSIENT, reason, status, apns_id
+            return Outcome.TRANSIENT, reason, status, apns_id
         # Device errors (BadDeviceToken, Unregistered, DeviceTokenNotForTopic) and the
         # remaining request errors (PayloadTooLarge, ...) concern this notification only.
-        return PERMANENT, reason, status, apns_id
+        return Outcome.PERMANENT, reason, status, apns_id
     if isinstance(exc, NotImplementedError):  # a reason string pyapns-client does not know
-        return TRANSIENT, "UnknownReason", None, None
+        return Outcome.TRANSIENT, "UnknownReason", None, None
     if isinstance(exc, ValueError | KeyError):  # non-JSON body, 410 without timestamp
-        return TRANSIENT, "UnreadableResponse", None, None
-    return TRANSIENT, type(exc).__name__, None, None
+        return Outcome.TRANSIENT, "UnreadableResponse", None, None
+    return Outcome.TRANSIENT, type(exc).__name__, None, None
 
 
 def raise_for_answer(status: int, apns_id: str | None, body: bytes) -> None:
@@ -137,21 +127,11 @@ def raise_for_answer(status: int, apns_id: str | None, body: bytes) -> None:
     raise exception_class(**kwargs)
 
 
-class FittedPayload(IOSPayload):
-    """pyapns-client's payload with APNs' real 4 KB limit and compact UTF-8 JSON. The body
-    is already cut by fit_body, so the library's own 2 KB trimming never runs."""
-
-    MAX_PAYLOAD_SIZE = MAX_PAYLOAD_BYTES
-
-    def _to_json(self, alert_body: str | None = None) -> bytes:
-        return encode_payload(self.to_dict(alert_body=alert_body))
-
-
 class APNsPusher(ServicePusher):
     """Pushes through APNs; up to `concurrency` notifications in flight, on one connection
     at a time (a retired one finishes its streams while the next one takes new ones)."""
 
-    service = APNS
+    service = Service.APNS
     name = "apns"
 
     def __init__(self, settings: Settings) -> None:
@@ -173,9 +153,8 @@ class APNsPusher(ServicePusher):
     async def _attempt_once(self, request: PushRequest, attempts: list[Attempt]) -> PushOutcome:
         at = utcnow()
         # No apns-id of ours: APNs makes one and answers with it (one header less to encode).
-        notification = self.notification(request)
-        headers = notification.get_headers()
-        body = notification.get_json_data()
+        headers = headers_for(request, self._settings.apns_topic)
+        body = apns_body(request)
         path = f"/3/device/{request.device_token}"
         resends = 0
         renewed = False
@@ -202,14 +181,14 @@ class APNsPusher(ServicePusher):
                     log.info("APNs called the provider token expired; signing it again")
                     continue
                 # Still expired with a freshly signed token: this host's clock is off.
-                return self._failed(exc, at, attempts, conn, kind=CONFIG)
+                return self._failed(exc, at, attempts, conn, kind=Outcome.CONFIG)
             except Exception as exc:  # every failure is classified; none escapes as a crash
                 return self._failed(exc, at, attempts, conn)
             break
         self.breaker.answered()
         answered = answer.headers.get("apns-id")
-        attempts.append(Attempt(at, len(attempts) + 1, SENT, None, 200, answered))
-        return PushOutcome(SENT, attempts)
+        attempts.append(Attempt(at, len(attempts) + 1, Outcome.SENT, None, 200, answered))
+        return PushOutcome(Outcome.SENT, attempts)
 
     def _failed(
         self,
@@ -218,12 +197,12 @@ class APNsPusher(ServicePusher):
         attempts: list[Attempt],
         conn: H2Connection | None,
         *,
-        kind: str | None = None,
+        kind: Outcome | None = None,
     ) -> PushOutcome:
         """Record a failed attempt; a transient one raises for backoff to retry."""
         classified, reason, status, answered_id = classify(exc)
         kind = kind or classified
-        if kind == TRANSIENT and reason in RETIRE_CONNECTION_REASONS and conn is not None:
+        if kind == Outcome.TRANSIENT and reason in RETIRE_CONNECTION_REASONS and conn is not None:
             conn.retire()
         return self._record_failure(
             at,
@@ -234,28 +213,6 @@ class APNsPusher(ServicePusher):
             answered_id,
             outage=reason not in NOT_AN_OUTAGE_REASONS,
             cause=exc,
-        )
-
-    def notification(self, request: PushRequest, apns_id: str | None = None) -> IOSNotification:
-        payload = FittedPayload(
-            alert=IOSPayloadAlert(title=request.title, body=fit_body(request)),
-            sound="default",
-            mutable_content=request.mutable_content,
-            thread_id=request.conversation_id,
-            interruption_level=request.interruption_level,
-            custom={
-                "conversation_id": request.conversation_id,
-                "type": "follow_up",
-                "follow_up_id": request.follow_up_id,
-            },
-        )
-        return IOSNotification(
-            payload=payload,
-            topic=self._settings.apns_topic,
-            apns_id=apns_id,
-            collapse_id=request.follow_up_id,
-            priority=request.priority,  # a string: httpx and h2 want str header values
-            push_type=IOSNotification.PUSH_TYPE_ALERT,
         )
 
     async def aclose(self) -> None:

@@ -22,11 +22,8 @@ from typing import Any
 
 import backoff
 
-from followup_cli.push import (
-    CONFIG,
+from followup_cli.push.protocol import (
     MAX_ATTEMPTS,
-    TRANSIENT,
-    UNSENT,
     Attempt,
     EventLoopOwner,
     OutageBreaker,
@@ -35,6 +32,7 @@ from followup_cli.push import (
 )
 from followup_cli.report import STOP_CONFIG, STOP_OUTAGE, ServiceStop
 from followup_cli.settings import Settings
+from followup_cli.vocabulary import Outcome
 
 
 class TransientAttempt(Exception):
@@ -59,7 +57,7 @@ def wait_before_next_attempt(*, factor: float) -> Generator[float, Any, None]:
 
 
 class ServicePusher(EventLoopOwner):
-    """One push service's pusher. `service` is its token kind (push.APNS or push.FCM)."""
+    """One push service's pusher. `service` is its token kind (a vocabulary.Service)."""
 
     service: str
     name: str
@@ -93,7 +91,7 @@ class ServicePusher(EventLoopOwner):
         attempts: list[Attempt] = []
         outcome = await self._push_with_retries(request, attempts)
         if outcome is None:  # every attempt was transient, or the breaker tripped
-            return PushOutcome(TRANSIENT, attempts)
+            return PushOutcome(Outcome.TRANSIENT, attempts)
         assert isinstance(outcome, PushOutcome)
         return outcome
 
@@ -101,7 +99,7 @@ class ServicePusher(EventLoopOwner):
         return self._config_stop is None and not self.breaker.tripped
 
     def _halted(self, attempts: list[Attempt]) -> PushOutcome:
-        return PushOutcome(TRANSIENT if attempts else UNSENT, attempts)
+        return PushOutcome(Outcome.TRANSIENT if attempts else Outcome.UNSENT, attempts)
 
     async def _attempt(self, request: PushRequest, attempts: list[Attempt]) -> PushOutcome:
         if not self._may_start():
@@ -123,7 +121,7 @@ class ServicePusher(EventLoopOwner):
         self,
         at: datetime,
         attempts: list[Attempt],
-        kind: str,
+        kind: Outcome,
         reason: str,
         status: int | None,
         answer_id: str | None,
@@ -136,9 +134,9 @@ class ServicePusher(EventLoopOwner):
         (the service failed, rather than refused one notification) and raises
         TransientAttempt for backoff; any other kind means the service answered."""
         attempts.append(Attempt(at, len(attempts) + 1, kind, reason, status, answer_id))
-        if kind != TRANSIENT:
+        if kind != Outcome.TRANSIENT:
             self.breaker.answered()  # the service answered: it is up
-            if kind == CONFIG and self._config_stop is None:
+            if kind == Outcome.CONFIG and self._config_stop is None:
                 self._config_stop = reason  # no new request starts: the answer would be the same
             return PushOutcome(kind, attempts)
         if outage:

@@ -1,0 +1,203 @@
+"""What every pusher shares: the request and its outcome, the Pusher protocol, the event
+loop a pusher runs on, and the OutageBreaker that stops a service for the run.
+
+push() is a coroutine: the delivery service keeps many in flight on one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from followup_cli.report import ServiceStop
+from followup_cli.vocabulary import Outcome, Service
+
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 3
+
+# Reasons (APNs' and FCM's) that mean this device token will never work: a requeue needs
+# a new token (or in-app-only delivery).
+DEVICE_REASONS = frozenset(
+    {
+        "BadDeviceToken",
+        "Unregistered",
+        "DeviceTokenNotForTopic",
+        "UNREGISTERED",
+        "INVALID_REGISTRATION_TOKEN",
+    }
+)
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    follow_up_id: str
+    conversation_id: str
+    device_token: str
+    title: str
+    body: str
+    urgent: bool
+    # Which service the device token belongs to (push.tokens.token_service decides).
+    service: str = Service.APNS
+    # aps.mutable-content: the app's notification service extension may replace the body.
+    mutable_content: bool = False
+
+    @property
+    def priority(self) -> str:
+        return "10" if self.urgent else "5"
+
+    @property
+    def interruption_level(self) -> str:
+        return "time-sensitive" if self.urgent else "active"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    attempted_at: datetime
+    attempt: int
+    outcome: Outcome
+    reason: str | None = None
+    status_code: int | None = None
+    apns_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    kind: Outcome
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str | None:
+        return self.attempts[-1].reason if self.attempts else None
+
+    @property
+    def apns_id(self) -> str | None:
+        return self.attempts[-1].apns_id if self.attempts else None
+
+    @property
+    def status_code(self) -> int | None:
+        return self.attempts[-1].status_code if self.attempts else None
+
+
+class OutageBreaker:
+    """Counts a run's failed push *attempts* in a row: server errors (5xx), timeouts and
+    connection failures. Any real answer from the push service (accepted, or refused for
+    this one notification) resets the count; APNs' per-device 429 leaves it alone.
+
+    At `threshold` failures in a row it trips for the rest of the run: no new push and no
+    further retry starts, and the run stops as an outage with nothing marked failed.
+    While the count is above zero the pusher lets one attempt through at a time (see
+    `suspect`), so a full outage costs about `threshold` requests however big the batch,
+    instead of every in-flight stream failing and retrying three times.
+    """
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = max(1, threshold)
+        self.failures = 0
+        self.reason: str | None = None
+
+    @property
+    def tripped(self) -> bool:
+        return self.failures >= self.threshold
+
+    @property
+    def suspect(self) -> bool:
+        """The last attempt failed: probe one attempt at a time until one succeeds."""
+        return self.failures > 0
+
+    def failure(self, reason: str) -> None:
+        if not self.tripped:
+            self.failures += 1
+            self.reason = reason
+
+    def answered(self) -> None:
+        if not self.tripped:
+            self.failures = 0
+
+    def trip(self, reason: str) -> None:
+        """The service said to come back later than this run should wait: trip at once."""
+        if not self.tripped:
+            self.failures = self.threshold
+            self.reason = reason
+
+
+class Pusher(Protocol):
+    """Sends notifications. push() is a coroutine: many run at once on the pusher's own
+    event loop, which run() drives from synchronous code (one loop for the pusher's life,
+    so a connection made in one batch serves the next).
+
+    `services` are the token kinds it pushes to. stopped(service) says why that service
+    takes no more pushes in this run (a configuration answer, or its outage breaker
+    tripped; both last as long as the pusher, i.e. the run): the delivery service starts
+    no push to it after that, and the pusher starts no retry. `concurrency` applies to
+    each service on its own."""
+
+    name: str
+    services: frozenset[str]
+    concurrency: int
+
+    def stopped(self, service: str) -> ServiceStop | None: ...
+
+    async def push(self, request: PushRequest) -> PushOutcome: ...
+
+    def run(self, awaitable: Coroutine[Any, Any, T]) -> T: ...
+
+    def close(self) -> None: ...
+
+
+class EventLoopOwner:
+    """The event loop a pusher's coroutines run on."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self, awaitable: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(awaitable)
+
+    async def aclose(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.run_until_complete(self.aclose())
+            self._loop.close()
+        self._loop = None
+
+
+def config_hint(reason: str | None, service: str = Service.APNS) -> str:
+    """What the operator checks after a service refused our configuration with `reason`."""
+    if service == Service.FCM:
+        return _fcm_config_hint(reason)
+    if reason == "TooManyProviderTokenUpdates":
+        return (
+            "APNs refused a provider token renewed within 20 minutes of the last one: "
+            "something else signs tokens with this key (give each sender its own key) or a "
+            "host's clock is far off. The next run tries again with the same token."
+        )
+    if reason == "ExpiredProviderToken":
+        return "APNs calls a freshly signed provider token expired: check the host's clock (NTP)."
+    return "Check FOLLOWUPS_APNS_KEY_FILE, _KEY_ID, _TEAM_ID, _TOPIC and _ENV."
+
+
+def _fcm_config_hint(reason: str | None) -> str:
+    if reason == "SENDER_ID_MISMATCH":
+        return (
+            "The device token belongs to another Firebase project: check "
+            "FOLLOWUPS_FCM_PROJECT_ID (and the service account's project) against the app's "
+            "Firebase project."
+        )
+    if reason == "THIRD_PARTY_AUTH_ERROR":
+        return (
+            "Firebase could not reach APNs for an iOS token: upload a valid APNs "
+            "authentication key in the Firebase console (Project settings, Cloud Messaging)."
+        )
+    return (
+        "Check FOLLOWUPS_FCM_CREDENTIALS_FILE and FOLLOWUPS_FCM_PROJECT_ID, that the "
+        "Firebase Cloud Messaging API is enabled, and that the service account has the "
+        "Firebase Cloud Messaging API Admin role (cloudmessaging.messages.create)."
+    )
