@@ -41,9 +41,9 @@ demo: install
 	rm -rf demo && mkdir -p demo
 	@echo "== followups db upgrade"
 	FOLLOWUPS_DATABASE_URL=$(DEMO_DB) $(BIN)/followups --quiet db upgrade
-	@echo "== followups schedule (three due now, one in an hour)"
+	@echo "== followups schedule (two due now, one two hours overdue, one in an hour)"
 	FOLLOWUPS_DATABASE_URL=$(DEMO_DB) $(BIN)/followups --quiet schedule --text "How is Maya's fever today?" --urgency urgent --provider-name Chen --token 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
-	FOLLOWUPS_DATABASE_URL=$(DEMO_DB) $(BIN)/followups --quiet schedule --text "Did the rash fade overnight?" --at 2026-01-01T09:00:00Z
+	FOLLOWUPS_DATABASE_URL=$(DEMO_DB) $(BIN)/followups --quiet schedule --text "Did the rash fade overnight?" --at "$$(date -u -d '2 hours ago' +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || date -u -v-2H +%Y-%m-%dT%H:%M:%SZ)"
 	FOLLOWUPS_DATABASE_URL=$(DEMO_DB) $(BIN)/followups --quiet schedule --text "Any more coughing at night?"
 	FOLLOWUPS_DATABASE_URL=$(DEMO_DB) $(BIN)/followups --quiet schedule --text "Checking in tomorrow" --in 1h
 	@echo "== followups send-due (push backend: log; nothing leaves this machine)"
