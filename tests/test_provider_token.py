@@ -80,3 +80,22 @@ def test_forget_signs_again_the_same_token_within_the_window(
 def test_a_key_on_another_curve_is_refused() -> None:
     with pytest.raises(ValueError, match="P-256"):
         ProviderToken(ec.generate_private_key(ec.SECP384R1()), "K", "T")
+
+
+def test_fall_back_uses_the_previous_window_s_token_while_it_is_young(
+    key: ec.EllipticCurvePrivateKey,
+) -> None:
+    """After a refused renewal: the previous window's token until it is 50 minutes old,
+    then this window's again; too late in a window there is nothing to fall back to."""
+    token = ProviderToken(key, "K", "T")
+    previous = ProviderToken(key, "K", "T").sign(int(T0.timestamp()) - WINDOW_SECONDS)
+    with freeze_time(T0 + timedelta(minutes=5)):
+        this_window = token.current()
+        assert token.fall_back()
+        assert token.current() == previous
+    with freeze_time(T0 + timedelta(minutes=19, seconds=59)):
+        assert token.current() == previous
+    with freeze_time(T0 + timedelta(minutes=20)):
+        assert token.current() == this_window
+    with freeze_time(T0 + timedelta(minutes=21)):
+        assert not token.fall_back()

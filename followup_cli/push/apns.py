@@ -157,7 +157,7 @@ class APNsPusher(ServicePusher):
         body = apns_body(request)
         path = f"/3/device/{request.device_token}"
         resends = 0
-        renewed = False
+        renewed = fell_back = False
         while True:
             headers["authorization"] = f"bearer {self._token.current()}"
             conn: H2Connection | None = None
@@ -182,6 +182,15 @@ class APNsPusher(ServicePusher):
                     continue
                 # Still expired with a freshly signed token: this host's clock is off.
                 return self._failed(exc, at, attempts, conn, kind=Outcome.CONFIG)
+            except apns_exc.TooManyProviderTokenUpdatesException as exc:
+                if not fell_back and self._token.fall_back():
+                    fell_back = True  # not an attempt: the notification was never judged
+                    log.warning(
+                        "APNs refused this window's provider token as a renewal too soon "
+                        "after the last one; using the previous window's token"
+                    )
+                    continue
+                return self._failed(exc, at, attempts, conn)
             except Exception as exc:  # every failure is classified; none escapes as a crash
                 return self._failed(exc, at, attempts, conn)
             break

@@ -32,6 +32,9 @@ from followup_cli.clock import utcnow
 # 30 minutes: at least APNs' 20-minute minimum between renewals, and a token is at most
 # 30 minutes old when used, half of APNs' 60-minute limit (room for clock drift).
 WINDOW_SECONDS = 30 * 60
+# The previous window's token is used after a refused renewal only while it is younger
+# than this, well inside APNs' 60 minutes.
+MAX_FALLBACK_AGE_SECONDS = 50 * 60
 
 
 def _b64url(data: bytes) -> str:
@@ -58,22 +61,50 @@ class ProviderToken:
         self._header = _b64url(_json({"alg": "ES256", "kid": key_id}))
         self._team_id = team_id
         self._current: _Signed | None = None
+        self._pinned: _Signed | None = None  # the previous window's, after fall_back()
 
     @staticmethod
     def window_start(epoch_seconds: float) -> int:
         return int(epoch_seconds // WINDOW_SECONDS) * WINDOW_SECONDS
 
     def current(self) -> str:
-        """The token for the window we are in; signed once per window and process."""
-        iat = self.window_start(utcnow().timestamp())
+        """The token for the window we are in (or the previous window's, after
+        fall_back()); signed once per window and process."""
+        now = utcnow().timestamp()
+        iat = self.window_start(now)
+        pinned = self._pinned
+        if (
+            pinned is not None
+            and pinned.iat == iat - WINDOW_SECONDS
+            and now - pinned.iat < MAX_FALLBACK_AGE_SECONDS
+        ):
+            return pinned.token
         signed = self._current
         if signed is None or signed.iat != iat:
             signed = self._current = _Signed(iat, self.sign(iat))
         return signed.token
 
+    def fall_back(self) -> bool:
+        """APNs refused this window's token as a renewal too soon after the last one.
+
+        APNs may count a renewal from when it first *sees* a token: after a quiet spell
+        the previous window's token may first have been used a minute before this window
+        began. Until APNs takes the new one, the previous window's token, which it
+        accepted, is still valid (under an hour old) for the first part of this window:
+        use it in this process until it is MAX_FALLBACK_AGE_SECONDS old, by when 20
+        minutes have passed and APNs takes this window's token. False when it is too old.
+        """
+        now = utcnow().timestamp()
+        previous = self.window_start(now) - WINDOW_SECONDS
+        if now - previous >= MAX_FALLBACK_AGE_SECONDS:
+            return False
+        self._pinned = _Signed(previous, self.sign(previous))
+        return True
+
     def forget(self) -> None:
-        """Drop the cached token (APNs called it expired): the next one is signed anew."""
+        """Drop the cached tokens (APNs called one expired): the next one is signed anew."""
         self._current = None
+        self._pinned = None
 
     def sign(self, iat: int) -> str:
         """The token for a given `iat`: the same bytes whoever computes it."""
