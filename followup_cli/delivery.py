@@ -164,7 +164,6 @@ class _PushRound:
         self._before_push = before_push
         self.stops: dict[str, ServiceStop] = {}  # in the order they were noticed
         self.parked: set[str] = set()
-        self.outcomes: dict[str, PushOutcome] = {}
 
     def run(
         self,
@@ -233,7 +232,6 @@ class _PushRound:
 
     def _record(self, req: PushRequest, outcome: PushOutcome) -> None:
         # Runs on the event loop thread only: no lock needed.
-        self.outcomes[req.follow_up_id] = outcome
         self._stopped(req.service)
         if self._on_answer is not None:
             self._on_answer(req, outcome)
@@ -544,8 +542,6 @@ class PushedBatch:
     failures: list[Failure]
     release: list[str]
     attempts: list[AttemptRecord]
-    stop: str | None = None
-    stop_reason: str | None = None
 
     @property
     def size(self) -> int:
@@ -565,8 +561,6 @@ class PushedBatch:
             failures=[f for f in self.failures if f.follow_up_id in keep],
             release=[fid for fid in self.release if fid in keep],
             attempts=[a for a in self.attempts if a.follow_up_id in keep],
-            stop=self.stop,
-            stop_reason=self.stop_reason,
         )
 
     def halves(self) -> tuple[PushedBatch, PushedBatch]:

@@ -109,8 +109,6 @@ def send(
             failures=[],
             release=[] if sent else [claimed.id],
             attempts=records,
-            stop=None,
-            stop_reason=None,
         ),
         MessageClock(),
     )
