@@ -6,11 +6,13 @@ breaker. Each test names the rule it holds the client to."""
 from __future__ import annotations
 
 import logging
+import ssl
 import uuid
 from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
 
+import httpx
 import jwt
 import pytest
 from freezegun import freeze_time
@@ -142,10 +144,11 @@ def test_every_run_and_host_uses_the_same_provider_token(
         assert apns.token_renewals == 1
         assert not refused
         assert len(accepted_tokens) == 1
-    else:  # a window began mid-test: its token was refused and the last one used instead
+    else:  # a window began mid-test: its token may be refused, the last one used instead
         assert apns.token_renewals == 1
         assert len(accepted_tokens) == 1
-        assert len(refused) <= 4
+        assert {r.token for r in refused} <= {r.token for r in apns.accepted()}
+    assert set(pushes_per_follow_up(apns).values()) == {1}
 
 
 def test_token_renewed_at_most_every_20_minutes_and_never_used_past_an_hour(
@@ -174,7 +177,8 @@ def test_token_renewed_at_most_every_20_minutes_and_never_used_past_an_hour(
 
 
 def _other_signer_renews_now(apns: FakeAPNs) -> None:
-    """Something else signs a token with the same key (another service, a script)."""
+    """Something else signs a token with the same key (another service, a script) and
+    pushes with it: APNs counts that renewal."""
     with open(apns.key_file, "rb") as f:
         key = f.read()
     other = jwt.encode(
@@ -183,8 +187,15 @@ def _other_signer_renews_now(apns: FakeAPNs) -> None:
         algorithm="ES256",
         headers={"kid": apns.key_id},
     )
-    accepted = apns._check_provider_token(f"bearer {other}")[1]
-    assert accepted is None
+    tls = ssl.create_default_context(cafile=apns.ca_file)
+    with httpx.Client(http2=True, verify=tls, base_url=apns.url) as client:
+        answer = client.post(
+            f"/3/device/{token(999)}",
+            json={"aps": {"alert": "hello"}},
+            headers={"authorization": f"bearer {other}", "apns-topic": apns.topic},
+        )
+    assert answer.status_code == 200
+    apns.reset_records()
 
 
 def test_too_many_provider_token_updates_stops_once_and_the_next_run_goes_on(
@@ -192,8 +203,9 @@ def test_too_many_provider_token_updates_stops_once_and_the_next_run_goes_on(
 ) -> None:
     """429 TooManyProviderTokenUpdates: a configuration stop. Nothing failed, no attempt
     used up, one alert; once 20 minutes have passed the next run delivers everything."""
-    ids = [app_row(db, device_token=token(i)) for i in range(5)]
     now = utcnow().replace(minute=10, second=0, microsecond=0)  # 10 minutes into a window
+    due = now - timedelta(minutes=1)
+    ids = [app_row(db, device_token=token(i), scheduled_for=due) for i in range(5)]
     with freeze_time(now):
         _other_signer_renews_now(apns)
         report = deliver(db, apns_settings, webhook)
@@ -346,12 +358,14 @@ def test_a_timed_out_push_retires_its_connection_without_failing_the_others(
 ) -> None:
     """One stream never answered: it times out and is retried on a new connection; the
     pushes in flight beside it on the old connection still get their answers, once."""
-    ids = [app_row(db, device_token=token(i)) for i in range(400)]
+    ids = [app_row(db, device_token=token(i)) for i in range(1000)]
     apns.latency = 0.05
     apns.respond(200, token=token(20), action="stall", times=1)
-    settings = replace(apns_settings, push_timeout_seconds=0.5, push_concurrency=20)
+    # 1,000 pushes, 20 at a time: 2.5 s in all, so the 1.5 s timeout falls mid-batch
+    # (and stays well above an ordinary answer's time on a busy machine).
+    settings = replace(apns_settings, push_timeout_seconds=1.5, push_concurrency=20)
     report = deliver(db, settings)
-    assert (report.sent, report.failed, report.stop) == (400, 0, None)
+    assert (report.sent, report.failed, report.stop) == (1000, 0, None)
     counts = attempt_counts(db)
     assert counts.pop(ids[20]) == 2
     assert set(counts.values()) == {1}

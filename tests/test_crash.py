@@ -347,10 +347,12 @@ def test_postgres_restart_mid_run_is_waited_for_and_nothing_repeats(
     seeded = seed(engine, 3000, 1000)
     engine.dispose()
     apns.latency = 0.05
-    run = start(url, apns)
+    # 10 streams: about 15 s in all, so the run is still draining when the restart is over.
+    run = start(url, apns, FOLLOWUPS_PUSH_CONCURRENCY="10")
     apns.wait_for(1000, timeout=60)
     assert run.poll() is None
     private_cluster.restart()
+    assert run.poll() is None, "the run ended before the restart was over: nothing was tested"
     code, out, err = finish(run, timeout=120)
     assert code == 0, (out, err)
     assert "Traceback" not in err
@@ -375,10 +377,11 @@ def test_database_away_longer_than_the_lease_ends_the_run_with_one_error_line(
     engine = open_engine(url)
     seeded = seed(engine, 200, 200)
     engine.dispose()
-    apns.latency = 0.05
+    apns.latency = 0.2  # 200 pushes, 4 at a time: 10 s, far longer than stopping the server
     run = start(url, apns, FOLLOWUPS_LEASE_SECONDS="10", FOLLOWUPS_PUSH_CONCURRENCY="4")
     apns.wait_for(40, timeout=30)
     private_cluster.stop()
+    assert run.poll() is None, "the run ended before the server stopped: nothing was tested"
     try:
         code, out, err = finish(run, timeout=60)
     finally:
@@ -414,7 +417,7 @@ def test_slow_live_run_renews_its_lease_and_is_never_doubled(
     _, url = pg
     engine = open_engine(url)
     seeded = seed(engine, 64, 64)  # one per conversation: 2 pushes really go at once
-    apns.latency = 0.45  # 64 pushes, 2 at a time: ~14.5 s in one batch, lease 10 s
+    apns.latency = 0.6  # 64 pushes, 2 at a time: ~19 s in one batch, lease 10 s
     slow = start(url, apns, FOLLOWUPS_LEASE_SECONDS="10", FOLLOWUPS_PUSH_CONCURRENCY="2")
 
     def lease_end() -> Any:
