@@ -6,7 +6,9 @@ breaker. Each test names the rule it holds the client to."""
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
+import threading
 import uuid
 from collections import Counter
 from dataclasses import replace
@@ -371,3 +373,56 @@ def test_a_timed_out_push_retires_its_connection_without_failing_the_others(
     assert set(counts.values()) == {1}
     assert set(pushes_per_follow_up(apns).values()) == {1}
     assert apns.connections_opened == 2
+
+
+class _SilentServer:
+    """Accepts TCP connections and never says a word (no TLS handshake): an APNs address
+    behind a broken proxy or firewall, where every connect ends in a timeout."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self.port = self._sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        for conn in self.accepted:
+            conn.close()
+        self._sock.close()
+
+
+def test_a_connect_that_times_out_is_not_tried_again_by_every_waiting_push(
+    db: Database, apns_settings: Settings
+) -> None:
+    """40 pushes wait for a connection whose TLS handshake never ends: they share that
+    connect's failure instead of each trying (and waiting out) one of its own, and once
+    the breaker trips no new connect starts."""
+    for i in range(40):
+        app_row(db, device_token=token(i))
+    silent = _SilentServer()
+    try:
+        settings = replace(
+            apns_settings,
+            apns_url=f"https://127.0.0.1:{silent.port}",
+            push_timeout_seconds=0.3,
+            push_concurrency=40,
+            outage_threshold=5,
+        )
+        report = deliver(db, settings)
+    finally:
+        silent.close()
+    assert (report.stop, report.failed) == ("outage", 0)
+    assert len(silent.accepted) <= 5 + 1

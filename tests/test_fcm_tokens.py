@@ -99,6 +99,26 @@ def test_refused_token_is_renewed_once_and_the_push_goes_out(
     assert row(db, fid).status == "sent"
 
 
+def test_a_refused_token_is_not_sent_again_by_the_pushes_queued_behind_it(
+    db: Database, fcm_settings: Settings, fcm: FakeFCM
+) -> None:
+    """30 pushes waiting while the first one learns that the token was revoked: they go
+    out with the renewed token, not with the refused one (one 401, one renewal)."""
+    app_row(db, device_token=fcm_token(1))
+    deliver(db, fcm_settings)
+    fcm.reset()  # forgets the tokens it issued, as a revocation does, and the records
+    fcm.latency = 0.02
+    ids = [app_row(db, device_token=fcm_token(100 + i)) for i in range(30)]
+    report = deliver(db, fcm_settings)
+    assert (report.sent, report.stop) == (30, None), (
+        [(r.status, r.bearer[-6:] if r.bearer else None) for r in fcm.requests],
+        fcm.tokens_issued,
+    )
+    assert [r.status for r in fcm.requests].count(401) == 1
+    assert fcm.tokens_issued == 1
+    assert all(row(db, fid).status == "sent" for fid in ids)
+
+
 def test_token_refused_again_after_renewal_is_a_configuration_stop(
     db: Database, fcm_settings: Settings, fcm: FakeFCM
 ) -> None:

@@ -159,12 +159,16 @@ class APNsPusher(ServicePusher):
         resends = 0
         renewed = fell_back = False
         while True:
-            headers["authorization"] = f"bearer {self._token.current()}"
             conn: H2Connection | None = None
             try:
-                conn = await self._endpoint.connection()
+                conn = await self._endpoint.connection(self._may_start)
                 answer = await conn.request(
-                    path, headers, body, self._settings.push_timeout_seconds, self._may_start
+                    path,
+                    headers,
+                    body,
+                    self._settings.push_timeout_seconds,
+                    self._may_start,
+                    authorization=self._authorization,
                 )
                 raise_for_answer(answer.status, answer.headers.get("apns-id"), bytes(answer.body))
             except Halted:
@@ -198,6 +202,9 @@ class APNsPusher(ServicePusher):
         answered = answer.headers.get("apns-id")
         attempts.append(Attempt(at, len(attempts) + 1, Outcome.SENT, None, 200, answered))
         return PushOutcome(Outcome.SENT, attempts)
+
+    def _authorization(self) -> str:
+        return f"bearer {self._token.current()}"
 
     def _failed(
         self,

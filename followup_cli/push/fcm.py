@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import logging
 import re
@@ -337,6 +338,7 @@ class AccessTokens:
         self._store = store
         self._fetch = fetch
         self._cached: _Token | None = None
+        self._refused: str | None = None  # the last token the service refused
         self._lock: asyncio.Lock | None = None
         self._round = 0  # renewals finished (or failed) in this process
         self._last_error: TokenUnavailable | None = None
@@ -369,9 +371,21 @@ class AccessTokens:
             self._cached = token
             return token.value
 
+    def latest(self, in_hand: str) -> str:
+        """The token to send as a stream starts: the freshest one known, or `in_hand`.
+        One that FCM refused while this push waited is not sent: NotProcessed sends the
+        push back to fetch the renewed token (current())."""
+        cached = self._cached
+        if cached is not None and self._fresh(cached):
+            return cached.value
+        if in_hand == self._refused:
+            raise NotProcessed()
+        return in_hand
+
     async def refused(self, value: str) -> None:
         """The service refused this token (401): drop it here and in the store (unless
         another process has replaced it already), so that the next current() renews."""
+        self._refused = value
         if self._cached is not None and self._cached.value == value:
             self._cached = None
         loop = asyncio.get_running_loop()
@@ -385,7 +399,11 @@ class AccessTokens:
             row = self._store.read(self._name)
             stored = (
                 _Token(row.token, row.expires_at)
-                if row is not None and row.token and row.expires_at is not None
+                if row is not None
+                and row.token
+                and row.expires_at is not None
+                # Refused by the service (its expiry may not be in the store yet): renew.
+                and row.token != self._refused
                 else None
             )
             if stored is not None and self._fresh(stored):
@@ -516,6 +534,9 @@ class FCMPusher(ServicePusher):
             one_at_a_time=lambda: self.breaker.suspect,
         )
 
+    def _authorization(self, in_hand: str) -> str:
+        return f"Bearer {self.tokens.latest(in_hand)}"
+
     async def _attempt_once(self, request: PushRequest, attempts: list[Attempt]) -> PushOutcome:
         at = utcnow()
         body = encode_payload(fcm_message(request))
@@ -532,9 +553,14 @@ class FCMPusher(ServicePusher):
             headers = {"authorization": f"Bearer {token}", **fcm_headers()}
             conn: H2Connection | None = None
             try:
-                conn = await self._endpoint.connection()
+                conn = await self._endpoint.connection(self._may_start)
                 answer = await conn.request(
-                    self._path, headers, body, self._timeout, self._may_start
+                    self._path,
+                    headers,
+                    body,
+                    self._timeout,
+                    self._may_start,
+                    authorization=functools.partial(self._authorization, token),
                 )
             except Halted:
                 return self._halted(attempts)

@@ -174,7 +174,7 @@ class H2Connection(asyncio.Protocol):
         try:
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError:
-            self._fail_all()
+            self.close()  # sends h2's GOAWAY and lets the socket go
             return
         for event in events:
             self._on_event(event)
@@ -192,12 +192,18 @@ class H2Connection(asyncio.Protocol):
         body: bytes,
         timeout: float,
         may_start: Callable[[], bool],
+        authorization: Callable[[], str] | None = None,
     ) -> Answer:
+        """One request. `authorization` gives the header's value when the stream starts,
+        not when the request began to wait: a token refused meanwhile is not sent again
+        by every request that was queued behind the refusal."""
         await self._wait_for_stream_slot()
         if not may_start():
             raise Halted()
         if not self.accepting:
             raise NotProcessed()
+        if authorization is not None:
+            headers = {**headers, "authorization": authorization()}
         stream_id = self._h2.get_next_available_stream_id()
         waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiters[stream_id] = waiter
@@ -408,18 +414,35 @@ class H2Endpoint:
         self._conn: H2Connection | None = None
         self._connections: list[H2Connection] = []
         self._connecting: asyncio.Lock | None = None
+        self._connect_tries = 0  # connects started, and how many of them failed
+        self._connect_failures = 0
 
-    async def connection(self) -> H2Connection:
+    async def connection(self, may_start: Callable[[], bool] | None = None) -> H2Connection:
+        """The connection new streams go to, made when there is none. Requests that
+        waited for a connect that failed share its failure rather than each trying (and
+        timing out) again in turn; none is made once `may_start` says no."""
         conn = self._conn
         if conn is not None and conn.accepting:
             return conn
         if self._connecting is None:
             self._connecting = asyncio.Lock()
+        tries_seen = self._connect_tries
         async with self._connecting:
-            if self._conn is None or not self._conn.accepting:
+            if self._conn is not None and self._conn.accepting:
+                return self._conn
+            if self._connect_tries != tries_seen and self._connect_failures:
+                raise ConnectionLost()  # the connect this request waited for failed
+            if may_start is not None and not may_start():
+                raise Halted()
+            self._connect_tries += 1
+            try:
                 self._conn = await self._connect()
-                self._connections = [c for c in self._connections if not c.closed]
-                self._connections.append(self._conn)
+            except ConnectionLost:
+                self._connect_failures += 1
+                raise
+            self._connect_failures = 0
+            self._connections = [c for c in self._connections if not c.closed]
+            self._connections.append(self._conn)
             return self._conn
 
     async def _connect(self) -> H2Connection:

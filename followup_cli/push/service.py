@@ -112,7 +112,10 @@ class ServicePusher(EventLoopOwner):
         async with self._probing:
             if not self._may_start():
                 return self._halted(attempts)
-            return await self._attempt_once(request, attempts)
+            if self.breaker.suspect:
+                return await self._attempt_once(request, attempts)
+        # A probe succeeded while this one waited: no need to go one at a time any more.
+        return await self._attempt_once(request, attempts)
 
     async def _attempt_once(self, request: PushRequest, attempts: list[Attempt]) -> PushOutcome:
         raise NotImplementedError
