@@ -108,12 +108,35 @@ def test_transient_errors_are_retried_up_to_three_attempts_in_all(
 
 
 @pytest.mark.parametrize(
+    ("status", "reason", "outcome"),
+    [(410, "ExpiredToken", "permanent"), (400, "BrandNewReason", "permanent")],
+)
+def test_a_reason_newer_than_pyapns_client_is_judged_by_its_status(
+    db: Database,
+    apns_settings: Settings,
+    apns: FakeAPNs,
+    status: int,
+    reason: str,
+    outcome: str,
+) -> None:
+    """APNs keeps adding reasons (410 ExpiredToken): a 4xx still concerns this device or
+    notification only, so one request, failed with APNs' own reason, no breaker count."""
+    fid = app_row(db)
+    apns.respond(status, reason, timestamp=False)
+    report = deliver(db, replace(apns_settings, outage_threshold=1))
+    assert (report.failed, report.stop) == (1, None)
+    assert len(apns.requests) == 1
+    assert row(db, fid).failure_reason == reason
+    assert [a[1:] for a in attempts(db, fid)] == [(outcome, reason)]
+
+
+@pytest.mark.parametrize(
     ("status", "reason", "kwargs", "recorded"),
     [
         (500, "InternalServerError", {}, "InternalServerError"),
         (429, "TooManyRequests", {}, "TooManyRequests"),
         (503, "Shutdown", {}, "Shutdown"),
-        (400, "BrandNewReason", {}, "UnknownReason"),
+        (503, "BrandNewReason", {}, "BrandNewReason"),
         (500, None, {"body": b"<html>oops</html>"}, "UnreadableResponse"),
         (0, None, {"action": "reset"}, "ConnectionError"),
         (200, None, {"action": "stall"}, "Timeout"),

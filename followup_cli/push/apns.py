@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,17 @@ RETIRE_CONNECTION_REASONS = frozenset({"Timeout", "IdleTimeout", "Shutdown"})
 NOT_AN_OUTAGE_REASONS = frozenset({"TooManyRequests"})
 
 
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
+
+
+class UnknownReason(Exception):
+    """An error answer whose reason pyapns-client has no class for."""
+
+    def __init__(self, status: int, reason: str, apns_id: str | None) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.apns_id = status, reason, apns_id
+
+
 def classify(exc: BaseException) -> tuple[Outcome, str, int | None, str | None]:
     """(kind, reason, HTTP status, apns-id) for an exception raised by one push attempt."""
     if isinstance(exc, apns_exc.APNSConnectionException | ConnectionLost):
@@ -106,8 +118,12 @@ def classify(exc: BaseException) -> tuple[Outcome, str, int | None, str | None]:
         # Device errors (BadDeviceToken, Unregistered, DeviceTokenNotForTopic) and the
         # remaining request errors (PayloadTooLarge, ...) concern this notification only.
         return Outcome.PERMANENT, reason, status, apns_id
-    if isinstance(exc, NotImplementedError):  # a reason string pyapns-client does not know
-        return Outcome.TRANSIENT, "UnknownReason", None, None
+    if isinstance(exc, UnknownReason):
+        # A reason newer than pyapns-client (e.g. 410 ExpiredToken): judged by its status,
+        # as APNs documents them: 410 a dead token, other 4xx this request, 5xx APNs.
+        if exc.status >= 500:
+            return Outcome.TRANSIENT, exc.reason, exc.status, exc.apns_id
+        return Outcome.PERMANENT, exc.reason, exc.status, exc.apns_id
     if isinstance(exc, ValueError | KeyError):  # non-JSON body, 410 without timestamp
         return Outcome.TRANSIENT, "UnreadableResponse", None, None
     return Outcome.TRANSIENT, type(exc).__name__, None, None
@@ -120,7 +136,11 @@ def raise_for_answer(status: int, apns_id: str | None, body: bytes) -> None:
         return
     apns_data = json.loads(body.decode("utf-8", "replace"))
     reason = apns_data["reason"]
-    exception_class = APNSClient._get_exception_class(reason)
+    try:
+        exception_class = APNSClient._get_exception_class(reason)
+    except NotImplementedError:
+        safe = reason if isinstance(reason, str) and _WORD.fullmatch(reason) else "UnknownReason"
+        raise UnknownReason(status, safe, apns_id) from None
     kwargs: dict[str, Any] = {"status_code": status, "apns_id": apns_id}
     if issubclass(exception_class, apns_exc.UnregisteredException):
         kwargs["timestamp"] = apns_data["timestamp"]

@@ -25,6 +25,7 @@ DEVICE_REASONS = frozenset(
     {
         "BadDeviceToken",
         "Unregistered",
+        "ExpiredToken",  # 410: APNs' newer answer for a token it no longer serves
         "DeviceTokenNotForTopic",
         "UNREGISTERED",
         "INVALID_REGISTRATION_TOKEN",
