@@ -19,13 +19,14 @@ status and ``{"reason": ...}`` body:
    signed by ``key_file``, ``kid`` != key_id or ``iss`` != team_id (403
    InvalidProviderToken); ``iat`` older than one hour (403 ExpiredProviderToken);
 3. ``apns-topic``: missing (400 MissingTopic), not ``topic`` (400 TopicDisallowed);
-4. the scripted rules added with :meth:`FakeAPNs.respond`, first match wins;
+4. scripted transport events (``action`` reset, stall or refuse), first match wins;
 5. malformed ``apns-id`` / ``apns-priority`` / ``apns-collapse-id`` (> 64 bytes) /
    ``apns-expiration`` / ``apns-push-type`` headers (400 BadMessageId, BadPriority,
    BadCollapseId, BadExpirationDate, InvalidPushType);
 6. body over 4096 bytes (5120 for voip) (413 PayloadTooLarge); empty, not JSON or not a
    JSON object (400 PayloadEmpty);
-7. device token empty (400 MissingDeviceToken) or not 64 hex digits (400 BadDeviceToken).
+7. device token empty (400 MissingDeviceToken) or not 64 hex digits (400 BadDeviceToken);
+8. the scripted answers added with :meth:`FakeAPNs.respond`, first match wins.
 
 Otherwise 200 with an empty body. Every answer carries ``apns-id`` (the request's, else a
 new uuid4).
@@ -981,9 +982,9 @@ class FakeAPNs:
         if topic != self.topic:
             return token, answer(400, "TopicDisallowed"), apns_id, payload, claims
 
-        scripted = self._match_rule(token)
-        if scripted is not None:
-            return token, scripted, apns_id, payload, claims
+        acted = self._match_rule(token, transport=True)
+        if acted is not None:
+            return token, acted, apns_id, payload, claims
 
         problem = self._check_headers(headers)
         if problem is not None:
@@ -1000,6 +1001,9 @@ class FakeAPNs:
             return token, answer(400, "MissingDeviceToken"), apns_id, payload, claims
         if not _TOKEN_RE.fullmatch(token):
             return token, answer(400, "BadDeviceToken"), apns_id, payload, claims
+        scripted = self._match_rule(token, transport=False)
+        if scripted is not None:
+            return token, scripted, apns_id, payload, claims
         return token, _Answer(200, None), apns_id, payload, claims
 
     def _check_provider_token(self, authorization: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -1080,10 +1084,16 @@ class FakeAPNs:
             return "InvalidPushType"
         return None
 
-    def _match_rule(self, token: str) -> _Answer | None:
+    def _match_rule(self, token: str, *, transport: bool) -> _Answer | None:
+        """The first scripted rule for `token`: with transport=True only those that act on
+        the stream (reset, stall, refuse: before any check, as the network would), else
+        only answers (after the request's own checks, as the real service judges a
+        malformed request before any device)."""
         with self._lock:
             for rule in self._rules:
                 if rule.token is not None and rule.token != token:
+                    continue
+                if (rule.action is not None) != transport:
                     continue
                 if rule.remaining is not None:
                     if rule.remaining <= 0:

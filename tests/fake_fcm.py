@@ -844,9 +844,9 @@ class FakeFCM:
             doc = None
         message = doc.get("message") if isinstance(doc, dict) else None
         token = message.get("token", "") if isinstance(message, dict) else ""
-        rule = self._match_rule(str(token))
-        if rule is not None:
-            return rule
+        acted = self._match_rule(str(token), transport=True)
+        if acted is not None:
+            return acted
         if doc is None:
             return self._error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
         try:
@@ -861,6 +861,9 @@ class FakeFCM:
             )
         if not isinstance(token, str) or not _FCM_TOKEN.fullmatch(token):
             return self._scripted("INVALID_ARGUMENT")
+        scripted = self._match_rule(token, transport=False)
+        if scripted is not None:
+            return scripted
         with self._lock:
             self._message_ids += 1
             name = f"projects/{self.project_id}/messages/0:{self._message_ids}%{uuid.uuid4().hex}"
@@ -888,10 +891,16 @@ class FakeFCM:
             status, google_status, message or default_message, fcm_code=fcm_code, headers=headers
         )
 
-    def _match_rule(self, token: str) -> _Answer | None:
+    def _match_rule(self, token: str, *, transport: bool) -> _Answer | None:
+        """The first scripted rule for `token`: with transport=True only those that act on
+        the stream (reset, stall, refuse: before any check, as the network would), else
+        only answers (after the request's own checks, as the real service judges a
+        malformed request before any device)."""
         with self._lock:
             for rule in self._rules:
                 if rule.token is not None and rule.token != token:
+                    continue
+                if (rule.action is not None) != transport:
                     continue
                 if rule.remaining is not None:
                     if rule.remaining <= 0:

@@ -348,6 +348,8 @@ def test_refusals_in_apns_order(fake: FakeAPNs) -> None:
             "apns-collapse-id": "c" * 65,
         },
     )
+    # A scripted answer is APNs' verdict on a well-formed request: a malformed one is
+    # still refused for what is wrong with it, as APNs checks the request first.
     fake.respond(410, "Unregistered", token="not-a-token", timestamp=False)
     with raw_client(fake) as client:
         r = client.post(
@@ -355,7 +357,7 @@ def test_refusals_in_apns_order(fake: FakeAPNs) -> None:
             json={"aps": {}},
             headers={"authorization": bearer(fake), **topic},
         )
-    assert (r.status_code, r.json()) == (410, {"reason": "Unregistered"})
+    assert (r.status_code, r.json()) == (400, {"reason": "BadDeviceToken"})
     assert fake.accepted() == []
 
 
