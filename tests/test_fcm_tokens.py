@@ -287,7 +287,7 @@ def test_send_shows_the_fcm_message_exactly_as_sent_and_fcms_answer(
     printed = json.loads(result.stdout.split("payload:\n", 1)[1].split("\nattempt", 1)[0])
     assert printed == {"message": push.message}
     assert "to FCM via push backend 'fcm'" in result.stdout
-    assert "content-type: application/json; charset=UTF-8" in result.stdout
+    assert "content-type: application/json; charset=utf-8" in result.stdout
     assert "attempt 1: status 200, accepted, message projects/clara-parents/messages/" in (
         result.stdout
     )

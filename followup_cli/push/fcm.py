@@ -47,7 +47,13 @@ from followup_cli.push.h2client import (
     NotProcessed,
     PushTimeout,
 )
-from followup_cli.push.payload import MAX_PAYLOAD_BYTES, encode_payload, fit_body
+from followup_cli.push.payload import (
+    CONTENT_TYPE,
+    MAX_PAYLOAD_BYTES,
+    encode_payload,
+    fit_body,
+    payload_dict,
+)
 from followup_cli.push.protocol import Attempt, PushOutcome, PushRequest
 from followup_cli.push.service import ServicePusher
 from followup_cli.settings import FCM_DEFAULT_URL, Settings, read_fcm_credentials
@@ -73,7 +79,6 @@ MAX_RETRY_AFTER_SECONDS = 30.0
 
 # FCM's error codes (google.firebase.fcm.v1.FcmError, or the status of the error when it
 # carries none) and our failure classes.
-DEAD_TOKEN_REASONS = frozenset({"UNREGISTERED", "INVALID_REGISTRATION_TOKEN"})
 CONFIG_REASONS = frozenset(
     {
         "SENDER_ID_MISMATCH",
@@ -91,7 +96,6 @@ _TOKEN_MESSAGE = re.compile(r"registration token", re.IGNORECASE)
 _SAFE_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_./:%-]{1,200}")
 _SAFE_OAUTH_ERROR = re.compile(r"[a-z_]{1,64}")
-CONTENT_TYPE = "application/json; charset=UTF-8"
 # FCM hands an iPhone the same payload as the APNs pusher plus keys of its own
 # (gcm.message_id, google.c.*), all within APNs' 4,096 bytes: the body is cut this much
 # shorter.
@@ -103,13 +107,8 @@ def fcm_message(req: PushRequest) -> dict[str, Any]:
     generic body of FOLLOWUPS_PUSH_BODY=generic too, built in push.payload.build_request), in FCM
     v1's shape (which refuses unknown fields, such as the legacy notification.sound)."""
     priority = "high" if req.urgent else "normal"
-    aps: dict[str, Any] = {
-        "sound": "default",
-        "thread-id": req.conversation_id,
-        "interruption-level": req.interruption_level,
-    }
-    if req.mutable_content:  # FOLLOWUPS_PUSH_BODY=generic, as in the APNs payload
-        aps["mutable-content"] = 1
+    # The APNs payload's aps, less the alert (FCM builds it from `notification`).
+    aps = {k: v for k, v in payload_dict(req)["aps"].items() if k != "alert"}
     return {
         "message": {
             "token": req.device_token,
@@ -139,7 +138,7 @@ def fcm_message(req: PushRequest) -> dict[str, Any]:
 
 def fcm_headers() -> dict[str, str]:
     """The request headers besides the bearer token (test-send shows these)."""
-    return {"content-type": CONTENT_TYPE}
+    return {"content-type": CONTENT_TYPE}  # the same as every APNs request
 
 
 def fcm_path(project_id: str) -> str:
@@ -342,7 +341,6 @@ class AccessTokens:
         self._lock: asyncio.Lock | None = None
         self._round = 0  # renewals finished (or failed) in this process
         self._last_error: TokenUnavailable | None = None
-        self.fetches = 0  # tokens this process fetched from the token endpoint
 
     def _fresh(self, token: _Token | None) -> bool:
         return token is not None and token.expires_at - REFRESH_MARGIN > utcnow()
@@ -423,7 +421,6 @@ class AccessTokens:
         except TokenUnavailable:
             self._store.abandon_renewal(self._name)
             raise
-        self.fetches += 1
         self._store.store(self._name, value, expires_at, utcnow())
         return _Token(value, expires_at)
 
@@ -513,7 +510,6 @@ class FCMPusher(ServicePusher):
         super().__init__(settings)
         self._timeout = settings.push_timeout_seconds
         info, project = read_fcm_credentials(settings, load_key=False)
-        self.project_id = project
         self._path = fcm_path(project)
         store: CredentialStore = (
             DatabaseCredentialStore(db) if db is not None else MemoryCredentialStore()
