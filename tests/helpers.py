@@ -14,7 +14,7 @@ from sqlalchemy import insert, select
 from followup_cli.alerts import LogAlerter, WebhookAlerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.tables import follow_up_messages, follow_up_requests
+from followup_cli.tables import follow_up_attempts, follow_up_messages, follow_up_requests
 
 if TYPE_CHECKING:
     from followup_cli.report import RunReport
@@ -55,6 +55,23 @@ def apns_env(apns: FakeAPNs) -> dict[str, str]:
         "FOLLOWUPS_APNS_CA_FILE": str(apns.ca_file),
         "FOLLOWUPS_RETRY_BASE_SECONDS": "0",
     }
+
+
+def apns_token(n: int) -> str:
+    """A distinct, well-formed APNs device token for each n."""
+    return f"{n:064x}"
+
+
+def attempts(db: Database, follow_up_id: str) -> list[tuple[int, str, str | None]]:
+    """(attempt number, outcome, reason) of every recorded attempt, in order."""
+    a = follow_up_attempts.c
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            select(a.attempt, a.outcome, a.reason)
+            .where(a.follow_up_id == follow_up_id)
+            .order_by(a.attempt)
+        ).all()
+    return [(r.attempt, r.outcome, r.reason) for r in rows]
 
 
 def deliver(db: Database, settings: Settings, webhook: FakeWebhook | None = None) -> RunReport:

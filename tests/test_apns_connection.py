@@ -29,11 +29,7 @@ from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_attempts
 from tests.fake_apns import FakeAPNs
 from tests.fake_webhook import FakeWebhook
-from tests.helpers import apns_env, app_row, deliver, row, start_send_due
-
-
-def token(n: int) -> str:
-    return f"{n:064x}"
+from tests.helpers import apns_env, apns_token, app_row, deliver, row, start_send_due
 
 
 def attempt_counts(db: Database) -> Counter[str]:
@@ -52,7 +48,7 @@ def test_new_connection_sends_one_stream_until_apns_has_answered(
 ) -> None:
     """APNs allows 1 stream until a push is accepted: no stream is refused, one
     connection serves the whole run, and the limit is used once it is raised."""
-    ids = [app_row(db, device_token=token(i)) for i in range(400)]
+    ids = [app_row(db, device_token=apns_token(i)) for i in range(400)]
     apns.latency = 0.005
     report = deliver(db, apns_settings)
     assert (report.sent, report.failed, report.stop) == (400, 0, None)
@@ -68,8 +64,8 @@ def test_limit_follows_rejections_down_and_up_without_reconnects(
 ) -> None:
     """10 % dead tokens: the limit drops to 1 after each rejection and rises after the next
     acceptance. Streams refused meanwhile are sent again, never counted as attempts."""
-    dead = {token(i) for i in range(0, 400, 10)}
-    ids = [app_row(db, device_token=token(i)) for i in range(400)]
+    dead = {apns_token(i) for i in range(0, 400, 10)}
+    ids = [app_row(db, device_token=apns_token(i)) for i in range(400)]
     for t in dead:
         apns.respond(410, "Unregistered", token=t)
     apns.latency = 0.005
@@ -100,7 +96,7 @@ def test_goaway_mid_batch_pushes_each_follow_up_once_and_never_stops_the_run(
     """GOAWAY after every 100 requests: streams at or below the last-stream-id are
     answered and waited for, those above it go again on a new connection, the reason is
     logged, and nothing is pushed twice."""
-    ids = [app_row(db, device_token=token(i)) for i in range(400)]
+    ids = [app_row(db, device_token=apns_token(i)) for i in range(400)]
     apns.latency = 0.005
     apns.goaway_after = 100
     with caplog.at_level(logging.INFO, logger="followups.push"):
@@ -134,7 +130,7 @@ def test_every_run_and_host_uses_the_same_provider_token(
     ids: list[str] = []
     started = utcnow().timestamp()
     for runs in (1, 1, 2):
-        ids += [app_row(db, device_token=token(len(ids) + i)) for i in range(50)]
+        ids += [app_row(db, device_token=apns_token(len(ids) + i)) for i in range(50)]
         procs = [start_send_due(db_url, apns_env(apns)) for _ in range(runs)]
         for proc in procs:
             _, err = proc.communicate(timeout=60)
@@ -164,7 +160,7 @@ def test_token_renewed_at_most_every_20_minutes_and_never_used_past_an_hour(
         for step in range(18):
             with freeze_time(start + timedelta(minutes=7 * step)):
                 request = PushRequest(
-                    str(uuid.uuid4()), str(uuid.uuid4()), token(step), "T", "B", False
+                    str(uuid.uuid4()), str(uuid.uuid4()), apns_token(step), "T", "B", False
                 )
                 outcome = pusher.run(pusher.push(request))
                 assert outcome.kind == "sent", outcome.reason
@@ -192,7 +188,7 @@ def _other_signer_renews_now(apns: FakeAPNs) -> None:
     tls = ssl.create_default_context(cafile=apns.ca_file)
     with httpx.Client(http2=True, verify=tls, base_url=apns.url) as client:
         answer = client.post(
-            f"/3/device/{token(999)}",
+            f"/3/device/{apns_token(999)}",
             json={"aps": {"alert": "hello"}},
             headers={"authorization": f"bearer {other}", "apns-topic": apns.topic},
         )
@@ -207,7 +203,7 @@ def test_too_many_provider_token_updates_stops_once_and_the_next_run_goes_on(
     used up, one alert; once 20 minutes have passed the next run delivers everything."""
     now = utcnow().replace(minute=10, second=0, microsecond=0)  # 10 minutes into a window
     due = now - timedelta(minutes=1)
-    ids = [app_row(db, device_token=token(i), scheduled_for=due) for i in range(5)]
+    ids = [app_row(db, device_token=apns_token(i), scheduled_for=due) for i in range(5)]
     with freeze_time(now):
         _other_signer_renews_now(apns)
         report = deliver(db, apns_settings, webhook)
@@ -245,7 +241,12 @@ def test_a_window_s_first_push_right_after_a_quiet_spell_falls_back_to_the_accep
         for at in (-10, 10, 20 * 60 + 30):
             with freeze_time(boundary + timedelta(seconds=at)):
                 request = PushRequest(
-                    str(uuid.uuid4()), str(uuid.uuid4()), token(at + 100), "T", "B", urgent=False
+                    str(uuid.uuid4()),
+                    str(uuid.uuid4()),
+                    apns_token(at + 100),
+                    "T",
+                    "B",
+                    urgent=False,
                 )
                 with caplog.at_level(logging.WARNING, logger="followups.push"):
                     outcomes.append(pusher.run(pusher.push(request)))
@@ -302,7 +303,7 @@ def test_full_outage_costs_a_few_requests_however_big_the_batch(
     """Every push answered 503: the breaker counts failed attempts and lets one through
     at a time once one failed, so 1,000 due follow-ups cost about the threshold in
     requests. Nothing is marked failed; one alert."""
-    ids = [app_row(db, device_token=token(i)) for i in range(1000)]
+    ids = [app_row(db, device_token=apns_token(i)) for i in range(1000)]
     apns.respond(503, "ServiceUnavailable")
     settings = replace(apns_settings, outage_threshold=5, batch_size=1000, push_concurrency=200)
     report = deliver(db, settings, webhook)
@@ -317,7 +318,7 @@ def test_outage_on_an_established_connection_is_bounded_by_what_was_in_flight(
 ) -> None:
     """APNs fails mid-run on a connection whose limit is already high: the pushes in
     flight fail once each, then no retry starts."""
-    ids = [app_row(db, device_token=token(i)) for i in range(600)]
+    ids = [app_row(db, device_token=apns_token(i)) for i in range(600)]
     apns.latency = 0.002
     apns.respond(200, times=100)
     apns.respond(503, "ServiceUnavailable")
@@ -334,7 +335,7 @@ def test_breaker_counts_failed_attempts_across_batches(
 ) -> None:
     """Batches of one: the first follow-up uses its 3 attempts and is failed; the count
     carries into the next batch, where the 5th failed attempt in a row trips it."""
-    ids = [app_row(db, device_token=token(i)) for i in range(10)]
+    ids = [app_row(db, device_token=apns_token(i)) for i in range(10)]
     apns.respond(503, "ServiceUnavailable")
     settings = replace(apns_settings, outage_threshold=5, push_concurrency=1, batch_size=1)
     report = deliver(db, settings)
@@ -347,8 +348,8 @@ def test_rate_limited_device_answers_do_not_trip_the_breaker(
     db: Database, apns_settings: Settings, apns: FakeAPNs
 ) -> None:
     """429 TooManyRequests is about one device, not an outage."""
-    ids = [app_row(db, device_token=token(i)) for i in range(4)]
-    apns.respond(429, "TooManyRequests", token=token(0))
+    ids = [app_row(db, device_token=apns_token(i)) for i in range(4)]
+    apns.respond(429, "TooManyRequests", token=apns_token(0))
     report = deliver(db, replace(apns_settings, outage_threshold=2, push_concurrency=1))
     assert report.stop is None
     assert (report.sent, report.failed) == (3, 1)
@@ -360,9 +361,9 @@ def test_a_timed_out_push_retires_its_connection_without_failing_the_others(
 ) -> None:
     """One stream never answered: it times out and is retried on a new connection; the
     pushes in flight beside it on the old connection still get their answers, once."""
-    ids = [app_row(db, device_token=token(i)) for i in range(1000)]
+    ids = [app_row(db, device_token=apns_token(i)) for i in range(1000)]
     apns.latency = 0.05
-    apns.respond(200, token=token(20), action="stall", times=1)
+    apns.respond(200, token=apns_token(20), action="stall", times=1)
     # 1,000 pushes, 20 at a time: 2.5 s in all, so the 1.5 s timeout falls mid-batch
     # (and stays well above an ordinary answer's time on a busy machine).
     settings = replace(apns_settings, push_timeout_seconds=1.5, push_concurrency=20)
@@ -411,7 +412,7 @@ def test_a_connect_that_times_out_is_not_tried_again_by_every_waiting_push(
     connect's failure instead of each trying (and waiting out) one of its own, and once
     the breaker trips no new connect starts."""
     for i in range(40):
-        app_row(db, device_token=token(i))
+        app_row(db, device_token=apns_token(i))
     silent = _SilentServer()
     try:
         settings = replace(

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import replace
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from followup_cli.alerts import WebhookAlerter
 from followup_cli.db import Database
@@ -17,21 +17,10 @@ from followup_cli.delivery import send_due
 from followup_cli.push.factory import make_pusher
 from followup_cli.report import RunReport
 from followup_cli.settings import Settings
-from followup_cli.tables import follow_up_attempts, follow_up_requests
+from followup_cli.tables import follow_up_requests
 from tests.fake_apns import FakeAPNs
 from tests.fake_webhook import FakeWebhook
-from tests.helpers import TOKEN_A, TOKEN_B, app_row, deliver, messages, row
-
-
-def attempts(db: Database, follow_up_id: str) -> list[tuple[int, str, str | None]]:
-    a = follow_up_attempts.c
-    with db.engine.connect() as conn:
-        rows = conn.execute(
-            select(a.attempt, a.outcome, a.reason, a.apns_id)
-            .where(a.follow_up_id == follow_up_id)
-            .order_by(a.attempt)
-        ).all()
-    return [(r.attempt, r.outcome, r.reason) for r in rows]
+from tests.helpers import TOKEN_A, TOKEN_B, app_row, attempts, deliver, messages, row
 
 
 def test_one_push_with_the_documented_payload_and_headers(

@@ -23,22 +23,7 @@ from followup_cli.tables import follow_up_attempts
 from tests.fake_apns import FakeAPNs
 from tests.fake_fcm import FakeFCM
 from tests.fake_webhook import FakeWebhook
-from tests.helpers import app_row, deliver, fcm_token, messages, row
-
-
-def apns_token(n: int) -> str:
-    return f"{n:064x}"
-
-
-def attempts(db: Database, follow_up_id: str) -> list[tuple[int, str, str | None]]:
-    a = follow_up_attempts.c
-    with db.engine.connect() as conn:
-        rows = conn.execute(
-            select(a.attempt, a.outcome, a.reason)
-            .where(a.follow_up_id == follow_up_id)
-            .order_by(a.attempt)
-        ).all()
-    return [(r.attempt, r.outcome, r.reason) for r in rows]
+from tests.helpers import apns_token, app_row, attempts, deliver, fcm_token, messages, row
 
 
 def test_one_message_as_specified(db: Database, fcm_settings: Settings, fcm: FakeFCM) -> None:

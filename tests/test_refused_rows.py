@@ -20,17 +20,15 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select, text, update
 
-from followup_cli.alerts import WebhookAlerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.delivery import DATABASE_REJECTED, send_due
-from followup_cli.push.factory import make_pusher
+from followup_cli.delivery import DATABASE_REJECTED
 from followup_cli.report import RunReport
 from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_attempts, follow_up_messages, follow_up_requests
 from tests.fake_apns import FakeAPNs
 from tests.fake_webhook import FakeWebhook
-from tests.helpers import app_row, messages, row
+from tests.helpers import app_row, deliver, messages, row
 
 pytestmark = pytest.mark.postgres
 r = follow_up_requests.c
@@ -78,11 +76,7 @@ def run_three_times(db: Database, settings: Settings, webhook: FakeWebhook) -> l
                 .where(r.claimed_by.is_not(None))
                 .values(claim_expires_at=utcnow() - timedelta(seconds=1))
             )
-        pusher = make_pusher(settings)
-        try:
-            reports.append(send_due(db, pusher, settings, WebhookAlerter(webhook.url)))
-        finally:
-            pusher.close()
+        reports.append(deliver(db, settings, webhook))
     return reports
 
 
@@ -371,11 +365,7 @@ def test_held_row_shows_in_stats_fails_the_check_and_retry_failed_releases_it(
     assert "already pushed, so in-app only" in retried.stdout
     assert (row(db, held).held_at, row(db, held).in_app_only) == (None, True)
 
-    pusher = make_pusher(apns_settings)
-    try:
-        again = send_due(db, pusher, apns_settings, WebhookAlerter(webhook.url))
-    finally:
-        pusher.close()
+    again = deliver(db, apns_settings, webhook)
     assert (again.sent, again.pushed, again.in_app_only) == (1, 0, 1)
     assert row(db, held).status == "sent"
     assert len(messages(db, held)) == 1
@@ -430,11 +420,7 @@ def test_a_row_that_cannot_even_be_held_is_named_as_unrecorded(
     )
     ids = due_rows(db, 5)
     apns.respond(410, "Unregistered", token=token_for(2))
-    pusher = make_pusher(apns_settings)
-    try:
-        report = send_due(db, pusher, apns_settings, WebhookAlerter(webhook.url))
-    finally:
-        pusher.close()
+    report = deliver(db, apns_settings, webhook)
     assert (report.sent, report.failed, report.held, report.skipped) == (4, 0, 0, 1)
     [refused] = report.refused
     assert (refused.follow_up_id, refused.outcome) == (ids[2], "unrecorded")
