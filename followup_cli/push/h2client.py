@@ -160,7 +160,8 @@ class H2Connection(asyncio.Protocol):
             return 1
         if self._one_at_a_time is not None and self._one_at_a_time():
             return 1
-        return int(self._h2.remote_settings.max_concurrent_streams)
+        # At least one: a server advertising 0 would otherwise leave every push waiting.
+        return max(1, int(self._h2.remote_settings.max_concurrent_streams))
 
     # -- asyncio.Protocol
 
