@@ -11,10 +11,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -22,6 +24,9 @@ from typer.core import TyperCommand, TyperGroup
 from followup_cli import settings as settings_mod
 from followup_cli.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, FollowupsError
 from followup_cli.settings import Settings
+
+if TYPE_CHECKING:
+    from followup_cli.delivery import RunStop
 
 
 class _FlagsWithoutMetavar:
@@ -196,24 +201,57 @@ def send_due(
     from followup_cli import render
     from followup_cli.alerts import make_alerter
     from followup_cli.db import Database
+    from followup_cli.delivery import RunStop
     from followup_cli.delivery import send_due as run_send_due
     from followup_cli.monitoring import after_send_due, backlog_size
     from followup_cli.push.factory import make_pusher
 
+    stop = RunStop()
     with Database(settings.database_url) as db:
         pusher = make_pusher(settings, db)
         alerter = make_alerter(settings.alert_webhook_url)
         try:
             # A person draining a backlog by hand sees a progress bar; cron sees none.
             total = backlog_size(db, limit) if render.is_terminal() else 0
-            with render.progress("send-due", total) as advance:
-                report = run_send_due(db, pusher, settings, alerter, limit=limit, progress=advance)
+            with render.progress("send-due", total) as advance, _stop_on_signals(stop):
+                report = run_send_due(
+                    db, pusher, settings, alerter, limit=limit, progress=advance, stop=stop
+                )
             after_send_due(db, report, settings, alerter, metrics_file)
         finally:
             pusher.close()
     render.send_due_summary(report)
     if report.exit_code != EXIT_OK:
         fail(render.stop_line(report), report.exit_code)
+
+
+@contextmanager
+def _stop_on_signals(stop: RunStop) -> Iterator[None]:
+    """SIGTERM (systemd, Kubernetes, docker stop) and SIGINT (Ctrl-C) stop the run
+    cleanly (delivery.RunStop). A second one exits at once, as a crash would: what the
+    run still holds comes back when its lease ends."""
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.requested:
+            name = signal.Signals(signum).name
+            os.write(
+                2,
+                f"Error: {name} again: stopped at once; the claimed follow-ups return to "
+                "the queue when their lease ends\n".encode(),
+            )
+            os._exit(128 + signum)
+        stop.request(signum)
+
+    try:
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # not the main thread (an embedding program): its signals, its rules
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # -- retry-failed -----------------------------------------------------------------------

@@ -27,11 +27,11 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -46,7 +46,6 @@ from followup_cli.report import (
     REFUSED_HELD,
     REFUSED_UNRECORDED,
     STOP_CONFIG,
-    STOP_OUTAGE,
     Refused,
     RunReport,
     ServiceStop,
@@ -85,6 +84,10 @@ MAX_UNFINISHED = 2 * FINISH_EVERY_ANSWERS
 # Waits between tries while the database is away: doubling, with jitter, up to the cap.
 DB_RETRY_FIRST_SECONDS = 0.1
 DB_RETRY_MAX_SECONDS = 2.0
+
+# The longest pause before a follow-up whose attempts failed for transient reasons is
+# tried again (the pause starts at FOLLOWUPS_RETRY_PAUSE and doubles per run).
+MAX_RETRY_PAUSE = timedelta(minutes=15)
 
 # A token of a push service that FOLLOWUPS_PUSH does not turn on: in-app only.
 NOT_CONFIGURED = {Service.APNS: "apns_not_configured", Service.FCM: "fcm_not_configured"}
@@ -139,56 +142,90 @@ def _is_uuid(value: str | None) -> bool:
     return True
 
 
-class _PushRound:
-    """Pushes one batch: conversations in parallel, each conversation in order, at most
-    `pusher.concurrency` notifications in flight per push service.
+class RunStop:
+    """A request to stop the run (SIGTERM, SIGINT), set from a signal handler.
 
-    A service that stops (a configuration answer, or its outage breaker tripped; both
-    last for the run) takes no more pushes; the other service's pushes go on. What was
-    not pushed because of a stop, and the later follow-ups of its conversation, are
-    `parked`: they stay scheduled, leased to this run until it ends, so that this run
-    does not claim them again.
+    Once set, nothing more is claimed and no new push starts; the pushes in flight get
+    up to STOP_GRACE_SECONDS to be answered and recorded, and every other claimed
+    follow-up is handed back at once, so the next run need not wait for the lease."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._loops: list[asyncio.AbstractEventLoop] = []
+        self._events: list[asyncio.Event] = []
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def request(self, signum: int) -> None:
+        """Safe from a signal handler: it only sets a field and wakes the event loop."""
+        if self.signal is None:
+            self.signal = signum
+        for loop, event in zip(self._loops, self._events, strict=True):
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(event.set)
+
+    async def wait(self) -> None:
+        """Returns once a stop is requested (at once if it already was)."""
+        event = asyncio.Event()
+        self._loops.append(asyncio.get_running_loop())
+        self._events.append(event)
+        try:
+            if not self.requested:
+                await event.wait()
+        finally:
+            self._loops.pop()
+            self._events.pop()
+
+
+# After a stop request, how long the pushes in flight may take to be answered. Beyond
+# this they are abandoned unrecorded: their follow-ups stay leased and come back after
+# the lease, as a crash's do (what APNs may have accepted is not pushed sooner).
+STOP_GRACE_SECONDS = 5.0
+
+
+class _PushRound:
+    """Walks one batch: conversations in parallel, each conversation's follow-ups one
+    after the other in scheduled order, pushed or in-app only alike, with at most
+    `pusher.concurrency` pushes in flight per push service.
+
+    Within a batch this walk is the one owner of a conversation's order. A follow-up
+    that stays scheduled ends its conversation's walk: its service stopped
+    (configuration or outage), its attempts failed and it waits to be retried, the
+    database did not answer the cancel gate, or the run is stopping. The later
+    follow-ups of that conversation are then not delivered by this run, in-app only or
+    through the other service: they are parked (leased to this run until it ends, so
+    that it does not claim them again) or, when the run stops, handed back. Across
+    batches, runs and runners, the claim keeps the order (Repository.claim_due).
     """
 
     def __init__(
         self,
         pusher: Pusher,
-        may_push: Callable[[str], bool],
-        on_answer: Callable[[PushRequest, PushOutcome], None] | None = None,
-        before_push: Callable[[], Awaitable[None]] | None = None,
+        gate: _CancelGate,
+        tracker: _Tracker,
+        stop: RunStop,
     ) -> None:
         self._pusher = pusher
-        self._may_push = may_push
-        # Hands each outcome to the incremental finish, which may hold new pushes back.
-        self._on_answer = on_answer
-        self._before_push = before_push
+        self._gate = gate
+        self._tracker = tracker
+        self._stop = stop
         self.stops: dict[str, ServiceStop] = {}  # in the order they were noticed
-        self.parked: set[str] = set()
 
     def run(
         self,
-        items: Sequence[tuple[DueFollowUp, PushRequest]],
+        conversations: list[list[_Entry]],
         renew: Callable[[], None],
         renew_every: float,
         progress: ProgressCallback | None,
     ) -> None:
-        groups: dict[str | None, list[PushRequest]] = {}
-        for f, req in items:
-            groups.setdefault(f.conversation_id, []).append(req)
-        if groups:
-            self._pusher.run(self._run(list(groups.values()), renew, renew_every, progress))
-
-    def stays_scheduled(self, req: PushRequest, outcome: PushOutcome) -> bool:
-        """Neither sent nor failed because its service stopped: never sent, refused as a
-        configuration error, or its attempts used up in the service's outage."""
-        if outcome.kind in (Outcome.UNSENT, Outcome.CONFIG):
-            return True
-        stop = self.stops.get(req.service)
-        return outcome.kind == Outcome.TRANSIENT and stop is not None and stop.kind == STOP_OUTAGE
+        if conversations:
+            self._pusher.run(self._run(conversations, renew, renew_every, progress))
 
     async def _run(
         self,
-        groups: list[list[PushRequest]],
+        conversations: list[list[_Entry]],
         renew: Callable[[], None],
         renew_every: float,
         progress: ProgressCallback | None,
@@ -196,45 +233,60 @@ class _PushRound:
         # One limit per service, so a slow service does not hold back the other one.
         concurrency = max(1, self._pusher.concurrency)
         slots = {s: asyncio.Semaphore(concurrency) for s in self._pusher.services}
-        renewer = asyncio.ensure_future(_renew_periodically(renew, renew_every))
-        tasks = [asyncio.ensure_future(self._push_group(g, slots, progress)) for g in groups]
+        helpers = [
+            asyncio.ensure_future(_renew_periodically(renew, renew_every)),
+            asyncio.ensure_future(self._gate.keep_fresh()),
+        ]
+        tasks = [asyncio.ensure_future(self._walk(c, slots, progress)) for c in conversations]
+        walks: asyncio.Future[Any] = asyncio.gather(*tasks)
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
         try:
-            await asyncio.gather(*tasks)
+            await asyncio.wait([walks, stop], return_when=asyncio.FIRST_COMPLETED)
+            if not walks.done():
+                # Stopping: no new push starts; those in flight get a few seconds.
+                await asyncio.wait([walks], timeout=STOP_GRACE_SECONDS)
+            if walks.done():
+                walks.result()  # an error of the database thread ends the run
         finally:
-            # On an error (the database gone mid-batch) nothing is left running behind.
-            for task in (*tasks, renewer):
+            # Nothing is left running behind, on an error or a stop alike.
+            for task in (*tasks, *helpers, stop):
                 task.cancel()
-            await asyncio.gather(*tasks, renewer, return_exceptions=True)
+            await asyncio.gather(walks, *helpers, stop, return_exceptions=True)
 
-    async def _push_group(
+    async def _walk(
         self,
-        reqs: Sequence[PushRequest],
+        entries: Sequence[_Entry],
         slots: dict[str, asyncio.Semaphore],
         progress: ProgressCallback | None,
     ) -> None:
-        for i, req in enumerate(reqs):
-            async with slots[req.service]:
-                if self._before_push is not None:
-                    await self._before_push()
-                if self._stopped(req.service):
-                    self.parked.update(r.follow_up_id for r in reqs[i:])
+        tracker = self._tracker
+        for i, entry in enumerate(entries):
+            req = entry.request
+            if req is None:
+                if self._stop.requested:
+                    tracker.pass_over(entries[i:], park=False)
                     return
-                if not self._may_push(req.follow_up_id):
-                    continue  # cancelled by the app since the claim
-                outcome = await self._pusher.push(req)
-            self._record(req, outcome)
+                tracker.in_app(entry)
+                continue
+            async with slots[req.service]:
+                await tracker.wait_for_room()
+                if self._stop.requested:
+                    tracker.pass_over(entries[i:], park=False)
+                    return
+                if self._stopped(req.service):
+                    tracker.pass_over(entries[i:], park=True)
+                    return
+                entry.started = True
+                outcome = await self._pusher.push(req, self._gate)
+            self._stopped(req.service)
+            self._gate.done(req.follow_up_id)
+            goes_on = tracker.answered(entry, outcome, stopping=self._stop.requested)
             if progress is not None:
                 progress(1)
-            if self.stays_scheduled(req, outcome):
+            if not goes_on:
                 # The conversation's later follow-ups must not overtake this one.
-                self.parked.update(r.follow_up_id for r in reqs[i + 1 :])
+                tracker.pass_over(entries[i + 1 :], park=not self._stop.requested)
                 return
-
-    def _record(self, req: PushRequest, outcome: PushOutcome) -> None:
-        # Runs on the event loop thread only: no lock needed.
-        self._stopped(req.service)
-        if self._on_answer is not None:
-            self._on_answer(req, outcome)
 
     def _stopped(self, service: str) -> bool:
         stop = self._pusher.stopped(service)
@@ -258,53 +310,73 @@ async def _renew_periodically(renew: Callable[[], None], every: float) -> None:
 
 
 class _CancelGate:
-    """Answers "may this follow-up still be pushed?" just before each push.
+    """The cancel promise's one owner (a PushGate): "may this follow-up still be pushed?",
+    asked by the pusher before every request of it (first attempt, each retry, each
+    resend of a push the service did not process).
 
-    The app may cancel a follow-up after it was claimed. Rather than one query per push,
-    the still-claimed set is re-read at most every `interval` seconds (one query for the
-    whole batch), so a cancel is noticed within that interval plus one push.
+    The app may cancel a follow-up after it was claimed. Rather than one query per
+    request, the batch's still-claimed set is re-read (one query for every follow-up
+    not yet answered) whenever the last reading began more than `interval` seconds ago,
+    so a cancel committed `interval` seconds before a request starts stops it. The
+    reading runs in a worker thread: the event loop and its streams never wait on the
+    database. While the round runs, it is also kept fresh in the background, so a request
+    that waited for a stream is checked against a recent reading when it starts.
 
-    While the database does not answer, nothing is pushed: the push could not be
-    recorded either. Such a follow-up goes back to the queue with the rest of its
-    conversation in this batch, so that a later one never overtakes it.
+    While the database does not answer, nothing is pushed (None): the push could not be
+    recorded either, and the push round keeps the rest of that conversation back.
     """
 
-    def __init__(
-        self,
-        db: Database,
-        run_id: str,
-        conversations: dict[str, str | None],
-        interval: float,
-    ) -> None:
+    def __init__(self, db: Database, run_id: str, ids: Sequence[str], interval: float) -> None:
         self._db = db
         self._run_id = run_id
-        self._conversations = conversations
-        self._pending = set(conversations)
+        self._pending = set(ids)
         self._interval = interval
         self._live: set[str] | None = set()  # None: the database did not answer
-        self._checked_at = float("-inf")
-        self._held_back: set[str | None] = set()
+        self._read_at = float("-inf")  # when the latest reading began (monotonic)
+        self._reading: asyncio.Future[None] | None = None
 
-    def may_push(self, follow_up_id: str) -> bool:
-        # Called on the event loop thread only.
-        now = time.monotonic()
-        if now - self._checked_at >= self._interval:
-            self._check()
-            self._checked_at = now
-        self._pending.discard(follow_up_id)
-        conversation = self._conversations.get(follow_up_id)
+    async def allows(self, follow_up_id: str) -> bool | None:
+        if time.monotonic() - self._read_at >= self._interval:
+            await self._refresh()
         if self._live is None:
-            self._held_back.add(conversation)
-        if self._live is None or conversation in self._held_back:
-            return False
+            return None
         return follow_up_id in self._live
 
-    def _check(self) -> None:
+    def withdrawn(self, follow_up_id: str) -> bool:
+        return self._live is not None and follow_up_id not in self._live
+
+    def done(self, follow_up_id: str) -> None:
+        """Answered: no further request of it, so no need to read it again."""
+        self._pending.discard(follow_up_id)
+
+    async def keep_fresh(self) -> None:
+        while True:
+            await asyncio.sleep(max(self._interval, 0.05))
+            if self._pending:
+                await self._refresh()
+
+    async def _refresh(self) -> None:
+        # Callers at the same moment share one reading.
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self._read())
+        await asyncio.shield(self._reading)
+
+    async def _read(self) -> None:
+        began = time.monotonic()
+        ids = sorted(self._pending)
+        try:
+            self._live = await asyncio.get_running_loop().run_in_executor(
+                None, self._still_claimed, ids
+            )
+        finally:
+            self._read_at = began
+            self._reading = None
+
+    def _still_claimed(self, ids: list[str]) -> set[str] | None:
         for last_try in (False, True):
             try:
                 with self._db.transaction() as repo:
-                    self._live = repo.still_claimed(self._run_id, sorted(self._pending))
-                return
+                    return repo.still_claimed(self._run_id, ids)
             except SQLAlchemyError as exc:
                 problem = classify_error(exc)
                 if not problem.transient:
@@ -316,7 +388,7 @@ class _CancelGate:
                             "cancel check failed (%s); not pushing until the database answers",
                             problem.summary,
                         )
-                    self._live = None
+        return None
 
 
 class MessageClock:
@@ -334,6 +406,16 @@ class MessageClock:
         return now
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every batch of one run shares."""
+
+    run_id: str
+    finisher: _Finisher
+    leases: _RunLeases
+    stop: RunStop
+
+
 def send_due(
     db: Database,
     pusher: Pusher,
@@ -342,6 +424,7 @@ def send_due(
     *,
     limit: int | None = None,
     progress: ProgressCallback | None = None,
+    stop: RunStop | None = None,
 ) -> RunReport:
     """Deliver everything due when the run starts (or up to `limit`).
 
@@ -349,7 +432,11 @@ def send_due(
     and finishes the answered follow-ups in small groups, so APNs is kept busy. Claiming
     ahead is safe for the per-conversation order: a later follow-up whose earlier one is
     still leased (by this run too) is simply not claimed until that one is finished.
+
+    `stop` (set by SIGTERM or SIGINT) ends the run early and cleanly: nothing more is
+    claimed, the pushes in flight are answered and recorded, the rest is handed back.
     """
+    stop = stop or RunStop()
     started = utcnow()
     report = RunReport(run_id=str(uuid.uuid4()), push_backend=pusher.name, started_at=started)
     lease = timedelta(seconds=settings.lease_seconds)
@@ -360,7 +447,7 @@ def send_due(
     def claim() -> list[DueFollowUp]:
         nonlocal wanted
         size = settings.batch_size if wanted is None else min(settings.batch_size, wanted)
-        if size <= 0:
+        if size <= 0 or stop.requested:
             return []
 
         def claim_once(_retrying: bool) -> tuple[list[DueFollowUp], float]:
@@ -392,20 +479,18 @@ def send_due(
     # so that the run goes on for the other service without claiming them again.
     parked: list[str] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="followups-db") as db_thread:
-        finisher = _Finisher(db_thread, finish, leases.batch_finished)
+        run = _Run(report.run_id, _Finisher(db_thread, finish, leases.batch_finished), leases, stop)
         try:
             batch = claim()
             while batch:
                 report.claimed += len(batch)
                 next_batch = db_thread.submit(claim)
-                ended = _push_batch(
-                    db, pusher, settings, report.run_id, batch, progress, finisher, leases
-                )
+                ended = _push_batch(db, pusher, settings, run, batch, progress)
                 parked.extend(ended.parked)
-                finisher.collect(report, wait=False)
-                for stop in ended.stops:
-                    report.note_stop(stop)
-                if all(pusher.stopped(s) is not None for s in pusher.services):
+                run.finisher.collect(report, wait=False)
+                for service_stop in ended.stops:
+                    report.note_stop(service_stop)
+                if stop.requested or all(pusher.stopped(s) is not None for s in pusher.services):
                     ahead = next_batch.result()
                     db_thread.submit(release, ahead).result()
                     break
@@ -413,13 +498,20 @@ def send_due(
                 if not batch:
                     # Claimed ahead while this batch still held its conversations' earlier
                     # follow-ups: once it is finished, the later ones may be due to go.
-                    finisher.collect(report, wait=True)
+                    run.finisher.collect(report, wait=True)
                     batch = claim()
-            finisher.collect(report, wait=True)
+            run.finisher.collect(report, wait=True)
             if parked:
                 db_thread.submit(release_ids, parked).result()
         finally:
             report.finished_at = utcnow()
+    for service in sorted(pusher.services):
+        # Every attempt to a service failed, though too few to trip its breaker (one
+        # follow-up due, say): an outage all the same, for the exit code and the alert.
+        unanswered = pusher.unanswered(service) if pusher.stopped(service) is None else None
+        if unanswered is not None:
+            report.note_stop(unanswered)
+    report.signal = stop.signal
     _alert(alerter, report)
 
     with db.transaction() as repo:
@@ -542,16 +634,23 @@ class PushedBatch:
     failures: list[Failure]
     release: list[str]
     attempts: list[AttemptRecord]
+    # Attempts failed for transient reasons: tried again by a later run.
+    deferred: list[Deferral] = field(default_factory=list)
+    # Parked (their service stopped): only their attempts are written; the run keeps
+    # them leased until it ends.
+    kept: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
-        return len(self.delivered) + len(self.failures) + len(self.release)
+        return len(self.ids())
 
     def ids(self) -> list[str]:
         return [
             *(f.id for f in self.delivered),
             *(f.follow_up_id for f in self.failures),
             *self.release,
+            *(d.follow_up_id for d in self.deferred),
+            *self.kept,
         ]
 
     def only(self, keep: set[str]) -> PushedBatch:
@@ -561,6 +660,8 @@ class PushedBatch:
             failures=[f for f in self.failures if f.follow_up_id in keep],
             release=[fid for fid in self.release if fid in keep],
             attempts=[a for a in self.attempts if a.follow_up_id in keep],
+            deferred=[d for d in self.deferred if d.follow_up_id in keep],
+            kept=[fid for fid in self.kept if fid in keep],
         )
 
     def halves(self) -> tuple[PushedBatch, PushedBatch]:
@@ -570,12 +671,19 @@ class PushedBatch:
         return self.only(first), self.only(set(ids) - first)
 
 
+@dataclass(frozen=True)
+class Deferral:
+    follow_up_id: str
+    retry_at: datetime
+
+
 @dataclass
 class Finished:
     sent: set[str] = field(default_factory=set)
     pushed: int = 0
     failed: list[Failure] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
+    deferred: set[str] = field(default_factory=set)
 
     def __add__(self, other: Finished) -> Finished:
         return Finished(
@@ -583,9 +691,11 @@ class Finished:
             pushed=self.pushed + other.pushed,
             failed=self.failed + other.failed,
             refused=self.refused + other.refused,
+            deferred=self.deferred | other.deferred,
         )
 
     def add_to(self, report: RunReport) -> None:
+        report.retrying += len(self.deferred)
         report.sent += len(self.sent)
         report.pushed += self.pushed
         report.in_app_only += len(self.sent) - self.pushed
@@ -656,61 +766,121 @@ class _Entry:
     follow_up: DueFollowUp
     request: PushRequest | None  # None: delivered in-app only
     notes: list[AttemptRecord] = field(default_factory=list)
-    outcome: PushOutcome | None = None
-    passed_over: bool = False  # not pushed: cancelled since the claim, or the round stopped
+    started: bool = False  # its push began
+    decided: bool = False  # handed to a part (delivered, failed, deferred, released, parked)
 
-    @property
-    def waiting(self) -> bool:
-        return self.request is not None and self.outcome is None and not self.passed_over
+
+def next_try(f: DueFollowUp, now: datetime, settings: Settings) -> datetime | None:
+    """When a follow-up whose attempts all failed for transient reasons is tried again:
+    FOLLOWUPS_RETRY_PAUSE after this run, doubling with each run that tried it, at most
+    MAX_RETRY_PAUSE. None once its tries span FOLLOWUPS_GIVE_UP_AFTER: it is marked
+    failed (with FOLLOWUPS_GIVE_UP_AFTER=0s, after this run's attempts)."""
+    since = f.retrying_since or now
+    if now - since >= settings.give_up_after:
+        return None
+    pause = settings.retry_pause * 2 ** min(f.retry_count, 16)
+    return now + min(pause, MAX_RETRY_PAUSE)
 
 
 class _Tracker:
-    """Sorts one batch's answers, as they come, into what can be finished now and what
-    waits for the end of the batch, and hands the former to the finisher in groups.
+    """Sorts one batch's follow-ups, as the push round decides them, into parts for the
+    finisher, handed over in groups (every FINISH_EVERY_ANSWERS, or FINISH_EVERY_SECONDS).
+    The round decides them in scheduled order per conversation, so parts keep that order
+    and message timestamps follow it. Runs on the event loop thread."""
 
-    A conversation's follow-ups are handed over in scheduled order: one delivered in-app
-    only waits behind an earlier follow-up of its conversation that is still being
-    pushed, so message timestamps keep the conversation's order. An answer that needs the
-    whole round to be judged (transient: failed, or left scheduled by an outage stop;
-    configuration: left scheduled) waits for the end. Runs on the event loop thread.
-    """
-
-    def __init__(self, batch: Sequence[DueFollowUp], plan: _Plan, finisher: _Finisher) -> None:
+    def __init__(
+        self,
+        batch: Sequence[DueFollowUp],
+        plan: _Plan,
+        finisher: _Finisher,
+        settings: Settings,
+    ) -> None:
         self._finisher = finisher
-        self._queues: dict[str | None, deque[_Entry]] = {}
-        self._entries: dict[str, _Entry] = {}
+        self._settings = settings
         self._ready = _empty_part()
-        self._answered_later: list[_Entry] = []
-        self._not_pushed: list[str] = []
         self._waiting = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
+        self.parked: list[str] = []
         requests = {f.id: req for f, req in plan.push}
         in_app = {f.id for f in plan.in_app}
         notes: dict[str, list[AttemptRecord]] = {}
         for note in plan.notes:
             notes.setdefault(note.follow_up_id, []).append(note)
         self._ready.failures.extend(plan.invalid)
+        conversations: dict[str | None, list[_Entry]] = {}
+        self._entries: list[_Entry] = []
         for f in batch:
             if f.id not in requests and f.id not in in_app:
                 continue
             entry = _Entry(f, requests.get(f.id), notes.get(f.id, []))
-            self._entries[f.id] = entry
-            self._queues.setdefault(f.conversation_id, deque()).append(entry)
-        for conversation in list(self._queues):
-            self._advance(conversation)
+            self._entries.append(entry)
+            # Follow-ups without a conversation have no order to keep: each on its own.
+            key = f.conversation_id if f.conversation_id is not None else f.id
+            conversations.setdefault(key, []).append(entry)
+        self.conversations = list(conversations.values())
 
-    def answered(self, req: PushRequest, outcome: PushOutcome) -> None:
-        entry = self._entries[req.follow_up_id]
-        entry.outcome = outcome
-        conversation = entry.follow_up.conversation_id
-        # A conversation's follow-ups are pushed one after the other: the earlier ones
-        # still without an answer were passed over.
-        for earlier in self._queues.get(conversation, ()):
-            if earlier is entry:
-                break
-            if earlier.waiting:
-                earlier.passed_over = True
-        self._advance(conversation)
+    def in_app(self, entry: _Entry) -> None:
+        entry.decided = True
+        self._ready.attempts.extend(entry.notes)
+        self._ready.delivered.append(entry.follow_up)
+        self._changed()
+
+    def answered(self, entry: _Entry, outcome: PushOutcome, *, stopping: bool) -> bool:
+        """Files a push's outcome; False when the follow-up stays scheduled, so that its
+        conversation's later follow-ups must wait."""
+        f, part = entry.follow_up, self._ready
+        entry.decided = True
+        part.attempts.extend(entry.notes)
+        part.attempts.extend(attempt_records(f.id, outcome.attempts))
+        goes_on = True
+        kind = outcome.kind
+        if kind == Outcome.SENT:
+            part.delivered.append(f)
+            part.pushed_ids.add(f.id)
+        elif kind == Outcome.PERMANENT:
+            part.failures.append(Failure(f.id, outcome.reason or "unknown"))
+            token = entry.request.device_token if entry.request else None
+            log.warning(
+                "follow-up %s not delivered: %s (token %s)", f.id, outcome.reason, mask_token(token)
+            )
+        elif kind == Outcome.WITHDRAWN:
+            part.release.append(f.id)  # cancelled by the app: stays cancelled
+        elif kind == Outcome.TRANSIENT and not stopping:
+            now = utcnow()
+            retry_at = next_try(f, now, self._settings)
+            if retry_at is None:
+                part.failures.append(Failure(f.id, outcome.reason or "unknown"))
+                log.warning(
+                    "follow-up %s failed: %s, its tries spanning FOLLOWUPS_GIVE_UP_AFTER",
+                    f.id,
+                    outcome.reason,
+                )
+            else:
+                part.deferred.append(Deferral(f.id, retry_at))
+                goes_on = False
+        elif stopping:
+            part.release.append(f.id)
+            goes_on = False
+        else:
+            # Unsent or refused as a configuration error: its service stopped for the run.
+            part.kept.append(f.id)
+            self.parked.append(f.id)
+            goes_on = False
+        self._changed()
+        return goes_on
+
+    def pass_over(self, entries: Sequence[_Entry], *, park: bool) -> None:
+        """Follow-ups this run does not deliver: parked until the run ends, or handed back
+        now (the run is stopping)."""
+        for entry in entries:
+            entry.decided = True
+            if park:
+                self.parked.append(entry.follow_up.id)
+            else:
+                self._ready.release.append(entry.follow_up.id)
+        self._changed()
+
+    def _changed(self) -> None:
         if self._ready.size >= FINISH_EVERY_ANSWERS:
             self._flush()
         elif self._timer is None and self._ready.size:
@@ -732,77 +902,19 @@ class _Tracker:
             raise self._finisher.error
         return self._finisher.unfinished + len(self._ready.pushed_ids) < MAX_UNFINISHED
 
-    def end(
-        self,
-        stays_scheduled: Callable[[PushRequest, PushOutcome], bool],
-        parked_ids: set[str],
-    ) -> tuple[PushedBatch, list[str]]:
-        """Everything not handed over yet, once the round is over, and the follow-ups a
-        stopped push service leaves parked. What was not pushed goes back to the queue
-        (or stays parked); transient failures are judged by whether their service stopped
-        for an outage."""
+    def end(self) -> PushedBatch:
+        """Everything not handed over yet, once the round is over. A follow-up the round
+        never decided (it ended on an error, or a stop's grace ran out) is handed back
+        unless its push began: that one's answer is unknown, so it stays leased and comes
+        back after the lease, as a crash's would."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         part, self._ready = self._ready, _empty_part()
-        for queue in self._queues.values():
-            while queue:
-                self._sort(queue.popleft(), part)
-        parked = [fid for fid in self._not_pushed if fid in parked_ids]
-        part.release.extend(fid for fid in self._not_pushed if fid not in parked_ids)
-        for entry in self._answered_later:
-            outcome, request = entry.outcome, entry.request
-            assert outcome is not None and request is not None
-            if stays_scheduled(request, outcome):
-                # Its service stopped (configuration or outage): nothing is failed.
-                parked.append(entry.follow_up.id)
-            elif outcome.kind == Outcome.TRANSIENT:
-                part.failures.append(Failure(entry.follow_up.id, outcome.reason or "unknown"))
-                log.warning(
-                    "follow-up %s failed after %d attempts: %s",
-                    entry.follow_up.id,
-                    len(outcome.attempts),
-                    outcome.reason,
-                )
-            else:
+        for entry in self._entries:
+            if not entry.decided and not entry.started:
                 part.release.append(entry.follow_up.id)
-            part.attempts.extend(attempt_records(entry.follow_up.id, outcome.attempts))
-        self._not_pushed.clear()
-        self._answered_later.clear()
-        return part, parked
-
-    def _advance(self, conversation: str | None) -> None:
-        queue = self._queues[conversation]
-        while queue and not queue[0].waiting:
-            self._sort(queue.popleft(), self._ready)
-
-    def _sort(self, entry: _Entry, part: PushedBatch) -> None:
-        """A follow-up whose turn has come: into `part`, or aside until the round is over."""
-        outcome = entry.outcome
-        if entry.request is not None and outcome is None:
-            self._not_pushed.append(entry.follow_up.id)
-        elif outcome is not None and outcome.kind not in (Outcome.SENT, Outcome.PERMANENT):
-            self._answered_later.append(entry)
-        else:
-            self._take(entry, part)
-
-    def _take(self, entry: _Entry, part: PushedBatch) -> None:
-        """An in-app delivery, an accepted push or a permanent failure, into `part`."""
-        f, outcome = entry.follow_up, entry.outcome
-        part.attempts.extend(entry.notes)
-        if outcome is None:
-            part.delivered.append(f)
-            return
-        part.attempts.extend(attempt_records(f.id, outcome.attempts))
-        if outcome.kind == Outcome.SENT:
-            part.delivered.append(f)
-            part.pushed_ids.add(f.id)
-            return
-        part.failures.append(Failure(f.id, outcome.reason or "unknown"))
-        token = entry.request.device_token if entry.request else None
-        log.warning(
-            "follow-up %s not delivered: %s (token %s)", f.id, outcome.reason, mask_token(token)
-        )
+        return part
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -828,35 +940,24 @@ def _push_batch(
     db: Database,
     pusher: Pusher,
     settings: Settings,
-    run_id: str,
+    run: _Run,
     batch: Sequence[DueFollowUp],
     progress: ProgressCallback | None,
-    finisher: _Finisher,
-    leases: _RunLeases,
 ) -> _RoundEnd:
-    """Pushes one batch; its follow-ups are finished as they are answered. Returns the
-    push services that stopped, and the follow-ups their stop left parked."""
+    """Pushes one batch; its follow-ups are finished as they are decided. Returns the
+    push services that stopped, and the follow-ups this run keeps parked."""
     plan = _plan(batch, utcnow(), settings, pusher.services)
-    to_push = plan.push
-    gate = _CancelGate(
-        db, run_id, {f.id: f.conversation_id for f, _ in to_push}, settings.cancel_check_seconds
-    )
-    tracker = _Tracker(batch, plan, finisher)
-    round_ = _PushRound(
-        pusher,
-        gate.may_push,
-        on_answer=tracker.answered,
-        before_push=tracker.wait_for_room,
-    )
+    gate = _CancelGate(db, run.run_id, [f.id for f, _ in plan.push], settings.cancel_check_seconds)
+    tracker = _Tracker(batch, plan, run.finisher, settings)
+    round_ = _PushRound(pusher, gate, tracker, run.stop)
     try:
-        round_.run(to_push, leases.renew, settings.lease_seconds / 3, progress)
+        round_.run(tracker.conversations, run.leases.renew, settings.lease_seconds / 3, progress)
     finally:
-        # Even when the run is ending on an error, what APNs accepted is recorded.
-        part, parked = tracker.end(round_.stays_scheduled, round_.parked)
-        finisher.submit(part, last_of_batch=True)
+        # Even when the run is ending on an error, what the services accepted is recorded.
+        run.finisher.submit(tracker.end(), last_of_batch=True)
     if progress is not None:
-        progress(len(batch) - len(to_push))
-    return _RoundEnd(stops=list(round_.stops.values()), parked=parked)
+        progress(len(batch) - len(plan.push))
+    return _RoundEnd(stops=list(round_.stops.values()), parked=tracker.parked)
 
 
 def finish_batch(
@@ -914,12 +1015,17 @@ def _finish_once(
             ]
         )
         failed_ids = repo.mark_failed(run_id, pushed.failures, finished_at)
+        retry_at: dict[datetime, list[str]] = {}
+        for d in pushed.deferred:
+            retry_at.setdefault(d.retry_at, []).append(d.follow_up_id)
+        deferred_ids = repo.defer(run_id, retry_at, finished_at)
         repo.release(run_id, pushed.release)
         repo.record_attempts(run_id, _not_yet_recorded(repo, run_id, pushed.attempts, retrying))
     return Finished(
         sent=sent_ids,
         pushed=len(sent_ids & pushed.pushed_ids),
         failed=[f for f in pushed.failures if f.follow_up_id in failed_ids],
+        deferred=deferred_ids,
     )
 
 

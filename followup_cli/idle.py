@@ -29,7 +29,8 @@ from followup_cli.settings import POSTGRES_CONNECT_ARGS, SQLITE_BUSY_TIMEOUT_SEC
 _CLAIMABLE = (
     "SELECT COUNT(*) FROM follow_up_requests "
     "WHERE status = 'scheduled' AND scheduled_for <= {p} "
-    "AND (claim_expires_at IS NULL OR claim_expires_at <= {p}) AND held_at IS NULL"
+    "AND (claim_expires_at IS NULL OR claim_expires_at <= {p}) AND held_at IS NULL "
+    "AND (retry_at IS NULL OR retry_at <= {p})"
 )
 _RECORD_RUN = (
     "INSERT INTO follow_up_runs (id, host, pid, started_at, finished_at, push_backend, "
@@ -71,7 +72,7 @@ def try_idle_run(settings: Settings) -> RunReport | None:
     conn, p, at = opened
     try:
         cursor = conn.cursor()
-        cursor.execute(_CLAIMABLE.format(p=p), (at(started), at(started)))
+        cursor.execute(_CLAIMABLE.format(p=p), (at(started),) * 3)
         (claimable,) = cursor.fetchone()
         if claimable:
             return None

@@ -56,6 +56,9 @@ class Stats:
     # Held: the database refused even to mark them failed; no run claims them.
     held: int = 0
     oldest_held_since: datetime | None = None
+    # Waiting to be tried again after transient failures (counted in `overdue` too).
+    retrying: int = 0
+    oldest_retrying_since: datetime | None = None
     # Follow-ups with a device token that went in-app only, by why there was no push
     # (invalid_device_token, fcm_not_configured, apns_not_configured).
     no_push_by_reason: dict[str, int] = field(default_factory=dict)
@@ -104,6 +107,10 @@ class Stats:
             "overdue": self.overdue,
             "oldest_overdue_seconds": self.oldest_overdue_seconds,
             "held": self.held,
+            "retrying": self.retrying,
+            "oldest_retrying_seconds": None
+            if self.oldest_retrying_since is None
+            else max(0.0, (self.generated_at - self.oldest_retrying_since).total_seconds()),
             "last_run_at": run.started_at.isoformat() if run else None,
             "last_run": None
             if run is None
@@ -130,6 +137,7 @@ def gather(db: Database, window: timedelta, *, per_hour: bool = True) -> Stats:
     with db.transaction() as repo:
         overdue, oldest = repo.backlog(now)
         held, oldest_held = repo.held()
+        retrying, oldest_retrying = repo.retrying()
         return Stats(
             window=window,
             generated_at=now,
@@ -145,6 +153,8 @@ def gather(db: Database, window: timedelta, *, per_hour: bool = True) -> Stats:
             sent_per_hour=repo.sent_per_hour_since(since) if per_hour else [],
             held=held,
             oldest_held_since=oldest_held,
+            retrying=retrying,
+            oldest_retrying_since=oldest_retrying,
             no_push_by_reason=repo.skipped_by_reason_since(since),
         )
 

@@ -27,14 +27,21 @@ def is_terminal() -> bool:
 def send_due_summary(report: RunReport) -> None:
     pushed = f"{report.pushed} pushed, {report.in_app_only} in-app only"
     held = f", held {report.held}" if report.held else ""
+    retrying = f", retrying {report.retrying}" if report.retrying else ""
     print(
         f"send-due: claimed {report.claimed}, sent {report.sent} ({pushed}), "
-        f"failed {report.failed}{held}, skipped {report.skipped} | push backend: "
+        f"failed {report.failed}{held}{retrying}, skipped {report.skipped} | push backend: "
         f"{report.push_backend} | {report.elapsed_seconds:.2f}s"
     )
 
 
 def stop_line(report: RunReport) -> str:
+    if report.signal is not None:
+        name = {2: "SIGINT", 15: "SIGTERM"}.get(report.signal, f"signal {report.signal}")
+        return (
+            f"stopped by {name}: the pushes in flight were recorded, the other claimed "
+            "follow-ups were handed back for the next run"
+        )
     if not report.stops:
         return f"run ended: {report.outcome}"
     return " ".join(_stop_clause(stop, report) for stop in report.stops)
@@ -138,6 +145,17 @@ def _stats_rows(stats: Stats, rules: CheckRules) -> list[tuple[str, str]]:
         ("last send-due run", last),
         ("cron alive", "yes" if stats.cron_alive(rules) else "NO"),
     ]
+    if stats.retrying:
+        failing = stats.oldest_retrying_since
+        rows.insert(
+            -2,
+            (
+                "  of which retrying (transient failures)",
+                f"{stats.retrying} (failing since {failing:%Y-%m-%d %H:%M} UTC)"
+                if failing
+                else str(stats.retrying),
+            ),
+        )
     if stats.held:
         since = stats.oldest_held_since
         rows.insert(

@@ -12,6 +12,8 @@ from followup_cli.vocabulary import Service
 # Why a run stopped early (follow_up_runs.outcome); None means it completed.
 STOP_CONFIG = "config_error"
 STOP_OUTAGE = "outage"
+# Stopped by SIGTERM or SIGINT: what was in flight recorded, the rest handed back.
+STOP_SIGNAL = "interrupted"
 
 # What became of a follow-up the database refused to record as delivered.
 REFUSED_FAILED = "failed"  # marked failed, reason database_rejected
@@ -55,12 +57,16 @@ class RunReport:
     in_app_only: int = 0
     failed: int = 0
     held: int = 0
+    # Left scheduled after transient failures, to be tried again by a later run.
+    retrying: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
     # The first stop; `stops` has one per push service that stopped.
     stop: str | None = None
     stop_reason: str | None = None
     stops: list[ServiceStop] = field(default_factory=list)
+    # The signal that stopped the run (SIGTERM 15, SIGINT 2), if one did.
+    signal: int | None = None
 
     @property
     def services_that_went_on(self) -> list[str]:
@@ -81,9 +87,9 @@ class RunReport:
 
     @property
     def skipped(self) -> int:
-        """Claimed but neither sent, failed nor held by this run: cancelled meanwhile,
-        taken over by another run, or given back for the next run."""
-        return self.claimed - self.sent - self.failed - self.held
+        """Claimed but neither sent, failed, held nor left to be retried by this run:
+        cancelled meanwhile, taken over by another run, or given back for the next run."""
+        return self.claimed - self.sent - self.failed - self.held - self.retrying
 
     @property
     def elapsed_seconds(self) -> float:
@@ -92,8 +98,14 @@ class RunReport:
 
     @property
     def outcome(self) -> str:
+        if self.signal is not None:
+            return STOP_SIGNAL
         return self.stop or "completed"
 
     @property
     def exit_code(self) -> int:
+        """0 completed; 1 stopped (outage, configuration); 128 + the signal when a signal
+        stopped it (143 for SIGTERM, 130 for SIGINT), as shells report it."""
+        if self.signal is not None:
+            return 128 + self.signal
         return 0 if self.stop is None else 1

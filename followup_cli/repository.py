@@ -62,6 +62,9 @@ class DueFollowUp:
     device_token: str | None
     provider_name: str | None
     in_app_only: bool
+    # Set while it waits to be tried again after transient failures (see `defer`).
+    retrying_since: datetime | None = None
+    retry_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,13 @@ _DUE_COLUMNS = (
     r.device_token,
     r.provider_name,
     r.in_app_only,
+    r.retrying_since,
+    r.retry_count,
 )
+
+
+# A row that is no longer waiting to be tried again (sent, failed, requeued).
+_NOT_RETRYING: dict[str, Any] = {"retry_at": None, "retrying_since": None, "retry_count": None}
 
 
 def _due(row: Any) -> DueFollowUp:
@@ -197,6 +206,8 @@ def _due(row: Any) -> DueFollowUp:
         device_token=row.device_token,
         provider_name=row.provider_name,
         in_app_only=bool(row.in_app_only),
+        retrying_since=_aware(row.retrying_since),
+        retry_count=int(row.retry_count or 0),
     )
 
 
@@ -216,8 +227,11 @@ class Repository:
         """Lease up to `limit` follow-ups due at `due_before` to this run, oldest first.
 
         Skips rows leased by a live run, rows locked by another transaction (SKIP
-        LOCKED), and rows whose conversation has a follow-up leased right now, so one
-        conversation's follow-ups go out in order even across runners.
+        LOCKED), held rows, rows waiting to be retried (retry_at still ahead), and the
+        rows of a conversation that must wait: one with a follow-up leased right now, or
+        an earlier one held or waiting to be retried. This is where the order of a
+        conversation is kept, across batches, runs and runners: nothing else lets a
+        later follow-up overtake an earlier one that is still scheduled.
         """
         if self.dialect == "postgresql":
             self.conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
@@ -234,6 +248,24 @@ class Repository:
             e.claim_expires_at > now,
             e.conversation_id.is_not(None),
         )
+        # An earlier follow-up of the conversation that is still scheduled but cannot go
+        # now (held, or its next try still ahead): the later ones wait behind it. Few
+        # rows are ever in that state (ix_follow_up_requests_waiting).
+        waiting = follow_up_requests.alias("waiting")
+        w = waiting.c
+        blocked_behind = (
+            select(literal(1))
+            .where(
+                w.conversation_id == r.conversation_id,
+                w.status == Status.SCHEDULED,
+                or_(w.held_at.is_not(None), w.retry_at > now),
+                or_(
+                    w.scheduled_for < r.scheduled_for,
+                    and_(w.scheduled_for == r.scheduled_for, w.id < r.id),
+                ),
+            )
+            .exists()
+        )
         candidates = (
             select(r.id)
             .where(
@@ -241,7 +273,11 @@ class Repository:
                 r.scheduled_for <= due_before,
                 or_(r.claim_expires_at.is_(None), r.claim_expires_at <= now),
                 r.held_at.is_(None),
-                or_(r.conversation_id.is_(None), r.conversation_id.not_in(in_flight)),
+                or_(r.retry_at.is_(None), r.retry_at <= now),
+                or_(
+                    r.conversation_id.is_(None),
+                    and_(r.conversation_id.not_in(in_flight), ~blocked_behind),
+                ),
             )
             .order_by(r.scheduled_for, r.id)
             .limit(limit)
@@ -293,6 +329,7 @@ class Repository:
                 claim_expires_at=None,
                 failure_reason=None,
                 failure_detail=None,
+                **_NOT_RETRYING,
             )
             .returning(r.id)
         )
@@ -344,6 +381,29 @@ class Repository:
                     failure_detail=detail,
                     failed_device_token=r.device_token,
                     failed_at=failed_at,
+                    claimed_by=None,
+                    claim_expires_at=None,
+                    **_NOT_RETRYING,
+                )
+                .returning(r.id)
+            )
+            changed.update(self.conn.scalars(stmt))
+        return changed
+
+    def defer(self, run_id: str, retry_at: dict[datetime, list[str]], now: datetime) -> set[str]:
+        """Rows this run still holds whose attempts all failed for transient reasons: they
+        stay scheduled, no run claims them before their `retry_at` (nor the later
+        follow-ups of their conversation), and each keeps the time of its first such
+        failure. Returns the ids changed."""
+        changed: set[str] = set()
+        for at, ids in retry_at.items():
+            stmt = (
+                update(follow_up_requests)
+                .where(r.id.in_(ids), r.status == Status.SCHEDULED, r.claimed_by == run_id)
+                .values(
+                    retry_at=at,
+                    retrying_since=func.coalesce(r.retrying_since, now),
+                    retry_count=func.coalesce(r.retry_count, 0) + 1,
                     claimed_by=None,
                     claim_expires_at=None,
                 )
@@ -518,6 +578,16 @@ class Repository:
         count, oldest = self.conn.execute(
             select(func.count(), func.min(r.scheduled_for)).where(
                 r.status == Status.SCHEDULED, r.scheduled_for <= now, r.held_at.is_(None)
+            )
+        ).one()
+        return int(count or 0), _aware(oldest)
+
+    def retrying(self) -> tuple[int, datetime | None]:
+        """Follow-ups waiting to be tried again after transient failures, and the
+        earliest first failure among them."""
+        count, oldest = self.conn.execute(
+            select(func.count(), func.min(r.retrying_since)).where(
+                r.status == Status.SCHEDULED, r.retry_at.is_not(None), r.held_at.is_(None)
             )
         ).one()
         return int(count or 0), _aware(oldest)
@@ -778,6 +848,7 @@ class Repository:
             "held_at": None,
             "claimed_by": None,
             "claim_expires_at": None,
+            **_NOT_RETRYING,
         }
         if in_app_only:
             values["in_app_only"] = True

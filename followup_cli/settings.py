@@ -67,6 +67,11 @@ class Settings:
     # How stale the "was it cancelled meanwhile?" check before a push may be.
     cancel_check_seconds: float = 0.2
     batch_size: int = 1000
+    # A follow-up whose attempts all failed for transient reasons stays scheduled and is
+    # tried again by a later run after this pause, doubling per try up to
+    # MAX_RETRY_PAUSE; it is marked failed once its tries span give_up_after.
+    retry_pause: timedelta = timedelta(minutes=1)
+    give_up_after: timedelta = timedelta(hours=6)
     # This many failed push attempts in a row (5xx, timeouts, connection failures) means
     # APNs is down: the run stops and leaves the rest scheduled.
     outage_threshold: int = 5
@@ -129,7 +134,7 @@ class Variable:
 
     name: str
     field: str
-    kind: str = "text"  # text, lower (case folded), path, int, float, duration
+    kind: str = "text"  # text, lower (case folded), path, int, float, duration, duration_or_zero
     minimum: float = 0
 
 
@@ -155,6 +160,8 @@ VARIABLES = (
     Variable("FOLLOWUPS_LEASE_SECONDS", "lease_seconds", "int", 10),
     Variable("FOLLOWUPS_CANCEL_CHECK_SECONDS", "cancel_check_seconds", "float", 0.0),
     Variable("FOLLOWUPS_BATCH_SIZE", "batch_size", "int", 1),
+    Variable("FOLLOWUPS_RETRY_PAUSE", "retry_pause", "duration"),
+    Variable("FOLLOWUPS_GIVE_UP_AFTER", "give_up_after", "duration_or_zero"),
     Variable("FOLLOWUPS_OUTAGE_THRESHOLD", "outage_threshold", "int", 1),
     Variable("FOLLOWUPS_ALERT_WEBHOOK_URL", "alert_webhook_url"),
     Variable("FOLLOWUPS_HEARTBEAT_URL", "heartbeat_url"),
@@ -191,6 +198,8 @@ def _read(var: Variable, raw: str) -> object:
         return Path(text)
     if var.kind == "duration":
         return parse_duration(raw, var.name)
+    if var.kind == "duration_or_zero":
+        return parse_duration(raw, var.name, allow_zero=True)
     if var.kind in ("int", "float"):
         try:
             number: float = int(text) if var.kind == "int" else float(text)
@@ -415,8 +424,9 @@ def format_duration(value: timedelta) -> str:
     raise AssertionError("a whole number of seconds is always divisible by 1")
 
 
-def parse_duration(text: str, option: str = "duration") -> timedelta:
-    """'30m', '24h', '7d', '90s' -> timedelta. Raises ConfigError on anything else."""
+def parse_duration(text: str, option: str = "duration", *, allow_zero: bool = False) -> timedelta:
+    """'30m', '24h', '7d', '90s' -> timedelta (and '0s' when `allow_zero`). Raises
+    ConfigError on anything else."""
     match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text or "")
     if not match:
         raise ConfigError(
@@ -425,6 +435,6 @@ def parse_duration(text: str, option: str = "duration") -> timedelta:
         )
     amount, unit = int(match.group(1)), match.group(2)
     seconds = _DURATION_UNITS[unit]
-    if amount <= 0:
+    if amount < 0 or (amount == 0 and not allow_zero):
         raise ConfigError(f"{option} must be greater than zero, got {text!r}")
     return timedelta(seconds=amount * seconds)

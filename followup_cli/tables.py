@@ -26,6 +26,7 @@ from sqlalchemy import (
     and_,
     false,
     func,
+    or_,
     text,
 )
 from sqlalchemy.dialects import postgresql
@@ -124,6 +125,13 @@ follow_up_requests = Table(
     # without 'failed'): the row stays `scheduled` but no run claims it until
     # retry-failed releases it.
     Column("held_at", UTCDateTime()),
+    # A follow-up whose attempts all failed for transient reasons (an outage, a timeout)
+    # stays scheduled: no run claims it before retry_at, and neither the later follow-ups
+    # of its conversation. retrying_since is its first such failure (it is marked failed
+    # once its tries span FOLLOWUPS_GIVE_UP_AFTER); retry_count the runs that tried it.
+    Column("retry_at", UTCDateTime()),
+    Column("retrying_since", UTCDateTime()),
+    Column("retry_count", Integer),
 )
 
 # The due scan reads only scheduled rows; a partial index keeps it independent of how
@@ -147,6 +155,20 @@ partial_index(
 )
 
 # Window queries (stats) and cleanup read one status at a time.
+# "Does this conversation wait behind an earlier follow-up?" during a claim: held rows
+# and rows waiting to be retried, a set as small as the trouble at hand.
+partial_index(
+    "ix_follow_up_requests_waiting",
+    follow_up_requests.c.conversation_id,
+    follow_up_requests.c.scheduled_for,
+    where=and_(
+        follow_up_requests.c.status == Status.SCHEDULED,
+        or_(
+            follow_up_requests.c.held_at.is_not(None),
+            follow_up_requests.c.retry_at.is_not(None),
+        ),
+    ),
+)
 partial_index(
     "ix_follow_up_requests_sent_at",
     follow_up_requests.c.sent_at,

@@ -29,6 +29,9 @@ class Outcome(StrEnum):
     CONFIG = "config"  # our key, team or topic is wrong: stop, fail nothing
     UNSENT = "unsent"  # never sent: the run had stopped (configuration or outage) first
     SKIPPED = "skipped"  # not pushed (invalid token, service off): delivered in-app only
+    # PushOutcome.kind only, never stored: the app cancelled the follow-up, and the cancel
+    # gate said so before the next request (first attempt, retry or resend).
+    WITHDRAWN = "withdrawn"
 
 
 class Service(StrEnum):

@@ -29,7 +29,7 @@ from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_attempts
 from tests.fake_apns import FakeAPNs
 from tests.fake_webhook import FakeWebhook
-from tests.helpers import apns_env, apns_token, app_row, deliver, row, start_send_due
+from tests.helpers import apns_env, apns_token, app_row, attempts, deliver, row, start_send_due
 
 
 def attempt_counts(db: Database) -> Counter[str]:
@@ -333,15 +333,15 @@ def test_outage_on_an_established_connection_is_bounded_by_what_was_in_flight(
 def test_breaker_counts_failed_attempts_across_batches(
     db: Database, apns_settings: Settings, apns: FakeAPNs
 ) -> None:
-    """Batches of one: the first follow-up uses its 3 attempts and is failed; the count
-    carries into the next batch, where the 5th failed attempt in a row trips it."""
+    """Batches of one: the first follow-up uses its 3 attempts and waits to be retried;
+    the count carries into the next batch, where the 5th failed attempt in a row trips it."""
     ids = [app_row(db, device_token=apns_token(i)) for i in range(10)]
     apns.respond(503, "ServiceUnavailable")
     settings = replace(apns_settings, outage_threshold=5, push_concurrency=1, batch_size=1)
     report = deliver(db, settings)
-    assert (report.stop, report.exit_code, report.failed) == ("outage", 1, 1)
+    assert (report.stop, report.exit_code, report.failed, report.retrying) == ("outage", 1, 0, 2)
     assert len(apns.requests) == 5
-    assert sum(row(db, fid).status == "scheduled" for fid in ids) == 9
+    assert sum(row(db, fid).status == "scheduled" for fid in ids) == 10
 
 
 def test_rate_limited_device_answers_do_not_trip_the_breaker(
@@ -352,8 +352,8 @@ def test_rate_limited_device_answers_do_not_trip_the_breaker(
     apns.respond(429, "TooManyRequests", token=apns_token(0))
     report = deliver(db, replace(apns_settings, outage_threshold=2, push_concurrency=1))
     assert report.stop is None
-    assert (report.sent, report.failed) == (3, 1)
-    assert row(db, ids[0]).failure_reason == "TooManyRequests"
+    assert (report.sent, report.failed, report.retrying) == (3, 0, 1)
+    assert attempts(db, ids[0])[-1][1:] == ("transient", "TooManyRequests")
 
 
 def test_a_timed_out_push_retires_its_connection_without_failing_the_others(

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
@@ -131,7 +132,7 @@ def test_a_reason_newer_than_pyapns_client_is_judged_by_its_status(
         (200, None, {"action": "stall"}, "Timeout"),
     ],
 )
-def test_exhausted_transient_failure_is_failed_after_exactly_three_attempts(
+def test_exhausted_transient_failure_stays_scheduled_after_exactly_three_attempts(
     db: Database,
     apns_settings: Settings,
     apns: FakeAPNs,
@@ -140,16 +141,31 @@ def test_exhausted_transient_failure_is_failed_after_exactly_three_attempts(
     kwargs: dict[str, object],
     recorded: str,
 ) -> None:
-    """Always failing transiently: 3 requests (not 9), status failed, the last reason kept."""
+    """Always failing transiently: 3 requests (not 9), then scheduled to be tried again
+    after FOLLOWUPS_RETRY_PAUSE, attempts recorded; with FOLLOWUPS_GIVE_UP_AFTER=0s it is
+    failed at once with the last reason, as the only try allowed."""
     fid = app_row(db)
     apns.respond(status, reason, **kwargs)  # type: ignore[arg-type]
+    # One follow-up's attempts all failing is an outage, however few were due; APNs'
+    # per-device 429 says APNs is up.
+    outage = 0 if reason == "TooManyRequests" else 1
     report = deliver(db, replace(apns_settings, push_timeout_seconds=0.3))
-    assert (report.sent, report.failed, report.exit_code) == (0, 1, 0)
+    assert (report.sent, report.failed, report.retrying, report.exit_code) == (0, 0, 1, outage)
     assert len(apns.requests) == 3
     r = row(db, fid)
-    assert (r.status, r.failure_reason) == ("failed", recorded)
+    assert (r.status, r.claimed_by, r.retry_count) == ("scheduled", None, 1)
+    assert r.retry_at is not None and r.retrying_since is not None
     assert messages(db, fid) == []
     assert [a[1:] for a in attempts(db, fid)] == [("transient", recorded)] * 3
+
+    fid = app_row(db)
+    report = deliver(
+        db, replace(apns_settings, push_timeout_seconds=0.3, give_up_after=timedelta(0))
+    )
+    assert (report.sent, report.failed, report.exit_code) == (0, 1, outage)
+    r = row(db, fid)
+    assert (r.status, r.failure_reason, r.retry_at) == ("failed", recorded, None)
+    assert messages(db, fid) == []
 
 
 @pytest.mark.parametrize(

@@ -231,18 +231,25 @@ def test_configuration_answers_stop_fcm_and_fail_nothing(
 
 
 @pytest.mark.parametrize("error", ["QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL"])
-def test_transient_answers_use_three_attempts_then_fail(
+def test_transient_answers_use_three_attempts_then_wait_to_be_retried(
     db: Database, fcm_settings: Settings, fcm: FakeFCM, error: str
 ) -> None:
-    """429, 503 and 500: three attempts in all, then failed with the reason; a short
-    Retry-After is waited out, not a reason to stop."""
+    """429, 503 and 500: three attempts in all (a short Retry-After is waited out), then
+    the follow-up stays scheduled for a later run, and the run exits 1 as an outage,
+    since every attempt failed; with FOLLOWUPS_GIVE_UP_AFTER=0s it is failed with the
+    reason."""
     fid = app_row(db, device_token=fcm_token(1))
     fcm.respond(error, retry_after="0")
     report = deliver(db, fcm_settings)
-    assert (report.sent, report.failed, report.stop) == (0, 1, None)
+    assert (report.sent, report.failed, report.retrying, report.stop) == (0, 0, 1, "outage")
     assert len(fcm.requests) == 3
-    assert row(db, fid).failure_reason == error
+    assert (row(db, fid).status, row(db, fid).retry_count) == ("scheduled", 1)
     assert attempts(db, fid) == [(n, "transient", error) for n in (1, 2, 3)]
+
+    fid = app_row(db, device_token=fcm_token(2))
+    report = deliver(db, replace(fcm_settings, give_up_after=timedelta(0)))
+    assert (report.sent, report.failed, report.exit_code) == (0, 1, 1)
+    assert row(db, fid).failure_reason == error
 
 
 def test_transient_then_accepted(db: Database, fcm_settings: Settings, fcm: FakeFCM) -> None:

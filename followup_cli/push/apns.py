@@ -54,7 +54,7 @@ from followup_cli.push.h2client import (
     PushTimeout,
 )
 from followup_cli.push.payload import apns_body, headers_for
-from followup_cli.push.protocol import Attempt, PushOutcome, PushRequest
+from followup_cli.push.protocol import Attempt, PushGate, PushOutcome, PushRequest
 from followup_cli.push.provider_token import ProviderToken
 from followup_cli.push.service import ServicePusher
 from followup_cli.settings import Settings
@@ -170,7 +170,9 @@ class APNsPusher(ServicePusher):
             label="APNs",
         )
 
-    async def _attempt_once(self, request: PushRequest, attempts: list[Attempt]) -> PushOutcome:
+    async def _attempt_once(
+        self, request: PushRequest, attempts: list[Attempt], gate: PushGate | None
+    ) -> PushOutcome:
         at = utcnow()
         # No apns-id of ours: APNs makes one and answers with it (one header less to encode).
         headers = headers_for(request, self._settings.apns_topic)
@@ -179,6 +181,9 @@ class APNsPusher(ServicePusher):
         resends = 0
         renewed = fell_back = False
         while True:
+            withheld = await self._request_allowed(request, attempts, gate)
+            if withheld is not None:
+                return withheld
             conn: H2Connection | None = None
             try:
                 conn = await self._endpoint.connection(self._may_start)
@@ -187,12 +192,12 @@ class APNsPusher(ServicePusher):
                     headers,
                     body,
                     self._settings.push_timeout_seconds,
-                    self._may_start,
+                    self._may_stream(request, gate),
                     authorization=self._authorization,
                 )
                 raise_for_answer(answer.status, answer.headers.get("apns-id"), bytes(answer.body))
             except Halted:
-                return self._halted(attempts)
+                return self._stopped_while_waiting(request, attempts, gate)
             except NotProcessed as exc:
                 if resends < MAX_RESENDS:
                     resends += 1  # APNs never saw it: not an attempt

@@ -54,7 +54,7 @@ from followup_cli.push.payload import (
     fit_body,
     payload_dict,
 )
-from followup_cli.push.protocol import Attempt, PushOutcome, PushRequest
+from followup_cli.push.protocol import Attempt, PushGate, PushOutcome, PushRequest
 from followup_cli.push.service import ServicePusher
 from followup_cli.settings import FCM_DEFAULT_URL, Settings, read_fcm_credentials
 from followup_cli.vocabulary import Outcome, Service
@@ -533,12 +533,17 @@ class FCMPusher(ServicePusher):
     def _authorization(self, in_hand: str) -> str:
         return f"Bearer {self.tokens.latest(in_hand)}"
 
-    async def _attempt_once(self, request: PushRequest, attempts: list[Attempt]) -> PushOutcome:
+    async def _attempt_once(
+        self, request: PushRequest, attempts: list[Attempt], gate: PushGate | None
+    ) -> PushOutcome:
         at = utcnow()
         body = encode_payload(fcm_message(request))
         resends = 0
         renewed = False
         while True:
+            withheld = await self._request_allowed(request, attempts, gate)
+            if withheld is not None:
+                return withheld
             try:
                 token = await self.tokens.current()
             except TokenUnavailable as exc:
@@ -555,11 +560,11 @@ class FCMPusher(ServicePusher):
                     headers,
                     body,
                     self._timeout,
-                    self._may_start,
+                    self._may_stream(request, gate),
                     authorization=functools.partial(self._authorization, token),
                 )
             except Halted:
-                return self._halted(attempts)
+                return self._stopped_while_waiting(request, attempts, gate)
             except NotProcessed as exc:
                 if resends < MAX_RESENDS:
                     resends += 1  # FCM never saw it: not an attempt

@@ -8,7 +8,14 @@ import logging
 
 from followup_cli.clock import utcnow
 from followup_cli.push.payload import fit_body, headers_for
-from followup_cli.push.protocol import Attempt, EventLoopOwner, PushOutcome, PushRequest
+from followup_cli.push.protocol import (
+    Attempt,
+    EventLoopOwner,
+    PushGate,
+    PushOutcome,
+    PushRequest,
+    withheld,
+)
 from followup_cli.push.tokens import mask_token
 from followup_cli.report import ServiceStop
 from followup_cli.vocabulary import Outcome, Service
@@ -30,7 +37,13 @@ class LogPusher(EventLoopOwner):
     def stopped(self, service: str) -> ServiceStop | None:
         return None  # nothing to fail
 
-    async def push(self, request: PushRequest) -> PushOutcome:
+    def unanswered(self, service: str) -> ServiceStop | None:
+        return None
+
+    async def push(self, request: PushRequest, gate: PushGate | None = None) -> PushOutcome:
+        stopped = await withheld(gate, request, [])
+        if stopped is not None:
+            return stopped
         body = fit_body(request)
         log.info(
             "push (log backend, not sent): service=%s follow_up=%s conversation=%s token=%s "

@@ -99,6 +99,9 @@ class OutageBreaker:
         self.threshold = max(1, threshold)
         self.failures = 0
         self.reason: str | None = None
+        # For the whole run: did any attempt fail, and did any get an answer?
+        self.failed_attempts = 0
+        self.answers = 0
 
     @property
     def tripped(self) -> bool:
@@ -110,11 +113,13 @@ class OutageBreaker:
         return self.failures > 0
 
     def failure(self, reason: str) -> None:
+        self.failed_attempts += 1
         if not self.tripped:
             self.failures += 1
             self.reason = reason
 
     def answered(self) -> None:
+        self.answers += 1
         if not self.tripped:
             self.failures = 0
 
@@ -125,10 +130,47 @@ class OutageBreaker:
             self.reason = reason
 
 
+class PushGate(Protocol):
+    """The delivery service's answer to "may this follow-up still be pushed?", asked
+    before every request of it: the first attempt, each retry and each resend of a push
+    the service did not process. One owner for the cancel promise: no request of a
+    pusher goes out without asking."""
+
+    async def allows(self, follow_up_id: str) -> bool | None:
+        """True: push it. False: the app cancelled it (or it is no longer this run's).
+        None: the database did not answer, so nothing may be pushed that could not be
+        recorded either."""
+        ...
+
+    def withdrawn(self, follow_up_id: str) -> bool:
+        """Known, from the latest reading, to be cancelled: asked again when a request
+        that waited for a stream is about to start."""
+        ...
+
+
+async def withheld(
+    gate: PushGate | None, request: PushRequest, attempts: list[Attempt]
+) -> PushOutcome | None:
+    """Asks the gate before a request: None lets it go; otherwise the outcome of a push
+    that ends here (withdrawn by a cancel; or, when the database did not answer, unsent,
+    or transient if earlier attempts failed)."""
+    if gate is None:
+        return None
+    allowed = await gate.allows(request.follow_up_id)
+    if allowed:
+        return None
+    if allowed is False:
+        return PushOutcome(Outcome.WITHDRAWN, attempts)
+    return PushOutcome(Outcome.TRANSIENT if attempts else Outcome.UNSENT, attempts)
+
+
 class Pusher(Protocol):
     """Sends notifications. push() is a coroutine: many run at once on the pusher's own
     event loop, which run() drives from synchronous code (one loop for the pusher's life,
     so a connection made in one batch serves the next).
+
+    `gate`, when given, is asked before every request of the notification (see
+    PushGate); a withdrawn notification's outcome is Outcome.WITHDRAWN.
 
     `services` are the token kinds it pushes to. stopped(service) says why that service
     takes no more pushes in this run (a configuration answer, or its outage breaker
@@ -142,7 +184,12 @@ class Pusher(Protocol):
 
     def stopped(self, service: str) -> ServiceStop | None: ...
 
-    async def push(self, request: PushRequest) -> PushOutcome: ...
+    def unanswered(self, service: str) -> ServiceStop | None:
+        """An outage seen although the service never stopped: this run's attempts to it
+        all failed for transient reasons, and none got an answer."""
+        ...
+
+    async def push(self, request: PushRequest, gate: PushGate | None = None) -> PushOutcome: ...
 
     def run(self, awaitable: Coroutine[Any, Any, T]) -> T: ...
 

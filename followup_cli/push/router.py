@@ -4,7 +4,7 @@ so a run pushes to both at once."""
 
 from __future__ import annotations
 
-from followup_cli.push.protocol import EventLoopOwner, PushOutcome, PushRequest
+from followup_cli.push.protocol import EventLoopOwner, PushGate, PushOutcome, PushRequest
 from followup_cli.push.service import ServicePusher
 from followup_cli.report import ServiceStop
 
@@ -25,11 +25,15 @@ class PushRouter(EventLoopOwner):
         pusher = self._pushers.get(service)
         return None if pusher is None else pusher.stopped(service)
 
-    async def push(self, request: PushRequest) -> PushOutcome:
+    def unanswered(self, service: str) -> ServiceStop | None:
+        pusher = self._pushers.get(service)
+        return None if pusher is None else pusher.unanswered(service)
+
+    async def push(self, request: PushRequest, gate: PushGate | None = None) -> PushOutcome:
         pusher = self._pushers.get(request.service)
         if pusher is None:  # delivery only routes tokens of configured services here
             raise ValueError(f"no pusher for service '{request.service}'")
-        return await pusher.push(request)
+        return await pusher.push(request, gate)
 
     async def aclose(self) -> None:
         for pusher in self._pushers.values():

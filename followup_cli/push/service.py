@@ -7,6 +7,9 @@ that stop a service for the rest of the run.
   (the last attempt failed) attempts go one at a time; once it trips, no attempt starts.
 - A configuration answer halts the service: no new request starts, since the answer
   would be the same.
+- The delivery service's PushGate is asked before every request (`_request_allowed`):
+  the first attempt, each retry, each resend of a push the service did not process. A
+  follow-up the app cancelled meanwhile gets no further request.
 
 A subclass makes one attempt (`_attempt_once`) and reports a failed one through
 `_record_failure`.
@@ -27,8 +30,10 @@ from followup_cli.push.protocol import (
     Attempt,
     EventLoopOwner,
     OutageBreaker,
+    PushGate,
     PushOutcome,
     PushRequest,
+    withheld,
 )
 from followup_cli.report import STOP_CONFIG, STOP_OUTAGE, ServiceStop
 from followup_cli.settings import Settings
@@ -87,9 +92,17 @@ class ServicePusher(EventLoopOwner):
             return ServiceStop(self.service, STOP_OUTAGE, self.breaker.reason)
         return None
 
-    async def push(self, request: PushRequest) -> PushOutcome:
+    def unanswered(self, service: str) -> ServiceStop | None:
+        """An outage this run saw although the breaker never tripped: attempts failed for
+        transient reasons and none got an answer (one follow-up due, say, and the service
+        unreachable). None once any attempt was answered."""
+        if self.breaker.failed_attempts and not self.breaker.answers:
+            return ServiceStop(self.service, STOP_OUTAGE, self.breaker.reason)
+        return None
+
+    async def push(self, request: PushRequest, gate: PushGate | None = None) -> PushOutcome:
         attempts: list[Attempt] = []
-        outcome = await self._push_with_retries(request, attempts)
+        outcome = await self._push_with_retries(request, attempts, gate)
         if outcome is None:  # every attempt was transient, or the breaker tripped
             return PushOutcome(Outcome.TRANSIENT, attempts)
         assert isinstance(outcome, PushOutcome)
@@ -101,11 +114,13 @@ class ServicePusher(EventLoopOwner):
     def _halted(self, attempts: list[Attempt]) -> PushOutcome:
         return PushOutcome(Outcome.TRANSIENT if attempts else Outcome.UNSENT, attempts)
 
-    async def _attempt(self, request: PushRequest, attempts: list[Attempt]) -> PushOutcome:
+    async def _attempt(
+        self, request: PushRequest, attempts: list[Attempt], gate: PushGate | None
+    ) -> PushOutcome:
         if not self._may_start():
             return self._halted(attempts)
         if not self.breaker.suspect:
-            return await self._attempt_once(request, attempts)
+            return await self._attempt_once(request, attempts, gate)
         # The last attempt failed: one attempt at a time until one gets an answer.
         if self._probing is None:
             self._probing = asyncio.Lock()
@@ -113,12 +128,39 @@ class ServicePusher(EventLoopOwner):
             if not self._may_start():
                 return self._halted(attempts)
             if self.breaker.suspect:
-                return await self._attempt_once(request, attempts)
+                return await self._attempt_once(request, attempts, gate)
         # A probe succeeded while this one waited: no need to go one at a time any more.
-        return await self._attempt_once(request, attempts)
+        return await self._attempt_once(request, attempts, gate)
 
-    async def _attempt_once(self, request: PushRequest, attempts: list[Attempt]) -> PushOutcome:
+    async def _attempt_once(
+        self, request: PushRequest, attempts: list[Attempt], gate: PushGate | None
+    ) -> PushOutcome:
+        """One attempt: its request, and the resends of that request while the service
+        does not process it. Each request asks `_request_allowed` first."""
         raise NotImplementedError
+
+    async def _request_allowed(
+        self, request: PushRequest, attempts: list[Attempt], gate: PushGate | None
+    ) -> PushOutcome | None:
+        """None when the next request of this notification may go out; else the outcome
+        the push ends with (the service stopped, or the gate withheld it)."""
+        if not self._may_start():
+            return self._halted(attempts)
+        return await withheld(gate, request, attempts)
+
+    def _may_stream(self, request: PushRequest, gate: PushGate | None) -> Callable[[], bool]:
+        """Asked when a request that waited for a stream is about to start."""
+        if gate is None:
+            return self._may_start
+        return lambda: self._may_start() and not gate.withdrawn(request.follow_up_id)
+
+    def _stopped_while_waiting(
+        self, request: PushRequest, attempts: list[Attempt], gate: PushGate | None
+    ) -> PushOutcome:
+        """The outcome of a request that did not start after waiting for a stream."""
+        if gate is not None and gate.withdrawn(request.follow_up_id):
+            return PushOutcome(Outcome.WITHDRAWN, attempts)
+        return self._halted(attempts)
 
     def _record_failure(
         self,
