@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from followup_cli.alerts import Alerter
 from followup_cli.clock import utcnow
-from followup_cli.db import Database, classify_error
+from followup_cli.db import Database, DatabaseProblem, classify_error
 from followup_cli.push.payload import build_request
 from followup_cli.push.protocol import Attempt, Pusher, PushOutcome, PushRequest, config_hint
 from followup_cli.push.tokens import mask_token, normalize_token, token_service
@@ -47,6 +47,7 @@ from followup_cli.report import (
     REFUSED_UNRECORDED,
     STOP_CONFIG,
     STOP_OUTAGE,
+    DatabaseStop,
     Refused,
     RunReport,
     ServiceStop,
@@ -70,7 +71,8 @@ T = TypeVar("T")
 EMPTY_MESSAGE = "empty_message"
 MISSING_RECIPIENT = "missing_recipient"
 INVALID_DEVICE_TOKEN = "invalid_device_token"
-# The database refused to record the delivery (a constraint or trigger of the app's).
+# The database refused to record the delivery (a constraint or trigger of the app's, a
+# grant or policy the runtime role lacks, an object missing).
 DATABASE_REJECTED = "database_rejected"
 
 # Answered follow-ups are finished in groups of this many answers, or after this long,
@@ -356,11 +358,14 @@ def send_due(
     leases = _RunLeases(db, report.run_id, settings.lease_seconds)
     stamps = MessageClock()
     wanted = limit
+    # Set once the database refuses what every row needs (a grant, a policy, a table):
+    # nothing more is claimed, and what was claimed ahead is handed back unpushed.
+    refusing = threading.Event()
 
     def claim() -> list[DueFollowUp]:
         nonlocal wanted
         size = settings.batch_size if wanted is None else min(settings.batch_size, wanted)
-        if size <= 0:
+        if size <= 0 or refusing.is_set():
             return []
 
         def claim_once(_retrying: bool) -> tuple[list[DueFollowUp], float]:
@@ -377,7 +382,10 @@ def send_due(
         return batch
 
     def finish(part: PushedBatch) -> Finished:
-        return finish_batch(db, report.run_id, part, stamps, retry=leases.retry)
+        finished = finish_batch(db, report.run_id, part, stamps, retry=leases.retry)
+        if finished.database_stop is not None:
+            refusing.set()
+        return finished
 
     def release_ids(ids: Sequence[str]) -> None:
         if ids:
@@ -405,7 +413,7 @@ def send_due(
                 finisher.collect(report, wait=False)
                 for stop in ended.stops:
                     report.note_stop(stop)
-                if all(pusher.stopped(s) is not None for s in pusher.services):
+                if refusing.is_set() or all(pusher.stopped(s) is not None for s in pusher.services):
                     ahead = next_batch.result()
                     db_thread.submit(release, ahead).result()
                     break
@@ -576,6 +584,8 @@ class Finished:
     pushed: int = 0
     failed: list[Failure] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
+    # The first refusal met that every row would meet (structural): the run stops claiming.
+    database_stop: DatabaseStop | None = None
 
     def __add__(self, other: Finished) -> Finished:
         return Finished(
@@ -583,7 +593,14 @@ class Finished:
             pushed=self.pushed + other.pushed,
             failed=self.failed + other.failed,
             refused=self.refused + other.refused,
+            database_stop=self.database_stop or other.database_stop,
         )
+
+    def noting(self, problem: DatabaseProblem) -> Finished:
+        """Keeps the first structural refusal seen."""
+        if problem.structural and self.database_stop is None:
+            self.database_stop = DatabaseStop(problem.summary, problem.fix)
+        return self
 
     def add_to(self, report: RunReport) -> None:
         report.sent += len(self.sent)
@@ -594,6 +611,8 @@ class Finished:
         report.held += sum(1 for r in self.refused if r.outcome == REFUSED_HELD)
         report.failures.extend((f.follow_up_id, f.reason) for f in self.failed)
         report.refused.extend(self.refused)
+        if self.database_stop is not None:
+            report.note_database_stop(self.database_stop)
 
 
 class _Finisher:
@@ -870,10 +889,12 @@ def finish_batch(
     """In-app messages and statuses together, attempts recorded, the rest handed back.
     Guarded updates: what the app cancelled meanwhile stays cancelled.
 
-    When the database refuses the transaction for a reason tied to its rows (a
-    constraint, a trigger, a value a column cannot hold), the follow-ups are finished
-    again in halves, down to the single row, so that only the refused rows are set
-    aside (`_set_aside`); every other one is finished normally.
+    When the database refuses the transaction for good (a constraint, a trigger, a value
+    a column cannot hold, or a refusal every row meets: a grant or policy the role
+    lacks, a table or column missing), the follow-ups are finished again in halves, down
+    to the single row, so that only the refused rows are set aside (`_set_aside`);
+    every other one is finished normally. A refusal every row meets is carried in the
+    result (`database_stop`): the run claims nothing more.
     """
     attempt: Callable[[Callable[[bool], Finished], str], Finished] = retry or (
         lambda work, _what: work(False)
@@ -887,11 +908,12 @@ def finish_batch(
         if not problem.refused or not pushed.ids():
             raise
     if len(pushed.ids()) == 1:
-        return _set_aside(db, run_id, pushed, problem.summary, attempt)
+        return _set_aside(db, run_id, pushed, problem, attempt)
     first, second = pushed.halves()
-    return finish_batch(db, run_id, first, stamps, retry=retry) + finish_batch(
+    finished = finish_batch(db, run_id, first, stamps, retry=retry) + finish_batch(
         db, run_id, second, stamps, retry=retry
     )
+    return finished.noting(problem)
 
 
 def _finish_once(
@@ -937,81 +959,112 @@ def _set_aside(
     db: Database,
     run_id: str,
     part: PushedBatch,
-    reason: str,
+    problem: DatabaseProblem,
     attempt: Callable[[Callable[[bool], Finished], str], Finished],
 ) -> Finished:
     """One follow-up the database refused to finish: never pushed again automatically.
 
-    Marked failed (database_rejected, with the database's one-line reason) with its
-    attempts. If even that is refused (say a CHECK on status without 'failed'), it is
-    held with this tool's own columns, so no run claims it until retry-failed releases
-    it. If even the hold is refused, it goes back to the queue when its lease ends.
+    Marked failed (database_rejected, with the database's one-line reason). If even that
+    is refused (say a CHECK on status without 'failed'), it is held with this tool's own
+    columns, so no run claims it until retry-failed releases it. If even the hold is
+    refused, it goes back to the queue when its lease ends. One whose push was accepted
+    is also marked in-app only, so that a requeue never pushes it a second time.
+
+    Its attempts are recorded afterwards, on their own and best effort: a database that
+    refuses them (INSERT on follow_up_attempts revoked, say) must not keep the row from
+    being set aside.
     """
     [follow_up_id] = part.ids()
+    reason = problem.summary
+    pushed = follow_up_id in part.pushed_ids
     at = utcnow()
+    seen = Finished().noting(problem)
 
-    def mark_failed(retrying: bool) -> Finished:
+    def mark_failed(_retrying: bool) -> Finished:
         with db.transaction() as repo:
             changed = repo.mark_failed(
-                run_id, [Failure(follow_up_id, DATABASE_REJECTED)], at, detail=reason
+                run_id,
+                [Failure(follow_up_id, DATABASE_REJECTED)],
+                at,
+                detail=reason,
+                in_app_only=pushed,
             )
-            repo.record_attempts(run_id, _not_yet_recorded(repo, run_id, part.attempts, retrying))
-        if not changed:  # cancelled by the app, or no longer this run's: not ours to report
-            return Finished()
-        return Finished(refused=[Refused(follow_up_id, REFUSED_FAILED, reason)])
+        # Unchanged: cancelled by the app, or no longer this run's; not ours to report.
+        return Finished(refused=[Refused(follow_up_id, REFUSED_FAILED, reason)] if changed else [])
 
+    detail = reason
     try:
         finished = attempt(mark_failed, "recording a refused follow-up")
     except SQLAlchemyError as exc:
-        problem = classify_error(exc)
-        if not problem.refused:
+        refusal = classify_error(exc)
+        if not refusal.refused:
             raise
-        detail = (
-            reason
-            if problem.summary == reason
-            else f"{reason}; marking it failed: {problem.summary}"
-        )
-    else:
-        if finished.refused:
-            log.warning(
-                "follow-up %s: the database refused to record it (%s); marked failed",
-                follow_up_id,
-                reason,
-            )
-        return finished
-
-    def hold(retrying: bool) -> Finished:
-        with db.transaction() as repo:
-            held = repo.hold(run_id, follow_up_id, DATABASE_REJECTED, detail, at)
-            repo.record_attempts(run_id, _not_yet_recorded(repo, run_id, part.attempts, retrying))
-        return Finished(refused=[Refused(follow_up_id, REFUSED_HELD, detail)] if held else [])
-
-    try:
-        finished = attempt(hold, "holding a refused follow-up")
-    except SQLAlchemyError as exc:
-        if not classify_error(exc).refused:
-            raise
-    else:
-        if finished.refused:
-            log.warning(
-                "follow-up %s: the database refused to record it or mark it failed (%s); held",
-                follow_up_id,
-                detail,
-            )
-        return finished
+        seen.noting(refusal)
+        if refusal.summary != reason:
+            detail = f"{reason}; marking it failed: {refusal.summary}"
+        finished = _hold(db, run_id, follow_up_id, detail, at, pushed, attempt, seen)
 
     def record_attempts(retrying: bool) -> Finished:
-        with db.transaction() as repo:  # this tool's own table: nothing of the app's to refuse
+        with db.transaction() as repo:
             repo.record_attempts(run_id, _not_yet_recorded(repo, run_id, part.attempts, retrying))
         return Finished()
 
-    attempt(record_attempts, "recording the attempts of a refused follow-up")
-    log.error(
-        "follow-up %s: the database refused to record it, to mark it failed and to hold it "
-        "(%s); it returns to the queue when its lease ends",
-        follow_up_id,
-        detail,
-    )
+    recorded = "its attempts recorded"
+    if part.attempts:
+        try:
+            attempt(record_attempts, "recording the attempts of a refused follow-up")
+        except SQLAlchemyError as exc:
+            refusal = classify_error(exc)
+            if not refusal.refused:
+                raise
+            seen.noting(refusal)
+            recorded = f"its attempts not recorded ({refusal.summary})"
+    for r in finished.refused:
+        if r.outcome == REFUSED_UNRECORDED:
+            log.error(
+                "follow-up %s: the database refused to record it, to mark it failed and to "
+                "hold it (%s); it returns to the queue when its lease ends; %s",
+                follow_up_id,
+                detail,
+                recorded,
+            )
+        else:
+            log.warning(
+                "follow-up %s: the database refused to record it (%s); %s, %s",
+                follow_up_id,
+                detail,
+                "marked failed" if r.outcome == REFUSED_FAILED else "held",
+                recorded,
+            )
+    return finished + seen
+
+
+def _hold(
+    db: Database,
+    run_id: str,
+    follow_up_id: str,
+    detail: str,
+    at: datetime,
+    pushed: bool,
+    attempt: Callable[[Callable[[bool], Finished], str], Finished],
+    seen: Finished,
+) -> Finished:
+    """A refused follow-up that could not be marked failed: held, or else unrecorded."""
+
+    def hold(_retrying: bool) -> Finished:
+        with db.transaction() as repo:
+            held = repo.hold(
+                run_id, follow_up_id, DATABASE_REJECTED, detail, at, in_app_only=pushed
+            )
+        return Finished(refused=[Refused(follow_up_id, REFUSED_HELD, detail)] if held else [])
+
+    try:
+        return attempt(hold, "holding a refused follow-up")
+    except SQLAlchemyError as exc:
+        refusal = classify_error(exc)
+        if not refusal.refused:
+            raise
+        seen.noting(refusal)
     return Finished(refused=[Refused(follow_up_id, REFUSED_UNRECORDED, detail)])
 
 
@@ -1046,20 +1099,27 @@ _REFUSED_AS = {
 
 
 def _alert(alerter: Alerter, report: RunReport) -> None:
-    """One alert per run for new failures, one for rows the database refused, and one per
-    stopped push service. Ids, reasons and the database's constraint or trigger names
-    only."""
-    if report.refused:
+    """One alert per run for new failures, one for rows the database refused (with the
+    refusal that stopped the run's claims, if one did), and one per stopped push
+    service. Ids, reasons and the database's constraint, table or function names only."""
+    refusing = report.database_stop
+    if report.refused or refusing is not None:
         shown = ", ".join(
             f"{r.follow_up_id} {_REFUSED_AS[r.outcome]} ({r.detail})" for r in report.refused[:20]
         )
         more = len(report.refused) - 20
+        stopped = (
+            f" send-due stopped claiming: the database refuses every row ({refusing.cause}). "
+            f"Fix: {refusing.fix or 'see `followups db check --role ROLE`'}."
+            if refusing is not None
+            else ""
+        )
         alerter.alert(
             f"followups: the database refused to record {len(report.refused)} delivered "
             f"follow-up(s): {shown}{f' and {more} more' if more > 0 else ''}. Each was pushed "
-            "at most once and is not pushed again automatically. Fix the cause "
-            "(`followups db check` lists what the schema refuses), then "
-            f"`followups retry-failed --reason {DATABASE_REJECTED}`."
+            f"at most once and is not pushed again automatically.{stopped} Fix the cause "
+            "(`followups db check --role ROLE` lists what the schema and the role's grants "
+            f"refuse), then `followups retry-failed --reason {DATABASE_REJECTED}`."
         )
     if report.failures:
         shown = ", ".join(f"{fid} ({reason})" for fid, reason in report.failures[:20])

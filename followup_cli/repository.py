@@ -323,17 +323,21 @@ class Repository:
         failures: Sequence[Failure],
         failed_at: datetime,
         detail: str | None = None,
+        *,
+        in_app_only: bool = False,
     ) -> set[str]:
         """scheduled -> failed, with its reason, for rows this run still holds.
 
         One statement per distinct reason (there are few). The token the failure
         happened with is kept, so a requeue can tell whether the app has a new one.
-        `detail` is the database's one-line reason when it refused the delivery.
+        `detail` is the database's one-line reason when it refused the delivery;
+        `in_app_only` marks rows whose push was accepted, so a requeue does not push again.
         """
         changed: set[str] = set()
         by_reason: dict[str, list[str]] = {}
         for f in failures:
             by_reason.setdefault(f.reason, []).append(f.follow_up_id)
+        extra: dict[str, Any] = {"in_app_only": True} if in_app_only else {}
         for reason, ids in by_reason.items():
             stmt = (
                 update(follow_up_requests)
@@ -346,6 +350,7 @@ class Repository:
                     failed_at=failed_at,
                     claimed_by=None,
                     claim_expires_at=None,
+                    **extra,
                 )
                 .returning(r.id)
             )
@@ -353,10 +358,19 @@ class Repository:
         return changed
 
     def hold(
-        self, run_id: str, follow_up_id: str, reason: str, detail: str, held_at: datetime
+        self,
+        run_id: str,
+        follow_up_id: str,
+        reason: str,
+        detail: str,
+        held_at: datetime,
+        *,
+        in_app_only: bool = False,
     ) -> bool:
         """Keep a row this run holds out of every claim, touching only this tool's columns
-        (its status stays as the app's constraints allow). True if it was held."""
+        (its status stays as the app's constraints allow). True if it was held.
+        `in_app_only` as for mark_failed."""
+        extra: dict[str, Any] = {"in_app_only": True} if in_app_only else {}
         stmt = (
             update(follow_up_requests)
             .where(r.id == follow_up_id, r.status == Status.SCHEDULED, r.claimed_by == run_id)
@@ -366,6 +380,7 @@ class Repository:
                 failure_detail=detail,
                 claimed_by=None,
                 claim_expires_at=None,
+                **extra,
             )
         )
         return self.conn.execute(stmt).rowcount == 1
