@@ -1108,19 +1108,22 @@ def _alert(alerter: Alerter, report: RunReport) -> None:
             f"{r.follow_up_id} {_REFUSED_AS[r.outcome]} ({r.detail})" for r in report.refused[:20]
         )
         more = len(report.refused) - 20
-        stopped = (
-            f" send-due stopped claiming: the database refuses every row ({refusing.cause}). "
-            f"Fix: {refusing.fix or 'see `followups db check --role ROLE`'}."
-            if refusing is not None
+        refused = (
+            f" The database refused to record {len(report.refused)} delivered follow-up(s): "
+            f"{shown}{f' and {more} more' if more > 0 else ''}. Each was pushed at most once "
+            "and is not pushed again automatically."
+            if report.refused
             else ""
         )
-        alerter.alert(
-            f"followups: the database refused to record {len(report.refused)} delivered "
-            f"follow-up(s): {shown}{f' and {more} more' if more > 0 else ''}. Each was pushed "
-            f"at most once and is not pushed again automatically.{stopped} Fix the cause "
-            "(`followups db check --role ROLE` lists what the schema and the role's grants "
-            f"refuse), then `followups retry-failed --reason {DATABASE_REJECTED}`."
+        retry = f"`followups retry-failed --reason {DATABASE_REJECTED}`"
+        fix = (
+            f" send-due stopped claiming: the database refuses every row ({refusing.cause}). "
+            f"Fix: {refusing.fix or 'see `followups db check --role ROLE`'}; then {retry}."
+            if refusing is not None
+            else " Fix the cause (`followups db check --role ROLE` lists what the schema and "
+            f"the role's grants and policies refuse), then {retry}."
         )
+        alerter.alert(f"followups:{refused}{fix}")
     if report.failures:
         shown = ", ".join(f"{fid} ({reason})" for fid, reason in report.failures[:20])
         more = len(report.failures) - 20
