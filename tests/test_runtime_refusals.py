@@ -267,3 +267,133 @@ def test_a_structural_refusal_stops_claiming_and_hands_back_what_was_claimed_ahe
             break
     assert pushes(apns, ids) == dict.fromkeys(ids, 1)
     assert all(row(owner, fid).failure_reason == DATABASE_REJECTED for fid in ids)
+
+
+# -- db check --role: the same causes, named before they bite --------------------------
+
+
+def db_check(url: str, *args: str) -> Any:
+    return runner.invoke(app, ["--database-url", url, "db", "check", *args])
+
+
+def findings(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith(("error:", "warning:"))]
+
+
+def apply_fixes(url: str, output: str) -> None:
+    for line in output.splitlines():
+        if " Fix: " in line:
+            execute(url, line.split(" Fix: ", 1)[1])
+
+
+def test_db_check_role_names_row_security_without_a_policy_for_the_role(
+    runtime: Runtime,
+) -> None:
+    """RLS on both app tables, the role's policy on follow_up_messages dropped: one
+    error with the policy that fixes it; none for the connected superuser, none once a
+    policy TO PUBLIC covers the INSERT."""
+    execute(
+        runtime.owner_url,
+        "ALTER TABLE follow_up_requests ENABLE ROW LEVEL SECURITY;"
+        "ALTER TABLE follow_up_messages ENABLE ROW LEVEL SECURITY;"
+        f"DROP POLICY {ROLE} ON follow_up_messages;"
+        "CREATE POLICY app_reads ON follow_up_messages FOR SELECT TO PUBLIC USING (true);",
+    )
+    result = db_check(runtime.owner_url, "--role", RUNTIME_ROLE)
+    assert result.exit_code == 1, result.output
+    assert findings(result.stdout) == [
+        f"error: follow_up_messages: row level security is on and no policy lets "
+        f"{RUNTIME_ROLE} INSERT, which this tool needs: every in-app message is refused and "
+        "its follow-up is marked failed (database_rejected) or held, never retried on its "
+        f'own. Fix: DROP POLICY IF EXISTS {ROLE} ON "public"."follow_up_messages"; CREATE '
+        f'POLICY {ROLE} ON "public"."follow_up_messages" FOR ALL TO {ROLE} USING (true) '
+        "WITH CHECK (true);"
+    ]
+    assert db_check(runtime.owner_url).exit_code == 0  # the superuser bypasses RLS
+
+    execute(
+        runtime.owner_url,
+        "CREATE POLICY app_writes ON follow_up_messages FOR INSERT TO PUBLIC WITH CHECK (true)",
+    )
+    assert findings(db_check(runtime.owner_url, "--role", RUNTIME_ROLE).stdout) == []
+
+    execute(runtime.owner_url, "DROP POLICY app_writes ON follow_up_messages")
+    apply_fixes(runtime.owner_url, db_check(runtime.owner_url, "--role", RUNTIME_ROLE).stdout)
+    assert db_check(runtime.owner_url, "--role", RUNTIME_ROLE).exit_code == 0
+
+
+def test_db_check_role_names_invoker_triggers_and_the_tables_they_cannot_use(
+    runtime: Runtime,
+) -> None:
+    """An app trigger that runs as the invoker is named with its function; with RLS on
+    provider_review_requests and no policy for the role, so is that table. A SECURITY
+    DEFINER function clears both."""
+    execute(runtime.owner_url, ";".join(REVIEW_TRIGGER))
+    invoker = (
+        "warning: trigger app_messages_review on follow_up_messages runs "
+        f"app_review_answered() as the invoker, {RUNTIME_ROLE} during send-due: a table it "
+        f"uses without {RUNTIME_ROLE}'s grant or policy refuses the delivery, and the "
+        "follow-up is marked failed (database_rejected) or held, never retried on its own; "
+        f"grant {RUNTIME_ROLE} what the function uses, or make it SECURITY DEFINER."
+    )
+    result = db_check(runtime.owner_url, "--role", RUNTIME_ROLE)
+    assert result.exit_code == 0, result.output  # warnings only
+    assert invoker in findings(result.stdout)
+    assert invoker not in db_check(runtime.owner_url).stdout  # a superuser has every grant
+
+    execute(runtime.owner_url, "ALTER TABLE provider_review_requests ENABLE ROW LEVEL SECURITY")
+    assert (
+        f"warning: provider_review_requests: row level security is on and no policy applies "
+        f"to {RUNTIME_ROLE}: an app trigger that runs as {RUNTIME_ROLE} and uses it is "
+        "refused, and its follow-up is marked failed (database_rejected) or held, never "
+        "retried on its own."
+    ) in findings(db_check(runtime.owner_url, "--role", RUNTIME_ROLE).stdout)
+
+    execute(runtime.owner_url, "ALTER FUNCTION app_review_answered() SECURITY DEFINER")
+    after = findings(db_check(runtime.owner_url, "--role", RUNTIME_ROLE).stdout)
+    assert after == [
+        "warning: trigger app_messages_review on follow_up_messages: a follow-up it refuses "
+        "is marked failed (database_rejected) or held, never retried on its own."
+    ]
+
+
+def test_db_check_role_names_the_privileges_it_lacks_with_the_grants(runtime: Runtime) -> None:
+    """INSERT on follow_up_attempts revoked (as an upgrade might), the attempts' sequence
+    and one updatable column too: one error each, and their fixes restore them."""
+    execute(
+        runtime.owner_url,
+        f"REVOKE INSERT ON follow_up_attempts FROM {ROLE};"
+        f"REVOKE USAGE ON SEQUENCE follow_up_attempts_id_seq FROM {ROLE};"
+        f"REVOKE UPDATE (held_at) ON follow_up_requests FROM {ROLE};",
+    )
+    result = db_check(runtime.owner_url, "--role", RUNTIME_ROLE)
+    assert result.exit_code == 1, result.output
+    assert findings(result.stdout) == [
+        f"error: {RUNTIME_ROLE} lacks UPDATE (held_at) on follow_up_requests, which the "
+        "runtime commands need. Fix: GRANT UPDATE (held_at) ON TABLE "
+        f'"public"."follow_up_requests" TO {ROLE};',
+        f"error: {RUNTIME_ROLE} lacks INSERT on follow_up_attempts, which the runtime "
+        f'commands need. Fix: GRANT INSERT ON TABLE "public"."follow_up_attempts" TO {ROLE};',
+        f"error: {RUNTIME_ROLE} lacks USAGE on sequence follow_up_attempts_id_seq, which an "
+        "INSERT into follow_up_attempts needs. Fix: GRANT USAGE ON SEQUENCE "
+        f'"public"."follow_up_attempts_id_seq" TO {ROLE};',
+    ]
+    assert db_check(runtime.owner_url).exit_code == 0  # the connected owner lacks nothing
+
+    apply_fixes(runtime.owner_url, result.stdout)
+    fixed = db_check(runtime.owner_url, "--role", RUNTIME_ROLE)
+    assert fixed.exit_code == 0, fixed.output
+    assert findings(fixed.stdout) == []
+
+
+def test_db_check_role_that_does_not_exist_or_on_sqlite(pg_db_url: str, tmp_path: Any) -> None:
+    """An unknown role is one error; --role on SQLite is a usage error (exit 2)."""
+    missing = db_check(pg_db_url, "--role", "followups_no_such_role")
+    assert missing.exit_code == 1
+    assert findings(missing.stdout) == [
+        "error: role followups_no_such_role does not exist, so its grants and policies were "
+        "not checked. Fix: CREATE ROLE \"followups_no_such_role\" LOGIN PASSWORD '...';"
+    ]
+    sqlite = db_check(f"sqlite:///{tmp_path / 'x.db'}", "--role", "r")
+    assert sqlite.exit_code == 2
+    assert "needs a PostgreSQL database" in sqlite.stderr
