@@ -610,24 +610,37 @@ def db_grants(
 
 @db_app.command(cls=_Command, name="check")
 @cli_errors
-def db_check(ctx: typer.Context) -> None:
+def db_check(
+    ctx: typer.Context,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            "--role",
+            help="The runtime role whose grants and policies to check (PostgreSQL; "
+            "default: the connected user).",
+        ),
+    ] = None,
+) -> None:
     """Check the app's schema for what would make delivery fail; read-only, for a DBA.
 
     One line per finding with the SQL that fixes it: a status CHECK or enum without
     'sent' or 'failed', NOT NULL columns of follow_up_messages this tool does not fill,
     triggers on the app's tables, foreign keys from follow_up_messages, and tables the
-    API roles (anon, authenticated) can read. Exit 1 when any is an error, 0 when there
-    are only warnings or none.
+    API roles (anon, authenticated) can read. On PostgreSQL, as the runtime role
+    (--role) meets the database: app tables under row level security without a policy
+    for it, app triggers that run as it (SECURITY INVOKER), and privileges it lacks.
+    Exit 1 when any is an error, 0 when there are only warnings or none.
 
     Example:
 
         followups --database-url postgresql+psycopg://dba@db/app db check
+        followups db check --role followups_runtime
     """
     from followup_cli import render, schemacheck
     from followup_cli.db import Database
 
     with Database(_settings(ctx).database_url) as db:
-        findings = schemacheck.run(db)
+        findings = schemacheck.run(db, role=role)
     render.schema_findings(findings)
     render.schema_check_summary(findings)
     if schemacheck.errors(findings):

@@ -60,8 +60,12 @@ def make_engine(url: str, *, pool_size: int = 2) -> Engine:
 
 # What a database error means for the work in hand. One place decides, for both drivers.
 REFUSED = "refused"  # the database will not take these rows, however often they are sent
+# Refused whatever the rows (a privilege or policy the role lacks, a table, column or
+# function that does not exist): every row is refused the same way until the schema or
+# the grants are fixed.
+STRUCTURAL = "structural"
 TRANSIENT = "transient"  # the database is away or busy for a moment: the same work may succeed
-OTHER = "other"  # anything else (schema missing, permissions, a bug): the run stops
+OTHER = "other"  # anything else (a malformed statement, a bug): the run stops
 
 # SQLSTATEs of a database that is away for a moment: a restart or failover (57P01-57P03,
 # class 08, 25006 on a standby that is being promoted), a lock or statement timeout
@@ -75,6 +79,9 @@ _TRANSIENT_CLASSES = ("08", "53")
 # failed an ASSERT (P0004), a view's WITH CHECK OPTION (44): tied to the rows written.
 _REFUSED_CLASSES = ("22", "23", "44")
 _REFUSED_STATES = frozenset({"P0001", "P0004"})
+# Insufficient privilege, which covers a row level security policy's refusal (42501), and
+# an undefined table, column, function or other object (42P01, 42703, 42883, 42704).
+_STRUCTURAL_STATES = frozenset({"42501", "42P01", "42703", "42883", "42704"})
 
 _PG_LABELS = {
     "23502": "not-null constraint",
@@ -86,6 +93,29 @@ _PG_LABELS = {
     "P0004": "assertion failed",
 }
 _PLPGSQL_FUNCTION = re.compile(r"PL/pgSQL function ([\w.\"]+)\(")
+_SQL_FUNCTION = re.compile(r'SQL function "([\w.]+)"')
+# The command a function's statement runs: its first word only, never the rest.
+_CONTEXT_COMMAND = re.compile(r'SQL statement "(\w+)')
+_COMMANDS = ("SELECT", "INSERT", "UPDATE", "DELETE")
+# The shapes of the structural messages that are kept as they are: each names objects (a
+# table, column, function or type), never a value. `kind` and `name` say what to fix.
+_STRUCTURAL_MESSAGES = tuple(
+    re.compile(pattern)
+    for pattern in (
+        r"^permission denied for (?P<kind>table|view|materialized view|foreign table|sequence"
+        r"|schema|function|procedure|type) (?P<name>[^\n]{1,200})$",
+        r'^new row violates row-level security policy(?: "[^"\n]{1,200}")?'
+        r'(?: \(USING expression\))? for (?P<kind>table) "(?P<name>[^"\n]{1,200})"$',
+        r'^relation "(?P<name>[^"\n]{1,200})" does not exist$',
+        r'^column "[^"\n]{1,200}" of relation "(?P<name>[^"\n]{1,200})" does not exist$',
+        r"^column [^\s]{1,200} does not exist$",
+        r'^record "\w+" has no field "[^"\n]{1,200}"$',
+        r"^(?:function|procedure) [\w$.\"]{1,200}\([\w\s,.\"\[\]]{0,400}\) does not exist$",
+        r'^type "[^"\n]{1,200}" does not exist$',
+    )
+)
+_RLS = "new row violates row-level security policy"
+_SQLITE_STRUCTURAL = re.compile(r"^no such (?:table|column|function): [\w.]{1,200}$")
 # The one class-22 message kept as it is: its shape names a type, never a value.
 _TOO_LONG = re.compile(r"^value too long for type ([a-z ]+(?:\(\d+\))?)$")
 _SQLITE_CONSTRAINT_MESSAGE = re.compile(
@@ -102,10 +132,22 @@ class DatabaseProblem:
 
     kind: str
     summary: str
+    # STRUCTURAL only: the cause in words (the summary without its SQLSTATE), what fixes
+    # it (a grant or policy on a named table, or the function to change), and the
+    # trigger function the statement failed in, when it failed in one.
+    cause: str | None = None
+    fix: str | None = None
+    function: str | None = None
 
     @property
     def refused(self) -> bool:
-        return self.kind == REFUSED
+        """The database will not take this work however often it is sent: a row's own
+        refusal (REFUSED) or one that every row meets (STRUCTURAL)."""
+        return self.kind in (REFUSED, STRUCTURAL)
+
+    @property
+    def structural(self) -> bool:
+        return self.kind == STRUCTURAL
 
     @property
     def transient(self) -> bool:
@@ -131,6 +173,8 @@ def classify_error(exc: BaseException) -> DatabaseProblem:
         return DatabaseProblem(TRANSIENT, _first_line(orig))
     if sqlstate in _REFUSED_STATES or sqlstate.startswith(_REFUSED_CLASSES):
         return DatabaseProblem(REFUSED, _pg_refusal(orig, sqlstate))
+    if sqlstate in _STRUCTURAL_STATES:
+        return _pg_structural(orig, sqlstate, getattr(exc, "statement", None))
     return DatabaseProblem(OTHER, _first_line(orig))
 
 
@@ -160,6 +204,70 @@ def _pg_refusal(orig: BaseException, sqlstate: str) -> str:
     return f"{' '.join(parts)} (SQLSTATE {sqlstate})"
 
 
+def _pg_structural(orig: BaseException, sqlstate: str, statement: str | None) -> DatabaseProblem:
+    """e.g. "permission denied for table provider_review_requests in function
+    app_review_answered (SQLSTATE 42501)", and what fixes it. The message is kept only in
+    the shapes that name objects; any other is replaced by the SQLSTATE's name. Of a
+    statement, only its command (UPDATE) is read: in a function, from the error's
+    context; otherwise from this tool's own statement."""
+    diag = getattr(orig, "diag", None)
+    primary = (getattr(diag, "message_primary", None) or "").strip()
+    context = getattr(diag, "context", None) or ""
+    shape = next((m for p in _STRUCTURAL_MESSAGES if (m := p.match(primary))), None)
+    cause = primary if shape else _words(type(orig).__name__)
+    found = _PLPGSQL_FUNCTION.search(context) or _SQL_FUNCTION.search(context)
+    function = found.group(1) if found else None
+    if function:
+        cause += f" in function {function}"
+        command = _CONTEXT_COMMAND.search(context)
+        verb = command.group(1).upper() if command else ""
+    else:
+        verb = (statement or "").lstrip().split(" ", 1)[0].upper()
+    named = shape.groupdict() if shape else {}
+    fix = _structural_fix(
+        sqlstate,
+        rls=primary.startswith(_RLS),
+        kind=named.get("kind"),
+        name=named.get("name"),
+        verb=verb if verb in _COMMANDS else None,
+        function=function,
+    )
+    return DatabaseProblem(
+        STRUCTURAL, f"{cause} (SQLSTATE {sqlstate})", cause=cause, fix=fix, function=function
+    )
+
+
+def _structural_fix(
+    sqlstate: str,
+    *,
+    rls: bool,
+    kind: str | None,
+    name: str | None,
+    verb: str | None,
+    function: str | None,
+) -> str:
+    """What fixes a structural refusal: the grant or policy the runtime role lacks on the
+    named table (or sequence, schema, function), or the trigger function to change.
+    `db grants` covers this tool's own statements, never what an app's trigger uses."""
+    if sqlstate != "42501":
+        if function is None:
+            return "run `followups db upgrade` first"
+        uses = f"table {name}, which does not exist" if name else "something that does not exist"
+        return f"the trigger function {function} uses {uses}: create it, or fix the function"
+    definer = f", or make the trigger function {function} SECURITY DEFINER" if function else ""
+    grants = "" if function else " (`followups db grants ROLE` prints what it needs)"
+    if rls and name:
+        command = f" that allows {verb}" if verb else ""
+        return f"give the runtime role a policy on {name}{command}{definer}{grants}"
+    if kind in ("sequence", "schema", "type"):
+        return f"grant USAGE on {kind} {name} to the runtime role{definer}{grants}"
+    if kind in ("function", "procedure"):
+        return f"grant EXECUTE on {kind} {name} to the runtime role{definer}{grants}"
+    if kind and name:
+        return f"grant {verb or 'what it needs'} on {name} to the runtime role{definer}{grants}"
+    return f"grant the runtime role the privilege it lacks{definer}{grants}"
+
+
 def _classify_sqlite(orig: sqlite3.Error) -> DatabaseProblem:
     code = getattr(orig, "sqlite_errorname", None) or type(orig).__name__
     message = _first_line(orig)
@@ -174,6 +282,14 @@ def _classify_sqlite(orig: sqlite3.Error) -> DatabaseProblem:
         return DatabaseProblem(REFUSED, f"value the column cannot hold ({code})")
     if code in ("SQLITE_BUSY", "SQLITE_LOCKED") or "database is locked" in message:
         return DatabaseProblem(TRANSIENT, message)
+    if _SQLITE_STRUCTURAL.match(message):
+        # An object missing (SQLite has no privileges): the schema, or an app trigger.
+        return DatabaseProblem(
+            STRUCTURAL,
+            f"{message} ({code})",
+            cause=message,
+            fix="run `followups db upgrade` first, or fix the app's trigger that uses it",
+        )
     return DatabaseProblem(OTHER, message)
 
 
@@ -190,11 +306,15 @@ def _words(class_name: str) -> str:
 
 def describe_error(exc: BaseException) -> str:
     """One line about a database error, without SQL text or parameters (they carry
-    health data), with a hint when the schema is missing or a privilege is."""
+    health data), with a hint when the schema is missing or a privilege is. A refusal
+    inside an app's trigger function names that function and the grant or policy it
+    lacks: `db grants` does not cover what an app's trigger uses."""
     problem = classify_error(exc)
     if problem.kind == REFUSED:
         return problem.summary
-    first_line = problem.summary
+    if problem.function and problem.cause and problem.fix:
+        return f"{problem.cause} ({problem.fix})"
+    first_line = problem.cause or problem.summary
     if "no such table" in first_line or (
         "relation" in first_line and "does not exist" in first_line
     ):
@@ -204,6 +324,8 @@ def describe_error(exc: BaseException) -> str:
             " (this database role lacks a grant or policy; `followups db grants ROLE` "
             "prints what a runtime role needs)"
         )
+    elif problem.structural and problem.fix:
+        first_line += f" ({problem.fix})"
     return first_line
 
 

@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from followup_cli.alerts import Alerter
 from followup_cli.clock import utcnow
-from followup_cli.db import Database, classify_error
+from followup_cli.db import Database, DatabaseProblem, classify_error
 from followup_cli.push.payload import build_request
 from followup_cli.push.protocol import Attempt, Pusher, PushOutcome, PushRequest, config_hint
 from followup_cli.push.tokens import mask_token, normalize_token, token_service
@@ -46,6 +46,7 @@ from followup_cli.report import (
     REFUSED_HELD,
     REFUSED_UNRECORDED,
     STOP_CONFIG,
+    DatabaseStop,
     Refused,
     RunReport,
     ServiceStop,
@@ -69,7 +70,8 @@ T = TypeVar("T")
 EMPTY_MESSAGE = "empty_message"
 MISSING_RECIPIENT = "missing_recipient"
 INVALID_DEVICE_TOKEN = "invalid_device_token"
-# The database refused to record the delivery (a constraint or trigger of the app's).
+# The database refused to record the delivery (a constraint or trigger of the app's, a
+# grant or policy the runtime role lacks, an object missing).
 DATABASE_REJECTED = "database_rejected"
 
 # Answered follow-ups are finished in groups of this many answers, or after this long,
@@ -206,11 +208,15 @@ class _PushRound:
         gate: _CancelGate,
         tracker: _Tracker,
         stop: RunStop,
+        stopping: Callable[[], bool],
     ) -> None:
         self._pusher = pusher
         self._gate = gate
         self._tracker = tracker
         self._stop = stop
+        # The run is ending (a signal, or the database refusing every row): the rest of
+        # each conversation is handed back rather than pushed or parked.
+        self._stopping = stopping
         self.stops: dict[str, ServiceStop] = {}  # in the order they were noticed
 
     def run(
@@ -263,14 +269,14 @@ class _PushRound:
         for i, entry in enumerate(entries):
             req = entry.request
             if req is None:
-                if self._stop.requested:
+                if self._stopping():
                     tracker.pass_over(entries[i:], park=False)
                     return
                 tracker.in_app(entry)
                 continue
             async with slots[req.service]:
                 await tracker.wait_for_room()
-                if self._stop.requested:
+                if self._stopping():
                     tracker.pass_over(entries[i:], park=False)
                     return
                 if self._stopped(req.service):
@@ -280,12 +286,12 @@ class _PushRound:
                 outcome = await self._pusher.push(req, self._gate)
             self._stopped(req.service)
             self._gate.done(req.follow_up_id)
-            goes_on = tracker.answered(entry, outcome, stopping=self._stop.requested)
+            goes_on = tracker.answered(entry, outcome, stopping=self._stopping())
             if progress is not None:
                 progress(1)
             if not goes_on:
                 # The conversation's later follow-ups must not overtake this one.
-                tracker.pass_over(entries[i + 1 :], park=not self._stop.requested)
+                tracker.pass_over(entries[i + 1 :], park=not self._stopping())
                 return
 
     def _stopped(self, service: str) -> bool:
@@ -414,6 +420,11 @@ class _Run:
     finisher: _Finisher
     leases: _RunLeases
     stop: RunStop
+    # Set once the database refuses what every row needs: no new push starts either.
+    refusing: threading.Event
+
+    def stopping(self) -> bool:
+        return self.stop.requested or self.refusing.is_set()
 
 
 def send_due(
@@ -443,11 +454,14 @@ def send_due(
     leases = _RunLeases(db, report.run_id, settings.lease_seconds)
     stamps = MessageClock()
     wanted = limit
+    # Set once the database refuses what every row needs (a grant, a policy, a table):
+    # nothing more is claimed, and what was claimed ahead is handed back unpushed.
+    refusing = threading.Event()
 
     def claim() -> list[DueFollowUp]:
         nonlocal wanted
         size = settings.batch_size if wanted is None else min(settings.batch_size, wanted)
-        if size <= 0 or stop.requested:
+        if size <= 0 or stop.requested or refusing.is_set():
             return []
 
         def claim_once(_retrying: bool) -> tuple[list[DueFollowUp], float]:
@@ -464,7 +478,10 @@ def send_due(
         return batch
 
     def finish(part: PushedBatch) -> Finished:
-        return finish_batch(db, report.run_id, part, stamps, retry=leases.retry)
+        finished = finish_batch(db, report.run_id, part, stamps, retry=leases.retry)
+        if finished.database_stop is not None:
+            refusing.set()
+        return finished
 
     def release_ids(ids: Sequence[str]) -> None:
         if ids:
@@ -479,7 +496,8 @@ def send_due(
     # so that the run goes on for the other service without claiming them again.
     parked: list[str] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="followups-db") as db_thread:
-        run = _Run(report.run_id, _Finisher(db_thread, finish, leases.batch_finished), leases, stop)
+        finisher = _Finisher(db_thread, finish, leases.batch_finished)
+        run = _Run(report.run_id, finisher, leases, stop, refusing)
         try:
             batch = claim()
             while batch:
@@ -490,7 +508,11 @@ def send_due(
                 run.finisher.collect(report, wait=False)
                 for service_stop in ended.stops:
                     report.note_stop(service_stop)
-                if stop.requested or all(pusher.stopped(s) is not None for s in pusher.services):
+                if (
+                    stop.requested
+                    or refusing.is_set()
+                    or all(pusher.stopped(s) is not None for s in pusher.services)
+                ):
                     ahead = next_batch.result()
                     db_thread.submit(release, ahead).result()
                     break
@@ -684,6 +706,8 @@ class Finished:
     failed: list[Failure] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
     deferred: set[str] = field(default_factory=set)
+    # The first refusal met that every row would meet (structural): the run stops claiming.
+    database_stop: DatabaseStop | None = None
 
     def __add__(self, other: Finished) -> Finished:
         return Finished(
@@ -692,7 +716,14 @@ class Finished:
             failed=self.failed + other.failed,
             refused=self.refused + other.refused,
             deferred=self.deferred | other.deferred,
+            database_stop=self.database_stop or other.database_stop,
         )
+
+    def noting(self, problem: DatabaseProblem) -> Finished:
+        """Keeps the first structural refusal seen."""
+        if problem.structural and self.database_stop is None:
+            self.database_stop = DatabaseStop(problem.summary, problem.fix)
+        return self
 
     def add_to(self, report: RunReport) -> None:
         report.retrying += len(self.deferred)
@@ -704,6 +735,8 @@ class Finished:
         report.held += sum(1 for r in self.refused if r.outcome == REFUSED_HELD)
         report.failures.extend((f.follow_up_id, f.reason) for f in self.failed)
         report.refused.extend(self.refused)
+        if self.database_stop is not None:
+            report.note_database_stop(self.database_stop)
 
 
 class _Finisher:
@@ -949,7 +982,7 @@ def _push_batch(
     plan = _plan(batch, utcnow(), settings, pusher.services)
     gate = _CancelGate(db, run.run_id, [f.id for f, _ in plan.push], settings.cancel_check_seconds)
     tracker = _Tracker(batch, plan, run.finisher, settings)
-    round_ = _PushRound(pusher, gate, tracker, run.stop)
+    round_ = _PushRound(pusher, gate, tracker, run.stop, run.stopping)
     try:
         round_.run(tracker.conversations, run.leases.renew, settings.lease_seconds / 3, progress)
     finally:
@@ -971,10 +1004,12 @@ def finish_batch(
     """In-app messages and statuses together, attempts recorded, the rest handed back.
     Guarded updates: what the app cancelled meanwhile stays cancelled.
 
-    When the database refuses the transaction for a reason tied to its rows (a
-    constraint, a trigger, a value a column cannot hold), the follow-ups are finished
-    again in halves, down to the single row, so that only the refused rows are set
-    aside (`_set_aside`); every other one is finished normally.
+    When the database refuses the transaction for good (a constraint, a trigger, a value
+    a column cannot hold, or a refusal every row meets: a grant or policy the role
+    lacks, a table or column missing), the follow-ups are finished again in halves, down
+    to the single row, so that only the refused rows are set aside (`_set_aside`);
+    every other one is finished normally. A refusal every row meets is carried in the
+    result (`database_stop`): the run claims nothing more.
     """
     attempt: Callable[[Callable[[bool], Finished], str], Finished] = retry or (
         lambda work, _what: work(False)
@@ -988,11 +1023,12 @@ def finish_batch(
         if not problem.refused or not pushed.ids():
             raise
     if len(pushed.ids()) == 1:
-        return _set_aside(db, run_id, pushed, problem.summary, attempt)
+        return _set_aside(db, run_id, pushed, problem, attempt)
     first, second = pushed.halves()
-    return finish_batch(db, run_id, first, stamps, retry=retry) + finish_batch(
+    finished = finish_batch(db, run_id, first, stamps, retry=retry) + finish_batch(
         db, run_id, second, stamps, retry=retry
     )
+    return finished.noting(problem)
 
 
 def _finish_once(
@@ -1043,81 +1079,112 @@ def _set_aside(
     db: Database,
     run_id: str,
     part: PushedBatch,
-    reason: str,
+    problem: DatabaseProblem,
     attempt: Callable[[Callable[[bool], Finished], str], Finished],
 ) -> Finished:
     """One follow-up the database refused to finish: never pushed again automatically.
 
-    Marked failed (database_rejected, with the database's one-line reason) with its
-    attempts. If even that is refused (say a CHECK on status without 'failed'), it is
-    held with this tool's own columns, so no run claims it until retry-failed releases
-    it. If even the hold is refused, it goes back to the queue when its lease ends.
+    Marked failed (database_rejected, with the database's one-line reason). If even that
+    is refused (say a CHECK on status without 'failed'), it is held with this tool's own
+    columns, so no run claims it until retry-failed releases it. If even the hold is
+    refused, it goes back to the queue when its lease ends. One whose push was accepted
+    is also marked in-app only, so that a requeue never pushes it a second time.
+
+    Its attempts are recorded afterwards, on their own and best effort: a database that
+    refuses them (INSERT on follow_up_attempts revoked, say) must not keep the row from
+    being set aside.
     """
     [follow_up_id] = part.ids()
+    reason = problem.summary
+    pushed = follow_up_id in part.pushed_ids
     at = utcnow()
+    seen = Finished().noting(problem)
 
-    def mark_failed(retrying: bool) -> Finished:
+    def mark_failed(_retrying: bool) -> Finished:
         with db.transaction() as repo:
             changed = repo.mark_failed(
-                run_id, [Failure(follow_up_id, DATABASE_REJECTED)], at, detail=reason
+                run_id,
+                [Failure(follow_up_id, DATABASE_REJECTED)],
+                at,
+                detail=reason,
+                in_app_only=pushed,
             )
-            repo.record_attempts(run_id, _not_yet_recorded(repo, run_id, part.attempts, retrying))
-        if not changed:  # cancelled by the app, or no longer this run's: not ours to report
-            return Finished()
-        return Finished(refused=[Refused(follow_up_id, REFUSED_FAILED, reason)])
+        # Unchanged: cancelled by the app, or no longer this run's; not ours to report.
+        return Finished(refused=[Refused(follow_up_id, REFUSED_FAILED, reason)] if changed else [])
 
+    detail = reason
     try:
         finished = attempt(mark_failed, "recording a refused follow-up")
     except SQLAlchemyError as exc:
-        problem = classify_error(exc)
-        if not problem.refused:
+        refusal = classify_error(exc)
+        if not refusal.refused:
             raise
-        detail = (
-            reason
-            if problem.summary == reason
-            else f"{reason}; marking it failed: {problem.summary}"
-        )
-    else:
-        if finished.refused:
-            log.warning(
-                "follow-up %s: the database refused to record it (%s); marked failed",
-                follow_up_id,
-                reason,
-            )
-        return finished
-
-    def hold(retrying: bool) -> Finished:
-        with db.transaction() as repo:
-            held = repo.hold(run_id, follow_up_id, DATABASE_REJECTED, detail, at)
-            repo.record_attempts(run_id, _not_yet_recorded(repo, run_id, part.attempts, retrying))
-        return Finished(refused=[Refused(follow_up_id, REFUSED_HELD, detail)] if held else [])
-
-    try:
-        finished = attempt(hold, "holding a refused follow-up")
-    except SQLAlchemyError as exc:
-        if not classify_error(exc).refused:
-            raise
-    else:
-        if finished.refused:
-            log.warning(
-                "follow-up %s: the database refused to record it or mark it failed (%s); held",
-                follow_up_id,
-                detail,
-            )
-        return finished
+        seen.noting(refusal)
+        if refusal.summary != reason:
+            detail = f"{reason}; marking it failed: {refusal.summary}"
+        finished = _hold(db, run_id, follow_up_id, detail, at, pushed, attempt, seen)
 
     def record_attempts(retrying: bool) -> Finished:
-        with db.transaction() as repo:  # this tool's own table: nothing of the app's to refuse
+        with db.transaction() as repo:
             repo.record_attempts(run_id, _not_yet_recorded(repo, run_id, part.attempts, retrying))
         return Finished()
 
-    attempt(record_attempts, "recording the attempts of a refused follow-up")
-    log.error(
-        "follow-up %s: the database refused to record it, to mark it failed and to hold it "
-        "(%s); it returns to the queue when its lease ends",
-        follow_up_id,
-        detail,
-    )
+    recorded = "its attempts recorded"
+    if part.attempts:
+        try:
+            attempt(record_attempts, "recording the attempts of a refused follow-up")
+        except SQLAlchemyError as exc:
+            refusal = classify_error(exc)
+            if not refusal.refused:
+                raise
+            seen.noting(refusal)
+            recorded = f"its attempts not recorded ({refusal.summary})"
+    for r in finished.refused:
+        if r.outcome == REFUSED_UNRECORDED:
+            log.error(
+                "follow-up %s: the database refused to record it, to mark it failed and to "
+                "hold it (%s); it returns to the queue when its lease ends; %s",
+                follow_up_id,
+                detail,
+                recorded,
+            )
+        else:
+            log.warning(
+                "follow-up %s: the database refused to record it (%s); %s, %s",
+                follow_up_id,
+                detail,
+                "marked failed" if r.outcome == REFUSED_FAILED else "held",
+                recorded,
+            )
+    return finished + seen
+
+
+def _hold(
+    db: Database,
+    run_id: str,
+    follow_up_id: str,
+    detail: str,
+    at: datetime,
+    pushed: bool,
+    attempt: Callable[[Callable[[bool], Finished], str], Finished],
+    seen: Finished,
+) -> Finished:
+    """A refused follow-up that could not be marked failed: held, or else unrecorded."""
+
+    def hold(_retrying: bool) -> Finished:
+        with db.transaction() as repo:
+            held = repo.hold(
+                run_id, follow_up_id, DATABASE_REJECTED, detail, at, in_app_only=pushed
+            )
+        return Finished(refused=[Refused(follow_up_id, REFUSED_HELD, detail)] if held else [])
+
+    try:
+        return attempt(hold, "holding a refused follow-up")
+    except SQLAlchemyError as exc:
+        refusal = classify_error(exc)
+        if not refusal.refused:
+            raise
+        seen.noting(refusal)
     return Finished(refused=[Refused(follow_up_id, REFUSED_UNRECORDED, detail)])
 
 
@@ -1152,21 +1219,31 @@ _REFUSED_AS = {
 
 
 def _alert(alerter: Alerter, report: RunReport) -> None:
-    """One alert per run for new failures, one for rows the database refused, and one per
-    stopped push service. Ids, reasons and the database's constraint or trigger names
-    only."""
-    if report.refused:
+    """One alert per run for new failures, one for rows the database refused (with the
+    refusal that stopped the run's claims, if one did), and one per stopped push
+    service. Ids, reasons and the database's constraint, table or function names only."""
+    refusing = report.database_stop
+    if report.refused or refusing is not None:
         shown = ", ".join(
             f"{r.follow_up_id} {_REFUSED_AS[r.outcome]} ({r.detail})" for r in report.refused[:20]
         )
         more = len(report.refused) - 20
-        alerter.alert(
-            f"followups: the database refused to record {len(report.refused)} delivered "
-            f"follow-up(s): {shown}{f' and {more} more' if more > 0 else ''}. Each was pushed "
-            "at most once and is not pushed again automatically. Fix the cause "
-            "(`followups db check` lists what the schema refuses), then "
-            f"`followups retry-failed --reason {DATABASE_REJECTED}`."
+        refused = (
+            f" The database refused to record {len(report.refused)} delivered follow-up(s): "
+            f"{shown}{f' and {more} more' if more > 0 else ''}. Each was pushed at most once "
+            "and is not pushed again automatically."
+            if report.refused
+            else ""
         )
+        retry = f"`followups retry-failed --reason {DATABASE_REJECTED}`"
+        fix = (
+            f" send-due stopped claiming: the database refuses every row ({refusing.cause}). "
+            f"Fix: {refusing.fix or 'see `followups db check --role ROLE`'}; then {retry}."
+            if refusing is not None
+            else " Fix the cause (`followups db check --role ROLE` lists what the schema and "
+            f"the role's grants and policies refuse), then {retry}."
+        )
+        alerter.alert(f"followups:{refused}{fix}")
     if report.failures:
         shown = ", ".join(f"{fid} ({reason})" for fid, reason in report.failures[:20])
         more = len(report.failures) - 20

@@ -8,7 +8,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from followup_cli.report import SERVICE_LABELS, STOP_CONFIG, RunReport, ServiceStop
+from followup_cli.report import (
+    REFUSED_UNRECORDED,
+    SERVICE_LABELS,
+    STOP_CONFIG,
+    RunReport,
+    ServiceStop,
+)
 from followup_cli.vocabulary import Outcome, Service
 
 if TYPE_CHECKING:
@@ -42,9 +48,25 @@ def stop_line(report: RunReport) -> str:
             f"stopped by {name}: the pushes in flight were recorded, the other claimed "
             "follow-ups were handed back for the next run"
         )
-    if not report.stops:
-        return f"run ended: {report.outcome}"
-    return " ".join(_stop_clause(stop, report) for stop in report.stops)
+    clauses = [_stop_clause(stop, report) for stop in report.stops]
+    if report.database_stop is not None:
+        clauses.insert(0, _database_clause(report))
+    return " ".join(clauses) if clauses else f"run ended: {report.outcome}"
+
+
+def _database_clause(report: RunReport) -> str:
+    """The refusal every row meets, and its fix, in one sentence: names only."""
+    stop = report.database_stop
+    assert stop is not None
+    aside = sum(1 for r in report.refused if r.outcome != REFUSED_UNRECORDED)
+    back = len(report.refused) - aside
+    unrecorded = f", {back} back in the queue after their lease" if back else ""
+    fix = f" Fix: {stop.fix}; then" if stop.fix else " Fix the cause, then"
+    return (
+        f"the database refused to record deliveries: {stop.cause}; run stopped claiming, "
+        f"{aside} follow-up(s) set aside (failed or held as database_rejected, not pushed "
+        f"again){unrecorded}.{fix} `followups retry-failed --reason database_rejected`."
+    )
 
 
 def _stop_clause(stop: ServiceStop, report: RunReport) -> str:

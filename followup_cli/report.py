@@ -14,6 +14,9 @@ STOP_CONFIG = "config_error"
 STOP_OUTAGE = "outage"
 # Stopped by SIGTERM or SIGINT: what was in flight recorded, the rest handed back.
 STOP_SIGNAL = "interrupted"
+# The database refused to record deliveries whatever the rows (a grant or policy the
+# runtime role lacks, an object missing): the run stopped claiming.
+STOP_DATABASE = "database_refused"
 
 # What became of a follow-up the database refused to record as delivered.
 REFUSED_FAILED = "failed"  # marked failed, reason database_rejected
@@ -26,6 +29,14 @@ class Refused:
     follow_up_id: str
     outcome: str
     detail: str  # the database's reason: constraint, table, trigger function; no values
+
+
+@dataclass(frozen=True)
+class DatabaseStop:
+    """A refusal that every row meets, seen while finishing: names only, no values."""
+
+    cause: str  # e.g. permission denied for table X in function F (SQLSTATE 42501)
+    fix: str | None  # the grant, policy or function to change
 
 
 # The push services as people read them (FOLLOWUPS_PUSH names them apns and fcm).
@@ -67,6 +78,8 @@ class RunReport:
     stops: list[ServiceStop] = field(default_factory=list)
     # The signal that stopped the run (SIGTERM 15, SIGINT 2), if one did.
     signal: int | None = None
+    # The first refusal of the database that every row meets; the run stopped claiming.
+    database_stop: DatabaseStop | None = None
 
     @property
     def services_that_went_on(self) -> list[str]:
@@ -84,6 +97,13 @@ class RunReport:
         self.stops.append(stop)
         if self.stop is None:
             self.stop, self.stop_reason = stop.kind, stop.reason
+
+    def note_database_stop(self, stop: DatabaseStop) -> None:
+        if self.database_stop is not None:
+            return
+        self.database_stop = stop
+        if self.stop is None:
+            self.stop, self.stop_reason = STOP_DATABASE, stop.cause
 
     @property
     def skipped(self) -> int:

@@ -176,6 +176,38 @@ class TableAccess:
     public_privileges: bool
 
 
+@dataclass(frozen=True)
+class RoleFacts:
+    """A role as the runtime would connect (PostgreSQL)."""
+
+    name: str
+    superuser: bool
+    bypass_rls: bool
+
+
+@dataclass(frozen=True)
+class RowSecurityFacts:
+    """A table's row level security as one role meets it (PostgreSQL)."""
+
+    name: str
+    schema: str
+    enabled: bool
+    forced: bool
+    # The role is the table's owner, or has its privileges (owners bypass unless forced).
+    owner: bool
+    # The commands ('*', 'r' SELECT, 'a' INSERT, 'w' UPDATE, 'd' DELETE) of the permissive
+    # policies that apply to the role: TO PUBLIC, to it, or to a role whose privileges it has.
+    policy_commands: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TriggerFunction:
+    table: str
+    trigger: str
+    function: str  # with its argument types, e.g. public.app_review_answered()
+    security_definer: bool
+
+
 _DUE_COLUMNS = (
     r.id,
     r.conversation_id,
@@ -360,17 +392,21 @@ class Repository:
         failures: Sequence[Failure],
         failed_at: datetime,
         detail: str | None = None,
+        *,
+        in_app_only: bool = False,
     ) -> set[str]:
         """scheduled -> failed, with its reason, for rows this run still holds.
 
         One statement per distinct reason (there are few). The token the failure
         happened with is kept, so a requeue can tell whether the app has a new one.
-        `detail` is the database's one-line reason when it refused the delivery.
+        `detail` is the database's one-line reason when it refused the delivery;
+        `in_app_only` marks rows whose push was accepted, so a requeue does not push again.
         """
         changed: set[str] = set()
         by_reason: dict[str, list[str]] = {}
         for f in failures:
             by_reason.setdefault(f.reason, []).append(f.follow_up_id)
+        extra: dict[str, Any] = {"in_app_only": True} if in_app_only else {}
         for reason, ids in by_reason.items():
             stmt = (
                 update(follow_up_requests)
@@ -384,6 +420,7 @@ class Repository:
                     claimed_by=None,
                     claim_expires_at=None,
                     **_NOT_RETRYING,
+                    **extra,
                 )
                 .returning(r.id)
             )
@@ -413,10 +450,19 @@ class Repository:
         return changed
 
     def hold(
-        self, run_id: str, follow_up_id: str, reason: str, detail: str, held_at: datetime
+        self,
+        run_id: str,
+        follow_up_id: str,
+        reason: str,
+        detail: str,
+        held_at: datetime,
+        *,
+        in_app_only: bool = False,
     ) -> bool:
         """Keep a row this run holds out of every claim, touching only this tool's columns
-        (its status stays as the app's constraints allow). True if it was held."""
+        (its status stays as the app's constraints allow). True if it was held.
+        `in_app_only` as for mark_failed."""
+        extra: dict[str, Any] = {"in_app_only": True} if in_app_only else {}
         stmt = (
             update(follow_up_requests)
             .where(r.id == follow_up_id, r.status == Status.SCHEDULED, r.claimed_by == run_id)
@@ -426,6 +472,7 @@ class Repository:
                 failure_detail=detail,
                 claimed_by=None,
                 claim_expires_at=None,
+                **extra,
             )
         )
         return self.conn.execute(stmt).rowcount == 1
@@ -1028,6 +1075,81 @@ class Repository:
         found = self.conn.execute(text(_OWNED_SEQUENCES), {"schema": schema, "table": table})
         return [(row.schema, row.name) for row in found]
 
+    def current_role(self) -> str:
+        return str(self.conn.scalar(text("SELECT current_user")))
+
+    def role_facts(self, role: str) -> RoleFacts | None:
+        found = self.conn.execute(
+            text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = :role"),
+            {"role": role},
+        ).first()
+        if found is None:
+            return None
+        return RoleFacts(role, bool(found.rolsuper), bool(found.rolbypassrls))
+
+    def row_security(self, names: Sequence[str], role: str) -> list[RowSecurityFacts]:
+        """For each table of `names` that exists: its row level security as `role` meets it."""
+        found = self.conn.execute(text(_ROW_SECURITY), {"names": list(names), "role": role})
+        return [
+            RowSecurityFacts(
+                name=row.name,
+                schema=row.schema,
+                enabled=bool(row.enabled),
+                forced=bool(row.forced),
+                owner=bool(row.owner),
+                policy_commands=tuple(row.commands),
+            )
+            for row in found
+        ]
+
+    def trigger_functions(self, tables: Sequence[str]) -> list[TriggerFunction]:
+        """The app's triggers on these tables with the function each runs and whether
+        that function runs as its owner (SECURITY DEFINER) or as the invoker."""
+        found = self.conn.execute(
+            text(
+                "SELECT c.relname, t.tgname, CAST(CAST(t.tgfoid AS regprocedure) AS text) AS fn, "
+                "p.prosecdef FROM pg_trigger t "
+                "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_proc p ON p.oid = t.tgfoid "
+                "WHERE NOT t.tgisinternal AND c.relname = ANY(:tables) "
+                "AND pg_table_is_visible(c.oid) ORDER BY 1, 2"
+            ),
+            {"tables": list(tables)},
+        )
+        return [
+            TriggerFunction(str(row.relname), str(row.tgname), str(row.fn), bool(row.prosecdef))
+            for row in found
+        ]
+
+    def has_privilege(
+        self, role: str, kind: str, schema: str, name: str, privilege: str, column: str = ""
+    ) -> bool:
+        """has_table_privilege and its kin: `kind` is table, column, sequence or schema."""
+        role_, privilege_ = "CAST(:role AS text)", "CAST(:privilege AS text)"
+        target = (
+            "CAST(:schema AS text)"
+            if kind == "schema"
+            else "format('%I.%I', CAST(:schema AS text), CAST(:name AS text))"
+        )
+        arguments = {
+            "table": f"has_table_privilege({role_}, {target}, {privilege_})",
+            "column": f"has_column_privilege({role_}, {target}, CAST(:column AS text), "
+            f"{privilege_})",
+            "sequence": f"has_sequence_privilege({role_}, {target}, {privilege_})",
+            "schema": f"has_schema_privilege({role_}, {target}, {privilege_})",
+        }[kind]
+        return bool(
+            self.conn.scalar(
+                text(f"SELECT {arguments}"),
+                {
+                    "role": role,
+                    "schema": schema,
+                    "name": name,
+                    "privilege": privilege,
+                    "column": column,
+                },
+            )
+        )
+
     def role_exists(self, role: str) -> bool:
         found = self.conn.execute(
             text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}
@@ -1050,6 +1172,22 @@ SELECT t.name, n.nspname AS schema, c.relrowsecurity AS row_security,
 FROM unnest(CAST(:names AS text[])) WITH ORDINALITY AS t(name, position)
 JOIN pg_class c ON c.oid = to_regclass(quote_ident(t.name))
 JOIN pg_namespace n ON n.oid = c.relnamespace
+ORDER BY t.position
+"""
+
+_ROW_SECURITY = """
+SELECT t.name, n.nspname AS schema, c.relrowsecurity AS enabled,
+       c.relforcerowsecurity AS forced, pg_has_role(r.oid, c.relowner, 'USAGE') AS owner,
+       ARRAY(SELECT CAST(p.polcmd AS text) FROM pg_policy p
+             WHERE p.polrelid = c.oid AND p.polpermissive
+               AND EXISTS (SELECT 1 FROM unnest(p.polroles) AS granted(oid)
+                           WHERE CASE WHEN granted.oid = 0 THEN true
+                                 ELSE pg_has_role(r.oid, granted.oid, 'USAGE') END)
+             ORDER BY 1) AS commands
+FROM unnest(CAST(:names AS text[])) WITH ORDINALITY AS t(name, position)
+JOIN pg_class c ON c.oid = to_regclass(quote_ident(t.name))
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_roles r ON r.rolname = CAST(:role AS text)
 ORDER BY t.position
 """
 

@@ -10,6 +10,11 @@ and when there is one, the SQL that fixes it.
   tool writes). `db upgrade` stops before changing anything; `db check` exits 1.
 - warning: delivery copes, but someone should know (a refused row is set aside, not
   retried).
+
+The role checks (ROLE_CHECKS, PostgreSQL only) look at the database as the runtime role
+meets it (`db check --role ROLE`, by default the connected user): row level security
+without a policy for it, app triggers that run as it, privileges it lacks. Each is a
+function of the repository and the role's facts.
 """
 
 from __future__ import annotations
@@ -19,8 +24,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from followup_cli.db import Database
-from followup_cli.repository import CheckFacts, ColumnFacts, Repository, TableAccess
-from followup_cli.security import API_ROLES, SENSITIVE_APP_TABLES, qualified, quote_ident
+from followup_cli.errors import ConfigError
+from followup_cli.repository import (
+    CheckFacts,
+    ColumnFacts,
+    Repository,
+    RoleFacts,
+    RowSecurityFacts,
+    TableAccess,
+)
+from followup_cli.security import (
+    API_ROLES,
+    RUNTIME_PRIVILEGES,
+    SENSITIVE_APP_TABLES,
+    qualified,
+    quote_ident,
+    validate_role,
+)
 from followup_cli.tables import APP_TABLES, TOOL_TABLES
 from followup_cli.vocabulary import Status
 
@@ -60,6 +80,7 @@ class Finding:
 
 
 Check = Callable[[Repository], list[Finding]]
+RoleCheck = Callable[[Repository, RoleFacts], list[Finding]]
 
 
 def status_values(repo: Repository) -> list[Finding]:
@@ -252,6 +273,152 @@ def _open_app_table(t: TableAccess) -> Finding:
     )
 
 
+# -- the runtime role (PostgreSQL) ------------------------------------------------------
+
+# Row level security's names for the commands a policy covers ('*' is every command).
+_POLICY_COMMANDS = {"SELECT": "r", "INSERT": "a", "UPDATE": "w", "DELETE": "d"}
+
+
+def _commands(table: str) -> list[str]:
+    """The commands the runtime role runs on a table (UPDATE (columns) is UPDATE)."""
+    return [privilege.split(" ", 1)[0] for privilege in RUNTIME_PRIVILEGES[table]]
+
+
+def _under_row_security(t: RowSecurityFacts, role: RoleFacts) -> bool:
+    """Does row level security apply to the role here? Not to a superuser or a BYPASSRLS
+    role, nor to the table's owner unless the table forces it."""
+    if not t.enabled or role.superuser or role.bypass_rls:
+        return False
+    return t.forced or not t.owner
+
+
+def runtime_policies(repo: Repository, role: RoleFacts) -> list[Finding]:
+    """An app table under row level security with no policy that lets the runtime role
+    do its work: on follow_up_requests it sees nothing due or cannot record a delivery,
+    on follow_up_messages every in-app message is refused. provider_review_requests is
+    the runtime's only through an app trigger that runs as it."""
+    findings = []
+    invokers = [t for t in repo.trigger_functions(APP_TABLES) if not t.security_definer]
+    for t in repo.row_security(APP_TABLES, role.name):
+        if not _under_row_security(t, role):
+            continue
+        who = quote_ident(role.name)
+        needed = _commands(t.name)
+        if not needed:
+            if invokers and not t.policy_commands:
+                findings.append(
+                    Finding(
+                        WARNING,
+                        f"{t.name}: row level security is on and no policy applies to "
+                        f"{role.name}: an app trigger that runs as {role.name} and uses it "
+                        f"is refused, and its follow-up is {_SET_ASIDE}",
+                    )
+                )
+            continue
+        missing = [
+            c
+            for c in needed
+            if "*" not in t.policy_commands and _POLICY_COMMANDS[c] not in t.policy_commands
+        ]
+        if not missing:
+            continue
+        forced = " (forced, so it applies to the table's owner too)" if t.forced and t.owner else ""
+        where = qualified(t.schema, t.name)
+        findings.append(
+            Finding(
+                ERROR,
+                f"{t.name}: row level security is on{forced} and no policy lets {role.name} "
+                f"{', '.join(missing)}, which this tool needs: "
+                + (
+                    f"every in-app message is refused and its follow-up is {_SET_ASIDE}"
+                    if t.name == MESSAGES
+                    else "send-due finds nothing due, or cannot record what it delivered"
+                ),
+                f"DROP POLICY IF EXISTS {who} ON {where}; CREATE POLICY {who} ON {where} "
+                f"FOR ALL TO {who} USING (true) WITH CHECK (true);",
+            )
+        )
+    return findings
+
+
+def invoker_triggers(repo: Repository, role: RoleFacts) -> list[Finding]:
+    """An app trigger whose function runs as the invoker runs as the runtime role during
+    send-due: what it reads or writes needs that role's grants and policies. (A
+    superuser has them all.)"""
+    if role.superuser:
+        return []
+    return [
+        Finding(
+            WARNING,
+            f"trigger {t.trigger} on {t.table} runs {t.function} as the invoker, "
+            f"{role.name} during send-due: a table it uses without {role.name}'s grant or "
+            f"policy refuses the delivery, and the follow-up is {_SET_ASIDE}; grant "
+            f"{role.name} what the function uses, or make it SECURITY DEFINER",
+        )
+        for t in repo.trigger_functions(APP_TABLES)
+        if not t.security_definer
+    ]
+
+
+def runtime_privileges(repo: Repository, role: RoleFacts) -> list[Finding]:
+    """Privileges the runtime role lacks among those `db grants` gives it: on the
+    tables, the columns it updates, the attempts' id sequence and the schema."""
+    who = quote_ident(role.name)
+    tables = [name for name, privileges in RUNTIME_PRIVILEGES.items() if privileges]
+    findings = []
+    schemas_checked: set[str] = set()
+    for t in repo.table_access(tables, ()):
+        if t.schema not in schemas_checked:
+            schemas_checked.add(t.schema)
+            if not repo.has_privilege(role.name, "schema", t.schema, "", "USAGE"):
+                findings.append(
+                    Finding(
+                        ERROR,
+                        f"{role.name} lacks USAGE on schema {t.schema}, where this tool's "
+                        "tables are",
+                        f"GRANT USAGE ON SCHEMA {quote_ident(t.schema)} TO {who};",
+                    )
+                )
+        missing = []
+        for privilege in RUNTIME_PRIVILEGES[t.name]:
+            command, _, columns = privilege.partition(" ")
+            if not columns:
+                if not repo.has_privilege(role.name, "table", t.schema, t.name, command):
+                    missing.append(command)
+                continue
+            present = {c.name for c in repo.columns(t.name)}  # before `db upgrade`, fewer
+            lacking = [
+                c
+                for c in columns.strip("()").split(", ")
+                if c in present
+                and not repo.has_privilege(role.name, "column", t.schema, t.name, command, c)
+            ]
+            if lacking:
+                missing.append(f"{command} ({', '.join(lacking)})")
+        where = qualified(t.schema, t.name)
+        if missing:
+            findings.append(
+                Finding(
+                    ERROR,
+                    f"{role.name} lacks {', '.join(missing)} on {t.name}, which the runtime "
+                    "commands need",
+                    f"GRANT {', '.join(missing)} ON TABLE {where} TO {who};",
+                )
+            )
+        if "INSERT" in _commands(t.name):
+            for schema, sequence in repo.owned_sequences(t.schema, t.name):
+                if not repo.has_privilege(role.name, "sequence", schema, sequence, "USAGE"):
+                    findings.append(
+                        Finding(
+                            ERROR,
+                            f"{role.name} lacks USAGE on sequence {sequence}, which an INSERT "
+                            f"into {t.name} needs",
+                            f"GRANT USAGE ON SEQUENCE {qualified(schema, sequence)} TO {who};",
+                        )
+                    )
+    return findings
+
+
 # What in the app's schema would make delivery fail: `db upgrade` runs these before it
 # changes anything.
 APP_CHECKS: tuple[Check, ...] = (status_values, message_columns, triggers, message_foreign_keys)
@@ -259,13 +426,45 @@ APP_CHECKS: tuple[Check, ...] = (status_values, message_columns, triggers, messa
 # closes this tool's tables itself.
 ACCESS_CHECKS: tuple[Check, ...] = (check_exposure,)
 CHECKS = APP_CHECKS + ACCESS_CHECKS  # everything `db check` reports
+# The database as the runtime role meets it: `db check` runs these too (PostgreSQL).
+ROLE_CHECKS: tuple[RoleCheck, ...] = (runtime_policies, invoker_triggers, runtime_privileges)
 
 
-def run(db: Database, checks: Sequence[Check] = ()) -> list[Finding]:
-    """Every check's findings, errors first; reads the catalog only."""
+def run(
+    db: Database,
+    checks: Sequence[Check] = (),
+    *,
+    role: str | None = None,
+    role_checks: Sequence[RoleCheck] | None = None,
+) -> list[Finding]:
+    """Every check's findings, errors first; reads the catalog only.
+
+    With the default checks, the role checks run too, on PostgreSQL, for `role` (by
+    default the connected user); `role_checks` picks others."""
+    if role is not None:
+        validate_role(role)
+        if db.dialect != "postgresql":
+            raise ConfigError("db check --role needs a PostgreSQL database (SQLite has no roles)")
+    if role_checks is None:
+        role_checks = () if checks else ROLE_CHECKS
     with db.read_only() as repo:
         findings = [finding for check in checks or CHECKS for finding in check(repo)]
+        if role_checks and repo.dialect == "postgresql":
+            findings.extend(_role_findings(repo, role or repo.current_role(), role_checks))
     return sorted(findings, key=lambda f: f.level != ERROR)
+
+
+def _role_findings(repo: Repository, role: str, checks: Sequence[RoleCheck]) -> list[Finding]:
+    facts = repo.role_facts(role)
+    if facts is None:
+        return [
+            Finding(
+                ERROR,
+                f"role {role} does not exist, so its grants and policies were not checked",
+                f"CREATE ROLE {quote_ident(role)} LOGIN PASSWORD '...';",
+            )
+        ]
+    return [finding for check in checks for finding in check(repo, facts)]
 
 
 def errors(findings: Sequence[Finding]) -> list[Finding]:

@@ -1,19 +1,29 @@
-"""How database errors are told apart (refused / transient / other) and summed up in one
-line without values, on real errors from both drivers; and a refused row isolated on
-SQLite too."""
+"""How database errors are told apart (refused / structural / transient / other) and
+summed up in one line without values, on real errors from both drivers; and a refused row
+isolated on SQLite too."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from followup_cli.alerts import LogAlerter
-from followup_cli.db import OTHER, REFUSED, TRANSIENT, Database, classify_error, describe_error
+from followup_cli.db import (
+    OTHER,
+    REFUSED,
+    STRUCTURAL,
+    TRANSIENT,
+    Database,
+    classify_error,
+    describe_error,
+)
 from followup_cli.delivery import DATABASE_REJECTED, send_due
 from followup_cli.push.log import LogPusher
 from followup_cli.settings import Settings
 from tests.helpers import app_row, messages, row
+from tests.test_security import libpq
 
 
 def error_of(url: str, *statements: str) -> SQLAlchemyError:
@@ -85,14 +95,92 @@ def test_postgres_refusals_name_the_constraint_or_function_never_a_value(
 
 @pytest.mark.postgres
 def test_postgres_transient_and_other_errors(pg_db_url: str) -> None:
-    """A statement timeout and a lost server are transient; a missing table is not."""
+    """A statement timeout and a lost server are transient; a missing table is refused
+    whatever the rows; a malformed statement is neither."""
     timeout = error_of(pg_db_url, "SET statement_timeout = 10", "SELECT pg_sleep(1)")
     assert classify_error(timeout).kind == TRANSIENT
     unreachable = error_of("postgresql+psycopg://nobody@127.0.0.1:1/none")
     assert classify_error(unreachable).kind == TRANSIENT
     missing = error_of(pg_db_url, "SELECT * FROM no_such_table")
-    assert classify_error(missing).kind == OTHER
+    assert classify_error(missing).kind == STRUCTURAL
     assert "run `followups db upgrade` first" in describe_error(missing)
+    assert classify_error(error_of(pg_db_url, "SELEC 1")).kind == OTHER
+
+
+@pytest.mark.postgres
+def test_postgres_structural_refusals_name_the_object_and_the_fix(pg_db_url: str) -> None:
+    """Permission denied, a policy's refusal, a missing column or function, in this
+    tool's statement or in an app's trigger function: the cause names objects only, and
+    the fix names the grant or policy on that table, or the function to change."""
+    from tests.test_security import RUNTIME_ROLE, ensure_role
+
+    ensure_role(pg_db_url, RUNTIME_ROLE, login=True)
+    role = f'"{RUNTIME_ROLE}"'
+    setup = [
+        "CREATE TABLE notes (id int, body text)",
+        "CREATE TABLE audit (id int)",
+        "CREATE TABLE guarded (id int)",
+        """CREATE FUNCTION notes_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO audit (id) VALUES (NEW.id); RETURN NEW; END $$""",
+        "CREATE TRIGGER notes_audit AFTER INSERT ON notes "
+        "FOR EACH ROW EXECUTE FUNCTION notes_audit()",
+        """CREATE FUNCTION guarded_stale() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN NEW.gone := 1; RETURN NEW; END $$""",
+        "CREATE TRIGGER guarded_stale BEFORE INSERT ON guarded "
+        "FOR EACH ROW EXECUTE FUNCTION guarded_stale()",
+        "ALTER TABLE guarded ENABLE ROW LEVEL SECURITY",
+        f"GRANT INSERT ON notes, guarded TO {role}",
+    ]
+    with psycopg.connect(libpq(pg_db_url), autocommit=True) as conn:
+        for statement in setup:
+            conn.execute(statement)  # type: ignore[arg-type]
+    as_role = f"SET LOCAL ROLE {role}"
+    cases = [
+        (
+            [as_role, "UPDATE notes SET body = 'Maya has a fever'"],
+            "permission denied for table notes (SQLSTATE 42501)",
+            "grant UPDATE on notes to the runtime role "
+            "(`followups db grants ROLE` prints what it needs)",
+            "permission denied for table notes (this database role lacks a grant or policy; "
+            "`followups db grants ROLE` prints what a runtime role needs)",
+        ),
+        (
+            [as_role, "INSERT INTO notes (id, body) VALUES (1, 'Maya')"],
+            "permission denied for table audit in function notes_audit (SQLSTATE 42501)",
+            "grant INSERT on audit to the runtime role, or make the trigger function "
+            "notes_audit SECURITY DEFINER",
+            "permission denied for table audit in function notes_audit (grant INSERT on "
+            "audit to the runtime role, or make the trigger function notes_audit SECURITY "
+            "DEFINER)",
+        ),
+        (
+            ["DROP TRIGGER guarded_stale ON guarded", as_role, "INSERT INTO guarded VALUES (4242)"],
+            'new row violates row-level security policy for table "guarded" (SQLSTATE 42501)',
+            "give the runtime role a policy on guarded that allows INSERT "
+            "(`followups db grants ROLE` prints what it needs)",
+            None,
+        ),
+        (
+            ["INSERT INTO guarded VALUES (4242)"],
+            'record "new" has no field "gone" in function guarded_stale (SQLSTATE 42703)',
+            "the trigger function guarded_stale uses something that does not exist: create "
+            "it, or fix the function",
+            None,
+        ),
+        (
+            ["SELECT no_such_function(1)"],
+            "function no_such_function(integer) does not exist (SQLSTATE 42883)",
+            "run `followups db upgrade` first",
+            None,
+        ),
+    ]
+    for statements, summary, fix, described in cases:
+        exc = error_of(pg_db_url, *statements)
+        problem = classify_error(exc)
+        assert (problem.kind, problem.summary, problem.fix) == (STRUCTURAL, summary, fix)
+        assert "Maya" not in problem.summary and "4242" not in problem.summary
+        if described is not None:
+            assert describe_error(exc) == described
 
 
 def test_sqlite_refusals_keep_the_constraint_never_a_trigger_message(tmp_path: object) -> None:
@@ -121,7 +209,11 @@ def test_sqlite_refusals_keep_the_constraint_never_a_trigger_message(tmp_path: o
         "trigger raised (SQLITE_CONSTRAINT_TRIGGER)",
     )
     missing = classify_error(error_of(url, "SELECT * FROM nothing_here"))
-    assert missing.kind == OTHER
+    assert (missing.kind, missing.summary) == (
+        STRUCTURAL,
+        "no such table: nothing_here (SQLITE_ERROR)",
+    )
+    assert classify_error(error_of(url, "SELEC 1")).kind == OTHER
 
 
 def test_a_trigger_refusing_one_message_fails_only_that_row(
