@@ -11,7 +11,7 @@ DEV_LOCK := requirements-dev.lock
 PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
 
-.PHONY: install lock demo test lint bench clean
+.PHONY: install lock demo test lint bench soak clean
 
 # Everything comes from the dev lock, hashes checked; then the project itself, which
 # `pip check` confirms is satisfied (a stale lock after a new dependency fails here).
@@ -60,6 +60,13 @@ test: install
 ## bench: send-due throughput against local PostgreSQL and a Node fake APNs (bench/README.md)
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+## soak: a seeded fault soak of send-due against local PostgreSQL, the fake APNs and FCM
+## (tests/soak.py): SOAK_SECONDS of faults (default 180), then a drain and the checks.
+## SOAK_ARGS passes flags, e.g. SOAK_ARGS='--seed 1234' to replay a seed.
+SOAK_SECONDS ?= 180
+soak: install
+	$(BIN)/python -m tests.soak --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
