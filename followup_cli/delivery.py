@@ -258,6 +258,7 @@ class _PushRound:
             for task in (*tasks, *helpers, stop):
                 task.cancel()
             await asyncio.gather(walks, *helpers, stop, return_exceptions=True)
+            await self._gate.close()
 
     async def _walk(
         self,
@@ -360,6 +361,13 @@ class _CancelGate:
             await asyncio.sleep(max(self._interval, 0.05))
             if self._pending:
                 await self._refresh()
+
+    async def close(self) -> None:
+        """Ends a reading still under way (the round is over: nobody needs it)."""
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
 
     async def _refresh(self) -> None:
         # Callers at the same moment share one reading.
