@@ -350,13 +350,21 @@ class H2Connection(asyncio.Protocol):
                 self._unsent.pop(stream_id, None)
                 continue
             size = min(window, self._h2.max_outbound_frame_size, len(data))
-            while size > 0:
-                self._h2.send_data(stream_id, data[:size].tobytes())
-                data = data[size:]
-                window -= size
-                size = min(window, self._h2.max_outbound_frame_size, len(data))
+            try:
+                while size > 0:
+                    self._h2.send_data(stream_id, data[:size].tobytes())
+                    data = data[size:]
+                    window -= size
+                    size = min(window, self._h2.max_outbound_frame_size, len(data))
+                if len(data) == 0:
+                    self._h2.end_stream(stream_id)
+            except h2.exceptions.StreamClosedError:
+                # The server reset it in the frames being read right now (h2 has closed
+                # it; its StreamReset event comes after this one): nothing more to send,
+                # and that event tells the waiter.
+                self._unsent.pop(stream_id, None)
+                continue
             if len(data) == 0:
-                self._h2.end_stream(stream_id)
                 del self._unsent[stream_id]
             else:
                 self._unsent[stream_id] = data
