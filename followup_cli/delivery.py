@@ -357,9 +357,12 @@ class _CancelGate:
         self._pending.discard(follow_up_id)
 
     async def keep_fresh(self) -> None:
+        """Reads again only when no request has caused a reading for `interval`: while
+        pushes flow, their own checks keep it fresh, and this adds nothing."""
+        every = max(self._interval, 0.05)
         while True:
-            await asyncio.sleep(max(self._interval, 0.05))
-            if self._pending:
+            await asyncio.sleep(every)
+            if self._pending and time.monotonic() - self._read_at >= every:
                 await self._refresh()
 
     async def close(self) -> None:
