@@ -350,6 +350,8 @@ class _CancelGate:
         return follow_up_id in self._live
 
     def withdrawn(self, follow_up_id: str) -> bool:
+        if self._read_at == float("-inf"):
+            return False  # not read yet: allows() reads before any request
         return self._live is not None and follow_up_id not in self._live
 
     def done(self, follow_up_id: str) -> None:
@@ -707,7 +709,7 @@ class PushedBatch:
 @dataclass(frozen=True)
 class Deferral:
     follow_up_id: str
-    retry_at: datetime
+    pause: timedelta  # from the finish: few distinct values, one statement each
 
 
 @dataclass
@@ -814,16 +816,15 @@ class _Entry:
     decided: bool = False  # handed to a part (delivered, failed, deferred, released, parked)
 
 
-def next_try(f: DueFollowUp, now: datetime, settings: Settings) -> datetime | None:
-    """When a follow-up whose attempts all failed for transient reasons is tried again:
-    FOLLOWUPS_RETRY_PAUSE after this run, doubling with each run that tried it, at most
-    MAX_RETRY_PAUSE. None once its tries span FOLLOWUPS_GIVE_UP_AFTER: it is marked
-    failed (with FOLLOWUPS_GIVE_UP_AFTER=0s, after this run's attempts)."""
+def retry_pause(f: DueFollowUp, now: datetime, settings: Settings) -> timedelta | None:
+    """How long after this run a follow-up whose attempts all failed for transient
+    reasons is tried again: FOLLOWUPS_RETRY_PAUSE, doubling with each run that tried it,
+    at most MAX_RETRY_PAUSE. None once its tries span FOLLOWUPS_GIVE_UP_AFTER: it is
+    marked failed (with FOLLOWUPS_GIVE_UP_AFTER=0s, after this run's attempts)."""
     since = f.retrying_since or now
     if now - since >= settings.give_up_after:
         return None
-    pause = settings.retry_pause * 2 ** min(f.retry_count, 16)
-    return now + min(pause, MAX_RETRY_PAUSE)
+    return min(settings.retry_pause * 2 ** min(f.retry_count, 16), MAX_RETRY_PAUSE)
 
 
 class _Tracker:
@@ -890,9 +891,8 @@ class _Tracker:
         elif kind == Outcome.WITHDRAWN:
             part.release.append(f.id)  # cancelled by the app: stays cancelled
         elif kind == Outcome.TRANSIENT and not stopping:
-            now = utcnow()
-            retry_at = next_try(f, now, self._settings)
-            if retry_at is None:
+            pause = retry_pause(f, utcnow(), self._settings)
+            if pause is None:
                 part.failures.append(Failure(f.id, outcome.reason or "unknown"))
                 log.warning(
                     "follow-up %s failed: %s, its tries spanning FOLLOWUPS_GIVE_UP_AFTER",
@@ -900,7 +900,7 @@ class _Tracker:
                     outcome.reason,
                 )
             else:
-                part.deferred.append(Deferral(f.id, retry_at))
+                part.deferred.append(Deferral(f.id, pause))
                 goes_on = False
         elif stopping:
             part.release.append(f.id)
@@ -1062,10 +1062,12 @@ def _finish_once(
             ]
         )
         failed_ids = repo.mark_failed(run_id, pushed.failures, finished_at)
-        retry_at: dict[datetime, list[str]] = {}
+        by_pause: dict[timedelta, list[str]] = {}
         for d in pushed.deferred:
-            retry_at.setdefault(d.retry_at, []).append(d.follow_up_id)
-        deferred_ids = repo.defer(run_id, retry_at, finished_at)
+            by_pause.setdefault(d.pause, []).append(d.follow_up_id)
+        deferred_ids = repo.defer(
+            run_id, {finished_at + pause: ids for pause, ids in by_pause.items()}, finished_at
+        )
         repo.release(run_id, pushed.release)
         repo.record_attempts(run_id, _not_yet_recorded(repo, run_id, pushed.attempts, retrying))
     return Finished(
