@@ -8,6 +8,9 @@ DEMO_DB := sqlite:///$(CURDIR)/demo/followups.db
 # (production installs, the container image) and the runtime + dev set (tests, CI).
 LOCK := requirements.lock
 DEV_LOCK := requirements-dev.lock
+# pip itself, pinned and hashed, installed before the rest: pips older than 23.3 refuse a
+# pinned package that another asks for with an extra (httpx[http2]) in hash-checking mode.
+PIP_LOCK := requirements-pip.lock
 PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
 
@@ -15,8 +18,9 @@ PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --ge
 
 # Everything comes from the dev lock, hashes checked; then the project itself, which
 # `pip check` confirms is satisfied (a stale lock after a new dependency fails here).
-$(BIN)/followups: pyproject.toml $(DEV_LOCK)
+$(BIN)/followups: pyproject.toml $(DEV_LOCK) $(PIP_LOCK)
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(PIP_LOCK)
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(DEV_LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	$(BIN)/python -m pip check || { echo "the lock files are stale: run make lock"; exit 1; }
@@ -35,6 +39,7 @@ lock:
 	$(BIN)/python -m pip install --quiet 'pip-tools>=7.4'
 	$(PIP_COMPILE) --output-file $(LOCK) pyproject.toml
 	$(PIP_COMPILE) --extra dev --constraint $(LOCK) --output-file $(DEV_LOCK) pyproject.toml
+	$(PIP_COMPILE) --constraint $(DEV_LOCK) --output-file $(PIP_LOCK) requirements-pip.in
 
 ## demo: embedded SQLite, log push backend, a few follow-ups, one send-due run
 demo: install

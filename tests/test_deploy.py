@@ -289,7 +289,9 @@ def test_dockerfile_is_slim_non_root_from_the_lock_with_followups_as_entrypoint(
     """Final stage: slim base, hash-checked lock install, project without deps, non-root."""
     final = dockerfile().split("\nFROM ")[-1]
     assert re.match(r"python:\$\{PYTHON_VERSION\}-slim\n", final)
+    assert "pip install --require-hashes -r /tmp/requirements-pip.lock" in final
     assert "pip install --require-hashes -r /tmp/requirements.lock" in final
+    assert final.index("requirements-pip.lock") < final.index("-r /tmp/requirements.lock")
     assert "pip install --no-deps" in final
     assert re.search(r"^USER \d+:\d+$", final, re.M)
     assert '\nENTRYPOINT ["followups"]\n' in final
@@ -307,6 +309,12 @@ def test_docker_build_context_holds_what_the_dockerfile_copies() -> None:
     for line in dockerfile().splitlines():
         if line.startswith("COPY ") and "--from=" not in line:
             copied |= {Path(source).as_posix() for source in line.split()[1:-1]}
-    assert copied == allowed == {"pyproject.toml", "README.md", "followup_cli", "requirements.lock"}
+    assert copied == allowed == {
+        "pyproject.toml",
+        "README.md",
+        "followup_cli",
+        "requirements.lock",
+        "requirements-pip.lock",
+    }
     for name in copied:
         assert (ROOT / name).exists()
