@@ -13,16 +13,21 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnClause,
+    ColumnElement,
     Connection,
     Float,
     and_,
     bindparam,
+    case,
     cast,
+    column,
     delete,
     func,
     insert,
     inspect,
     literal,
+    literal_column,
     or_,
     select,
     text,
@@ -815,13 +820,33 @@ class Repository:
         )
         return list(self.conn.scalars(stmt))
 
-    def archive_requests(self, ids: Sequence[str], archived_at: datetime) -> None:
+    def whole_row_json(self) -> ColumnElement[Any]:
+        """The whole follow_up_requests row as one JSON object, for archive_requests: every
+        column the database has, the app's own that tables.py does not define included.
+
+        PostgreSQL converts the row itself (to_jsonb), whatever its columns. SQLite has no
+        such function, so its columns are read here, once per cleanup, into a json_object.
+        """
+        if self.dialect == "postgresql":
+            # table.* rather than the bare table name, which a column of that name would
+            # shadow.
+            return func.to_jsonb(literal_column(f"{follow_up_requests.name}.*"))
+        names = [c["name"] for c in inspect(self.conn).get_columns(follow_up_requests.name)]
+        return _sqlite_json_object(names)
+
+    def archive_requests(
+        self, ids: Sequence[str], archived_at: datetime, row_data: ColumnElement[Any]
+    ) -> None:
+        """Copy these follow-ups into the archive, in one statement: the operators' columns
+        and `row_data` (whole_row_json) with every column."""
         columns = [follow_up_requests.c[name] for name in ARCHIVED_COLUMNS]
         self.conn.execute(
             insert(follow_up_requests_archive).from_select(
-                [*ARCHIVED_COLUMNS, "archived_at"],
+                [*ARCHIVED_COLUMNS, "archived_at", "row_data"],
                 select(
-                    *columns, literal(archived_at, follow_up_requests_archive.c.archived_at.type)
+                    *columns,
+                    literal(archived_at, follow_up_requests_archive.c.archived_at.type),
+                    row_data,
                 ).where(r.id.in_(list(ids))),
             )
         )
@@ -1221,6 +1246,38 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     low = int(position)
     high = min(low + 1, len(sorted_values) - 1)
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+# SQLite allows 127 arguments per function call unless built otherwise (1,000 from 3.48):
+# json_object and json_insert take two per column.
+_SQLITE_JSON_COLUMNS_PER_CALL = 50
+
+
+def _sqlite_json_object(names: Sequence[str]) -> ColumnElement[Any]:
+    """json_object('name', name, ...) over the current row of the statement's one table,
+    the columns beyond the first call's share added by json_insert (which, unlike
+    json_patch, keeps null values). JSON cannot hold a BLOB: one is kept as its hex text."""
+    # json_insert's path cannot name a column with a double quote; json_object's key can.
+    names = sorted(names, key=lambda name: '"' in name, reverse=True)
+    step = _SQLITE_JSON_COLUMNS_PER_CALL
+
+    def value(name: str) -> Any:
+        col: ColumnClause[Any] = column(name)
+        return case((func.typeof(col) == "blob", func.hex(col)), else_=col)
+
+    expression = func.json_object(
+        *(part for name in names[:step] for part in (literal(name), value(name)))
+    )
+    for start in range(step, len(names), step):
+        expression = func.json_insert(
+            expression,
+            *(
+                part
+                for name in names[start : start + step]
+                for part in (literal(f'$."{name}"'), value(name))
+            ),
+        )
+    return expression
 
 
 def _insert_ignore(dialect: str, table: Any) -> Any:

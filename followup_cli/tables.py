@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -217,8 +218,12 @@ APP_REQUEST_COLUMNS = (
     "sent_at",
 )
 
+# A whole row as one JSON object: jsonb on PostgreSQL, JSON text on SQLite.
+RowJSON = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
 # Where `cleanup --archive` moves old sent and cancelled follow-ups.
-# The app's columns and the provider name, as they were when archived.
+# The app's columns and the provider name, as they were when archived: what operators
+# query.
 ARCHIVED_COLUMNS = (*APP_REQUEST_COLUMNS, "provider_name")
 follow_up_requests_archive = Table(
     "follow_up_requests_archive",
@@ -228,6 +233,10 @@ follow_up_requests_archive = Table(
         for name in ARCHIVED_COLUMNS
     ),
     Column("archived_at", UTCDateTime(), nullable=False),
+    # The whole row as the database had it, every column including the app's own that
+    # this module does not define (e.g. a row level security owner): what a restore puts
+    # back (docs/operations.md). Null for rows archived before revision 0008.
+    Column("row_data", RowJSON),
 )
 
 # Cooldown state of the alerts that must not repeat every minute (e.g. low success rate).
