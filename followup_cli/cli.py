@@ -80,7 +80,9 @@ def _default(field: str) -> str:
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    print(f"Error: {message}", file=sys.stderr)
+    from followup_cli.logsetup import scrub  # the database password, whatever the message
+
+    print(f"Error: {scrub(message)}", file=sys.stderr)
     raise typer.Exit(code)
 
 

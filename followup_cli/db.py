@@ -6,14 +6,41 @@ import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from followup_cli import logsetup
 from followup_cli.repository import Repository
-from followup_cli.settings import POSTGRES_CONNECT_ARGS, SQLITE_BUSY_TIMEOUT_SECONDS
+from followup_cli.settings import (
+    POSTGRES_CONNECT_ARGS,
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    parse_database_url,
+)
+
+
+def sqlalchemy_url(url: str) -> URL:
+    """The database URL as SQLAlchemy and Alembic take it. A PostgreSQL one is built from
+    the parts settings.parse_database_url finds, never from the string: SQLAlchemy's own
+    parser ends the password at its first "@" and cannot read a raw ":" or "/" in it. Its
+    password is registered for scrubbing here, the one door every engine goes through,
+    so that no log line or error message shows it. Raises ConfigError."""
+    parsed = parse_database_url(url)
+    if parsed is None:  # sqlite: no password, read as SQLAlchemy always read it
+        return make_url(url)
+    logsetup.hide(*parsed.password_forms)
+    return URL.create(
+        parsed.drivername,
+        username=parsed.username,
+        password=parsed.password,
+        host=parsed.host,
+        port=parsed.port,
+        database=parsed.database,
+        query=parsed.query,
+    )
 
 
 def make_engine(url: str, *, pool_size: int = 2) -> Engine:
@@ -27,9 +54,10 @@ def make_engine(url: str, *, pool_size: int = 2) -> Engine:
     next transaction. SQLite: WAL, a busy timeout, and BEGIN IMMEDIATE so
     a transaction takes the write lock up front instead of failing to upgrade later.
     """
-    if url.startswith("sqlite"):
+    parts = sqlalchemy_url(url)
+    if parts.get_backend_name() == "sqlite":
         engine = create_engine(
-            url,
+            parts,
             hide_parameters=True,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
         )
@@ -49,7 +77,7 @@ def make_engine(url: str, *, pool_size: int = 2) -> Engine:
 
         return engine
     return create_engine(
-        url,
+        parts,
         hide_parameters=True,
         pool_size=pool_size,
         max_overflow=2,
@@ -155,6 +183,14 @@ class DatabaseProblem:
 
 
 def classify_error(exc: BaseException) -> DatabaseProblem:
+    """What a database error means, in words safe to log, store, alert and print: the
+    database password (logsetup.hide) is *** in them, whatever the driver's text held."""
+    problem = _classify(exc)
+    texts = {"summary": problem.summary, "cause": problem.cause, "fix": problem.fix}
+    return replace(problem, **{k: logsetup.scrub(v) for k, v in texts.items() if v})
+
+
+def _classify(exc: BaseException) -> DatabaseProblem:
     if isinstance(exc, PoolTimeout):
         return DatabaseProblem(TRANSIENT, "no database connection became free in time")
     orig = getattr(exc, "orig", None) or exc
@@ -308,7 +344,8 @@ def describe_error(exc: BaseException) -> str:
     """One line about a database error, without SQL text or parameters (they carry
     health data), with a hint when the schema is missing or a privilege is. A refusal
     inside an app's trigger function names that function and the grant or policy it
-    lacks: `db grants` does not cover what an app's trigger uses."""
+    lacks: `db grants` does not cover what an app's trigger uses. Never the database
+    password: classify_error scrubs it."""
     problem = classify_error(exc)
     if problem.kind == REFUSED:
         return problem.summary

@@ -4,6 +4,9 @@ Third-party loggers that print request URLs (which contain device tokens) or who
 payloads (message text) are capped at WARNING whatever the level asked for:
 pyapns-client logs the payload and token at DEBUG, httpx the URL at INFO, google-auth
 the token request and answer (the access token) at DEBUG.
+
+Secrets registered with `hide` (the database password, when the engine is built) are
+replaced by *** in every log line, and in the error lines that go through `scrub`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,25 @@ NOISY_LOGGERS = (
     "requests",
 )
 
+# What no log line or error message may show, longest first.
+_HIDDEN: list[str] = []
+
+
+def hide(*secrets: str) -> None:
+    """From now on, show these texts as *** wherever `scrub` is applied."""
+    for secret in secrets:
+        if secret and secret not in _HIDDEN:
+            _HIDDEN.append(secret)
+    _HIDDEN.sort(key=len, reverse=True)
+
+
+def scrub(text: str) -> str:
+    """The text with every registered secret replaced by ***."""
+    for secret in _HIDDEN:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -33,7 +55,8 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            # Scrubbed before JSON escapes a secret's quotes or backslashes.
+            "msg": scrub(record.getMessage()),
         }
         if record.exc_info and record.exc_info[0] is not None:
             entry["exc_type"] = record.exc_info[0].__name__
@@ -53,6 +76,9 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, _value: object) -> None:
         pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
 
 
 def configure(level: int = logging.INFO, fmt: str = "text") -> None:

@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import func, select
 
-from followup_cli.db import Database
+from followup_cli.db import Database, sqlalchemy_url
 from followup_cli.tables import VERSION_TABLE
 
 # Two hosts upgrading at once take turns (transaction-scoped: PgBouncer-safe).
@@ -54,8 +54,9 @@ def upgrade(db: Database, to: str = "head") -> tuple[str | None, str]:
 
 
 def upgrade_sql(url: str, out: TextIO) -> None:
-    """Write the upgrade as SQL for the database behind `url`, without connecting."""
+    """Write the upgrade as SQL for the database behind `url`, without connecting. Alembic
+    gets the URL in parts (db.sqlalchemy_url), as the engine does."""
     cfg = _config(stdout=out)
-    cfg.attributes["url"] = url
+    cfg.attributes["url"] = sqlalchemy_url(url)
     cfg.attributes["output_buffer"] = out
     command.upgrade(cfg, "head", sql=True)

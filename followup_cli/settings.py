@@ -10,10 +10,11 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, quote, quote_plus, unquote
 
 from followup_cli.errors import ConfigError
 
@@ -105,26 +106,197 @@ class Settings:
         return validate(replace(self, **changed)) if changed else self  # type: ignore[arg-type]
 
 
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ***. Parsed here rather than by SQLAlchemy
-    so that reading settings does not import it (the idle run must start fast)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "<unparseable URL>"
-    authority, slash, path = rest.partition("/")
-    credentials, at, host = authority.rpartition("@")
-    if at and ":" in credentials:
-        user = credentials.split(":", 1)[0]
-        authority = f"{user}:***@{host}"
-    return f"{scheme}://{authority}{slash}{path}"
+# -- database URLs ---------------------------------------------------------------------
+
+# What may follow the user-info's "@": host[:port][/dbname][?query]. The host is a name or
+# address (letters, digits, . - _), or an IPv6 address in brackets; empty for the default
+# Unix socket. No "@" in any of it: were one allowed in the dbname or query, an earlier
+# "@" in the password would end the user-info and put the password's tail in the host.
+_AFTER_AT = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+(?:%[A-Za-z0-9._~%-]+)?)\]|(?P<host>[A-Za-z0-9._-]*))"
+    r"(?::(?P<port>[0-9]+))?(?:/(?P<database>[^?@]*))?(?:\?(?P<query>[^@]*))?",
+)
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9.]*)(?:\+([A-Za-z0-9_]+))?://")
+# Characters the rendered user-info keeps as they are (RFC 3986 unreserved and
+# sub-delims); every other one is percent-encoded, so any URL parser reads it back.
+_USERINFO_SAFE = "!$&'()*+,;="
+_DATABASE_SAFE = "!$&'()*+,;=:/"
+_QUERY_PASSWORD = re.compile(r"([?&])password=[^&]*")
+_QUOTING_HINT = (
+    "if the password has @ : / % or ?, percent-encode them (@ is %40, : is %3A, / is %2F, % is %25)"
+)
+# A password shorter than this is not scrubbed from messages: replacing every "abc" in
+# an error would garble it and hide nothing a guess would not find.
+_MIN_SCRUBBED = 4
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    """A PostgreSQL URL in parts, user, password and dbname percent-decoded: what the
+    engine is built from, so that the password reaches the driver as it was written."""
+
+    username: str | None
+    password: str | None = field(repr=False)
+    host: str | None
+    port: int | None
+    database: str | None
+    # The query as written: the driver's connect arguments (libpq also takes a password
+    # there).
+    query_text: str | None = field(default=None, repr=False)
+    drivername: str = "postgresql+psycopg"
+
+    @property
+    def query(self) -> dict[str, str | tuple[str, ...]]:
+        """The query's arguments, a repeated one as a tuple (as SQLAlchemy reads them)."""
+        found: dict[str, list[str]] = {}
+        for key, value in parse_qsl(self.query_text or ""):
+            found.setdefault(key, []).append(value)
+        return {k: v[0] if len(v) == 1 else tuple(v) for k, v in found.items()}
+
+    def render(self, *, hide_password: bool = False) -> str:
+        """The URL with user and password percent-encoded, so that every parser (this
+        one, SQLAlchemy's, libpq's) reads the same parts back; *** for the password."""
+        userinfo = ""
+        if self.username is not None or self.password is not None:
+            userinfo = quote(self.username or "", safe=_USERINFO_SAFE)
+            if self.password is not None:
+                secret = "***" if hide_password else quote(self.password, safe=_USERINFO_SAFE)
+                userinfo += f":{secret}"
+            userinfo += "@"
+        host = self.host or ""
+        if ":" in host:
+            host = f"[{quote(host, safe=':.')}]"
+        port = f":{self.port}" if self.port is not None else ""
+        database = f"/{quote(self.database, safe=_DATABASE_SAFE)}" if self.database else ""
+        query = "" if self.query_text is None else f"?{self.query_text}"
+        if hide_password:
+            query = _QUERY_PASSWORD.sub(r"\1password=***", query)
+        return f"{self.drivername}://{userinfo}{host}{port}{database}{query}"
+
+    @property
+    def password_forms(self) -> tuple[str, ...]:
+        """The texts that would give the password away in a message: as it is, and
+        percent-encoded as this tool, SQLAlchemy and a strict encoder write it."""
+        secrets = [self.password, self.query.get("password")]
+        forms = {
+            form
+            for secret in secrets
+            if isinstance(secret, str) and len(secret) >= _MIN_SCRUBBED
+            for form in (
+                secret,
+                quote(secret, safe=""),
+                quote(secret, safe=_USERINFO_SAFE),
+                quote(secret, safe=" +"),
+                quote_plus(secret),
+            )
+        }
+        # Longest first, so that no shorter form breaks a longer one up before it is seen.
+        return tuple(sorted(forms, key=len, reverse=True))
+
+
+def parse_database_url(url: str) -> DatabaseURL | None:
+    """FOLLOWUPS_DATABASE_URL in parts; None for a sqlite URL, which is used as written.
+
+    postgres:// and postgresql:// (as hosting providers hand them out) get the psycopg
+    driver; other backends and drivers are refused. The password may hold @ : / % ? #
+    as they are: the user-info ends at the last "@", and what follows it must be a
+    plausible host[:port][/dbname][?query] (an "@" there is written %40). User, password
+    and dbname are percent-decoded (RFC 3986; a "%" without two hex digits after it
+    stays as it is): a password that holds "%41" itself must write it "%2541". Raises
+    ConfigError, whose message never holds any part of the URL after the scheme."""
+    match = _SCHEME.match(url)
+    if not match:
+        raise ConfigError(
+            "FOLLOWUPS_DATABASE_URL is not a database URL "
+            "(expected sqlite:///path or postgresql+psycopg://user@host/db)"
+        )
+    backend, driver = match.group(1).lower(), (match.group(2) or "").lower()
+    if backend == "sqlite":
+        return None
+    if backend in ("postgres", "postgresql") and not driver:
+        driver = "psycopg"
+    elif backend != "postgresql":
+        raise ConfigError(
+            f"FOLLOWUPS_DATABASE_URL must be a sqlite or postgresql URL, got {backend!r}"
+        )
+    if driver != "psycopg":
+        raise ConfigError(
+            "FOLLOWUPS_DATABASE_URL must use the psycopg driver (postgresql+psycopg://...), "
+            f"got {driver!r}"
+        )
+    rest = url[match.end() :]
+    # The user-info ends at the last "@": what follows it holds none.
+    userinfo, at, host_part = rest.rpartition("@")
+    after = _AFTER_AT.fullmatch(host_part)
+    if after is None:
+        raise _unparsable(_why_unparsable(host_part))
+    username = password = None
+    if at:
+        user_text, colon, password_text = userinfo.partition(":")
+        username = _decode(user_text, "user name") or None
+        password = _decode(password_text, "password") if colon else None
+    # A bracketed IPv6 address's zone (fe80::1%25eth0) is percent-encoded like the rest.
+    host = unquote(after.group("ipv6") or "") or after.group("host") or None
+    query_text = after.group("query")
+    if password is not None and host is None and "host" not in _query_keys(query_text):
+        raise _unparsable("the host is empty; for a Unix socket give it as ?host=/socket/dir")
+    port = int(after.group("port")) if after.group("port") else None
+    if port is not None and not 0 < port < 65536:
+        raise _unparsable("the port is not between 1 and 65535")
+    database = _decode(after.group("database") or "", "database name") or None
+    return DatabaseURL(username, password, host, port, database, query_text)
+
+
+def _query_keys(query_text: str | None) -> set[str]:
+    return {key for key, _ in parse_qsl(query_text or "", keep_blank_values=True)}
+
+
+def _decode(text: str, what: str) -> str:
+    """Percent-decoded; a "%" without two hex digits after it stays as it is."""
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise _unparsable(f"the {what} has a %XX sequence that is not UTF-8") from None
+
+
+def _why_unparsable(host_part: str) -> str:
+    """Why what follows the user-info is not host[:port][/dbname][?query], in words that
+    quote none of it."""
+    authority = re.split(r"[/?]", host_part, maxsplit=1)[0]
+    if authority.startswith("["):
+        closed, bracket, port = authority.partition("]")
+        if not bracket or not re.fullmatch(r"\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9._~%-]+)?", closed):
+            return "the IPv6 host is not an address in [ ]"
+        return "the port is not a number" if port[:1] == ":" else "the host is malformed"
+    host, colon, port = authority.partition(":")
+    if colon and not re.fullmatch("[0-9]+", port):
+        return "the port is not a number"
+    if not re.fullmatch(r"[A-Za-z0-9._-]*", host):
+        return "the host has characters a host name cannot have"
+    return "it is not scheme://user:password@host:port/dbname"
+
+
+def _unparsable(reason: str) -> ConfigError:
+    return ConfigError(
+        f"FOLLOWUPS_DATABASE_URL is not a valid database URL ({reason}); {_QUOTING_HINT}"
+    )
 
 
 def normalize_database_url(url: str) -> str:
-    """Accept the postgres:// and postgresql:// forms that hosting providers hand out."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
+    """The URL the rest of the tool is given: a sqlite one as it is, a PostgreSQL one
+    with the psycopg driver and its user and password percent-encoded (so that the idle
+    run's bare driver reads the same parts as the engine). Raises ConfigError."""
+    parsed = parse_database_url(url)
+    return url if parsed is None else parsed.render()
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ***, for messages."""
+    try:
+        parsed = parse_database_url(url)
+    except ConfigError:
+        return "<unparseable URL>"
+    return url if parsed is None else parsed.render(hide_password=True)
 
 
 @dataclass(frozen=True)
@@ -229,7 +401,6 @@ def validate(s: Settings) -> Settings:
     url = normalize_database_url(s.database_url)
     if url != s.database_url:
         s = replace(s, database_url=url)
-    _check_database_url(url)
     push = _canonical_push(s.push)
     if push != s.push:
         s = replace(s, push=push)
@@ -341,25 +512,6 @@ def read_fcm_credentials(s: Settings, *, load_key: bool = True) -> tuple[dict[st
         if not isinstance(key, rsa.RSAPrivateKey):
             raise ConfigError(f"{where}: private_key is not an RSA key")
     return info, project
-
-
-def _check_database_url(url: str) -> None:
-    match = re.match(r"^([A-Za-z][A-Za-z0-9.]*)(?:\+([A-Za-z0-9_]+))?://", url)
-    if not match:
-        raise ConfigError(
-            "FOLLOWUPS_DATABASE_URL is not a database URL "
-            "(expected sqlite:///path or postgresql+psycopg://user@host/db)"
-        )
-    backend, driver = match.group(1).lower(), (match.group(2) or "").lower()
-    if backend not in ("sqlite", "postgresql"):
-        raise ConfigError(
-            f"FOLLOWUPS_DATABASE_URL must be a sqlite or postgresql URL, got {backend!r}"
-        )
-    if backend == "postgresql" and driver != "psycopg":
-        raise ConfigError(
-            "FOLLOWUPS_DATABASE_URL must use the psycopg driver (postgresql+psycopg://...), "
-            f"got {driver or 'the default'!r}"
-        )
 
 
 def _check_apns(s: Settings, load_key: bool) -> None:

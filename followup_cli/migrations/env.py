@@ -1,5 +1,6 @@
 """Alembic environment. Run through `followups db upgrade`, which passes the connection
-(online) or the URL (offline, --sql) in config.attributes."""
+(online) or the URL (offline, --sql: a sqlalchemy URL built from its parts, never a
+string for Alembic to parse again) in config.attributes."""
 
 from alembic import context
 
