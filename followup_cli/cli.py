@@ -589,25 +589,32 @@ def db_upgrade(
 def db_grants(
     ctx: typer.Context,
     role: Annotated[str, typer.Argument(help="The role cron connects as (as \\du shows it).")],
+    create: Annotated[
+        bool,
+        typer.Option("--create", help="Create the role first when it does not exist."),
+    ] = False,
 ) -> None:
     """Print the GRANTs and policies a least-privilege runtime role needs (PostgreSQL).
 
     They cover send-due, retry-failed, stats, cleanup and test-send on the schema the
     tables are in. Apply them as the tables' owner, and again after each db upgrade.
-    Reads the catalogs only; changes nothing. Exit 2 on SQLite or a bad role name, 1 when
-    the tables are missing.
+    Reads the catalogs only; changes nothing. Refuses (exit 2) a role the app's REST API
+    acts as (anon, authenticated, service_role, authenticator) or that one of them
+    belongs to, PUBLIC, a superuser, a role with BYPASSRLS, and a role that does not
+    exist unless --create. Exit 2 on SQLite or a bad role name, 1 when the tables are
+    missing.
 
     Example:
 
-        followups db grants followups_runtime > followups-grants.sql
+        followups db grants followups_runtime --create > followups-grants.sql
     """
     from followup_cli import render
     from followup_cli.db import Database
     from followup_cli.security import runtime_grants
 
     with Database(_settings(ctx).database_url) as db:
-        script = runtime_grants(db, role)
-    render.grant_script(script, role)
+        script = runtime_grants(db, role, create=create)
+    render.grant_script(script)
 
 
 @db_app.command(cls=_Command, name="check")

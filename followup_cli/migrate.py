@@ -34,6 +34,17 @@ def head_revision() -> str:
     return head
 
 
+def pending_app_alterations(current: str | None) -> set[str]:
+    """The app's tables that the revisions after `current` (None: all) alter, which only
+    their owner may do. Each revision declares them in ALTERS_APP_TABLES."""
+    script = ScriptDirectory.from_config(_config())
+    altered: set[str] = set()
+    for revision in script.iterate_revisions("head", current):
+        if revision.revision != current:
+            altered.update(revision.module.ALTERS_APP_TABLES)
+    return altered
+
+
 def upgrade(db: Database, to: str = "head") -> tuple[str | None, str]:
     """Bring the schema to head (or the revision `to`) in one transaction. Returns
     (revision before, after)."""

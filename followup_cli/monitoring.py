@@ -12,7 +12,7 @@ from followup_cli.alerts import Alerter, ping_heartbeat
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.report import RunReport
-from followup_cli.repository import LastRun
+from followup_cli.repository import LastRun, Repository
 from followup_cli.settings import Settings, default
 
 log = logging.getLogger("followups.monitoring")
@@ -62,6 +62,9 @@ class Stats:
     # Follow-ups with a device token that went in-app only, by why there was no push
     # (invalid_device_token, fcm_not_configured, apns_not_configured).
     no_push_by_reason: dict[str, int] = field(default_factory=dict)
+    # App tables whose row level security hides follow-ups from, or refuses the writes
+    # of, the role these figures were read as (PostgreSQL): "table (missing commands)".
+    hidden: tuple[str, ...] = ()
 
     @property
     def in_app_only(self) -> int:
@@ -108,6 +111,7 @@ class Stats:
             "oldest_overdue_seconds": self.oldest_overdue_seconds,
             "held": self.held,
             "retrying": self.retrying,
+            "hidden_by_row_security": list(self.hidden),
             "oldest_retrying_seconds": None
             if self.oldest_retrying_since is None
             else max(0.0, (self.generated_at - self.oldest_retrying_since).total_seconds()),
@@ -156,7 +160,20 @@ def gather(db: Database, window: timedelta, *, per_hour: bool = True) -> Stats:
             retrying=retrying,
             oldest_retrying_since=oldest_retrying,
             no_push_by_reason=repo.skipped_by_reason_since(since),
+            hidden=_hidden(repo),
         )
+
+
+def _hidden(repo: Repository) -> tuple[str, ...]:
+    """What row level security keeps from the connected role, as send-due would run."""
+    if repo.dialect != "postgresql":
+        return ()
+    from followup_cli.schemacheck import policy_gaps
+
+    role = repo.role_facts(repo.current_role())
+    if role is None:
+        return ()
+    return tuple(f"{gap.table} ({', '.join(gap.missing)})" for gap in policy_gaps(repo, role))
 
 
 def check(stats: Stats, rules: CheckRules) -> list[str]:
@@ -182,6 +199,12 @@ def check(stats: Stats, rules: CheckRules) -> list[str]:
         problems.append(
             f"{stats.overdue} follow-up(s) overdue, the oldest by {_human(oldest)} "
             f"(more than {_human(rules.max_overdue.total_seconds())})"
+        )
+    if stats.hidden:
+        problems.append(
+            f"row level security gives this role no policy on {', '.join(stats.hidden)}: "
+            "send-due run as it sees nothing due there or cannot record a delivery, and "
+            "these figures miss what it hides (`followups db check` gives the policy)"
         )
     if stats.held:
         problems.append(

@@ -178,6 +178,8 @@ def _stats_rows(stats: Stats, rules: CheckRules) -> list[tuple[str, str]]:
                 else str(stats.retrying),
             ),
         )
+    if stats.hidden:
+        rows.append(("hidden by row level security", ", ".join(stats.hidden)))
     if stats.held:
         since = stats.oldest_held_since
         rows.insert(
@@ -348,15 +350,7 @@ def schema_check_summary(findings: Sequence[Finding]) -> None:
     print(f"db check: {errors} error(s), {len(findings) - errors} warning(s)")
 
 
-def grant_script(script: GrantScript, role: str) -> None:
-    """The statements on stdout (ready for psql); a missing role is a warning on stderr."""
-    from followup_cli.security import quote_ident
-
+def grant_script(script: GrantScript) -> None:
+    """The statements on stdout, ready for psql."""
     for statement in script.statements:
         print(statement)
-    if not script.role_exists:
-        print(
-            f"Warning: role {role!r} does not exist yet; create it first: "
-            f"CREATE ROLE {quote_ident(role)} LOGIN PASSWORD '...';",
-            file=sys.stderr,
-        )

@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from followup_cli.tables import (
     ARCHIVED_COLUMNS,
+    VERSION_TABLE,
     follow_up_attempts,
     follow_up_messages,
     follow_up_requests,
@@ -188,6 +189,56 @@ class RoleFacts:
     name: str
     superuser: bool
     bypass_rls: bool
+
+
+@dataclass(frozen=True)
+class EffectiveAccess:
+    """What one role (or PUBLIC) can do to a table's rows with one command (PostgreSQL),
+    judged from its privileges and the table's row level security."""
+
+    table: str
+    schema: str
+    role: str  # a role's name, or PUBLIC
+    command: str  # SELECT, INSERT, UPDATE or DELETE
+    row_security: bool
+    # The role holds the privilege (on the table or, for SELECT, INSERT and UPDATE, on
+    # any of its columns), directly, through PUBLIC or through a role it belongs to.
+    privileged: bool
+    bypass_rls: bool
+    # Permissive policies that apply to the role for the command with the expression
+    # `true` (every row, any values), and restrictive ones that narrow it.
+    open_policies: tuple[str, ...]
+    narrowing_policies: tuple[str, ...]
+
+    @property
+    def every_row(self) -> bool:
+        """Can reach every row (and, for INSERT and UPDATE, write any values)."""
+        if not self.privileged:
+            return False
+        if not self.row_security or self.bypass_rls:
+            return True
+        return bool(self.open_policies) and not self.narrowing_policies
+
+
+@dataclass(frozen=True)
+class PastRowSecurity:
+    """A role with BYPASSRLS that can SELECT some tables (pg_read_all_data gives SELECT
+    on every table), so reads every row of them."""
+
+    role: str
+    bypass_rls: bool
+    read_all_data: bool
+    can_login: bool
+    tables: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TableOwner:
+    name: str
+    schema: str
+    owner: str
+    # The connected user is the owner or a member of the owning role (may ALTER it).
+    current_user_may_alter: bool
 
 
 @dataclass(frozen=True)
@@ -1175,11 +1226,78 @@ class Repository:
             )
         )
 
-    def role_exists(self, role: str) -> bool:
+    def effective_access(self, names: Sequence[str], roles: Sequence[str]) -> list[EffectiveAccess]:
+        """For each table of `names` that exists, each of `roles` that exists (and PUBLIC)
+        and each of SELECT, INSERT, UPDATE and DELETE: what the role can do."""
         found = self.conn.execute(
-            text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}
+            text(_EFFECTIVE_ACCESS), {"names": list(names), "roles": list(roles)}
+        ).all()
+        return [
+            EffectiveAccess(
+                table=row.name,
+                schema=row.schema,
+                role=row.role,
+                command=row.command,
+                row_security=bool(row.row_security),
+                privileged=bool(row.privileged),
+                bypass_rls=bool(row.bypass_rls),
+                open_policies=tuple(row.open_policies),
+                narrowing_policies=tuple(row.narrowing_policies),
+            )
+            for row in found
+        ]
+
+    def past_row_security(self, names: Sequence[str]) -> list[PastRowSecurity]:
+        """Roles with BYPASSRLS, other than superusers and the tables' owners (and their
+        members), with the tables among these each can SELECT."""
+        found = self.conn.execute(text(_PAST_ROW_SECURITY), {"names": list(names)}).all()
+        return [
+            PastRowSecurity(
+                role=row.role,
+                bypass_rls=bool(row.bypass_rls),
+                read_all_data=bool(row.read_all_data),
+                can_login=bool(row.can_login),
+                tables=tuple(row.tables),
+            )
+            for row in found
+        ]
+
+    def table_owners(self, names: Sequence[str]) -> list[TableOwner]:
+        """Each existing table's owner, and whether the connected user may alter it."""
+        found = self.conn.execute(
+            text(
+                "SELECT t.name, n.nspname AS schema, "
+                "pg_get_userbyid(c.relowner) AS owner, "
+                "pg_has_role(current_user, c.relowner, 'USAGE') AS may_alter "
+                "FROM unnest(CAST(:names AS text[])) WITH ORDINALITY AS t(name, position) "
+                "JOIN pg_class c ON c.oid = to_regclass(quote_ident(t.name)) "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY t.position"
+            ),
+            {"names": list(names)},
+        ).all()
+        return [
+            TableOwner(row.name, row.schema, str(row.owner), bool(row.may_alter)) for row in found
+        ]
+
+    def schema_revision(self) -> str | None:
+        """This tool's schema revision, None before the first `db upgrade`."""
+        if VERSION_TABLE not in self.table_names():
+            return None
+        found = self.conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).first()
+        return None if found is None else str(found[0])
+
+    def members_among(self, role: str, candidates: Sequence[str]) -> list[str]:
+        """Those of `candidates` (existing roles) that have `role`'s privileges through
+        membership, and so would get whatever is granted to it."""
+        found = self.conn.execute(
+            text(
+                "SELECT m.rolname FROM pg_roles m JOIN pg_roles r ON r.rolname = :role "
+                "WHERE m.rolname = ANY(CAST(:candidates AS text[])) AND m.oid <> r.oid "
+                "AND pg_has_role(m.oid, r.oid, 'MEMBER') ORDER BY m.rolname"
+            ),
+            {"role": role, "candidates": list(candidates)},
         )
-        return found.first() is not None
+        return [str(name) for (name,) in found]
 
 
 _TABLE_ACCESS = """
@@ -1198,6 +1316,80 @@ FROM unnest(CAST(:names AS text[])) WITH ORDINALITY AS t(name, position)
 JOIN pg_class c ON c.oid = to_regclass(quote_ident(t.name))
 JOIN pg_namespace n ON n.oid = c.relnamespace
 ORDER BY t.position
+"""
+
+# The expression of a policy, as text: 'true' for one that admits every row.
+_EFFECTIVE_ACCESS = """
+WITH tables AS (
+    SELECT t.name, t.position, c.oid, c.relacl, c.relrowsecurity, n.nspname AS schema
+    FROM unnest(CAST(:names AS text[])) WITH ORDINALITY AS t(name, position)
+    JOIN pg_class c ON c.oid = to_regclass(quote_ident(t.name))
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+), roles AS (
+    SELECT r.rolname AS name, r.oid, r.rolbypassrls AS bypass, 0 AS position
+    FROM pg_roles r WHERE r.rolname = ANY(CAST(:roles AS text[]))
+    UNION ALL
+    SELECT 'PUBLIC', 0, false, 1
+), commands AS (
+    SELECT * FROM (VALUES ('SELECT', 'r', 1), ('INSERT', 'a', 2), ('UPDATE', 'w', 3),
+                          ('DELETE', 'd', 4)) AS v(command, code, position)
+), policies AS (
+    SELECT p.polrelid, p.polname, p.polcmd, p.polroles, p.polpermissive,
+           COALESCE(pg_get_expr(p.polqual, p.polrelid), '') AS qual,
+           COALESCE(pg_get_expr(p.polwithcheck, p.polrelid),
+                    pg_get_expr(p.polqual, p.polrelid), '') AS checked
+    FROM pg_policy p
+), applying AS (
+    SELECT t.oid AS relid, roles.name AS role, commands.command, p.polname, p.polpermissive,
+           CASE commands.command
+               WHEN 'INSERT' THEN p.checked = 'true'
+               WHEN 'UPDATE' THEN p.qual = 'true' AND p.checked = 'true'
+               ELSE p.qual = 'true' END AS admits_all
+    FROM tables t CROSS JOIN roles CROSS JOIN commands
+    JOIN policies p ON p.polrelid = t.oid AND p.polcmd IN ('*', commands.code)
+    WHERE 0 = ANY(p.polroles)
+       OR (roles.oid <> 0 AND EXISTS (SELECT 1 FROM unnest(p.polroles) AS granted(oid)
+                                      WHERE pg_has_role(roles.oid, granted.oid, 'USAGE')))
+)
+SELECT t.name, t.schema, roles.name AS role, commands.command,
+       t.relrowsecurity AS row_security, roles.bypass AS bypass_rls,
+       CASE
+           WHEN roles.oid = 0 THEN
+               EXISTS (SELECT 1 FROM aclexplode(t.relacl) a
+                       WHERE a.grantee = 0 AND a.privilege_type = commands.command)
+               OR (commands.command <> 'DELETE' AND EXISTS (
+                       SELECT 1 FROM pg_attribute att, aclexplode(att.attacl) a
+                       WHERE att.attrelid = t.oid AND att.attnum > 0 AND NOT att.attisdropped
+                         AND a.grantee = 0 AND a.privilege_type = commands.command))
+           WHEN commands.command = 'DELETE' THEN has_table_privilege(roles.oid, t.oid, 'DELETE')
+           ELSE has_any_column_privilege(roles.oid, t.oid, commands.command)
+       END AS privileged,
+       ARRAY(SELECT a.polname FROM applying a
+             WHERE a.relid = t.oid AND a.role = roles.name AND a.command = commands.command
+               AND a.polpermissive AND a.admits_all ORDER BY 1) AS open_policies,
+       ARRAY(SELECT a.polname FROM applying a
+             WHERE a.relid = t.oid AND a.role = roles.name AND a.command = commands.command
+               AND NOT a.polpermissive AND NOT a.admits_all ORDER BY 1) AS narrowing_policies
+FROM tables t CROSS JOIN roles CROSS JOIN commands
+ORDER BY t.position, roles.position, roles.name, commands.position
+"""
+
+_PAST_ROW_SECURITY = """
+WITH tables AS (
+    SELECT t.name, t.position, c.oid, c.relowner
+    FROM unnest(CAST(:names AS text[])) WITH ORDINALITY AS t(name, position)
+    JOIN pg_class c ON c.oid = to_regclass(quote_ident(t.name))
+)
+SELECT r.rolname AS role, r.rolbypassrls AS bypass_rls, r.rolcanlogin AS can_login,
+       COALESCE((SELECT pg_has_role(r.oid, p.oid, 'USAGE') FROM pg_roles p
+                 WHERE p.rolname = 'pg_read_all_data'), false) AS read_all_data,
+       ARRAY(SELECT t.name FROM tables t
+             WHERE NOT pg_has_role(r.oid, t.relowner, 'USAGE')
+               AND has_table_privilege(r.oid, t.oid, 'SELECT')
+             ORDER BY t.position) AS tables
+FROM pg_roles r
+WHERE r.rolbypassrls AND NOT r.rolsuper AND r.rolname NOT LIKE 'pg\\_%'
+ORDER BY r.rolname
 """
 
 _ROW_SECURITY = """

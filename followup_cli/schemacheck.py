@@ -28,15 +28,14 @@ from followup_cli.errors import ConfigError
 from followup_cli.repository import (
     CheckFacts,
     ColumnFacts,
+    EffectiveAccess,
     Repository,
     RoleFacts,
     RowSecurityFacts,
-    TableAccess,
 )
 from followup_cli.security import (
     API_ROLES,
     RUNTIME_PRIVILEGES,
-    SENSITIVE_APP_TABLES,
     qualified,
     quote_ident,
     validate_role,
@@ -227,17 +226,87 @@ def message_foreign_keys(repo: Repository) -> list[Finding]:
     ]
 
 
-def check_exposure(repo: Repository) -> list[Finding]:
-    """Tables the API roles of an auto-generated REST API can reach (Supabase's `anon`
-    and `authenticated`): the app's follow-ups and messages without row level security,
-    and any of this tool's tables that lost its closing (migrations/closing.py). Empty on
-    SQLite (no roles) and when the database has no such roles."""
+def app_table_access(repo: Repository) -> list[Finding]:
+    """What the API roles of an auto-generated REST API (Supabase's `anon` and
+    `authenticated`, and PUBLIC) can do to every row of the app's tables, judged from
+    their privileges and the tables' row level security and policies.
+
+    Writing any follow-up is an error: this tool would push its text to any phone. So is
+    reading or deleting every follow-up, and anything on every message (health
+    information, parents' conversations). Every row of provider_review_requests is a
+    warning. A policy with an expression other than `true` is the app's own rule and is
+    not judged."""
     if repo.dialect != "postgresql":
         return []
-    app = repo.table_access(SENSITIVE_APP_TABLES, API_ROLES)
-    tool = repo.table_access(TOOL_TABLES, API_ROLES)
-    findings = [_open_app_table(t) for t in app if not t.row_security and t.readers]
-    for t in tool:
+    reach: dict[tuple[str, str], list[EffectiveAccess]] = {}
+    for access in repo.effective_access(APP_TABLES, API_ROLES):
+        if access.every_row:
+            kind = "read" if access.command == "SELECT" else "write"
+            reach.setdefault((access.table, kind), []).append(access)
+    findings = []
+    for (table, kind), found in reach.items():
+        roles = list(dict.fromkeys(a.role for a in found))
+        commands = [a.command for a in found if a.role == roles[0]]
+        level, harm = _every_row_harm(table, kind, commands, roles)
+        findings.append(
+            Finding(
+                level,
+                f"{table}: {', '.join(roles)} can {', '.join(commands)} every row "
+                f"({_why_every_row(found)}), so {harm}",
+                _every_row_fix(qualified(found[0].schema, table), found),
+            )
+        )
+    return findings
+
+
+def _every_row_harm(
+    table: str, kind: str, commands: Sequence[str], roles: Sequence[str]
+) -> tuple[str, str]:
+    who = (
+        "anyone with the app's public key"
+        if {"anon", "PUBLIC"} & set(roles)
+        else "any signed-in user of the app"
+    )
+    if table == REQUESTS and {"INSERT", "UPDATE"} & set(commands):
+        return ERROR, f"{who} can make this tool push any text to any phone"
+    if table == REQUESTS:
+        if kind == "read":
+            return ERROR, f"{who} can read children's names and ages and clinicians' messages"
+        return ERROR, f"{who} can delete follow-ups before they are sent"
+    if table == MESSAGES:
+        if kind == "read":
+            return ERROR, f"{who} can read parents' conversations"
+        return ERROR, f"{who} can write into or delete from parents' conversations"
+    return WARNING, f"{who} can see or change which conversations clinicians review"
+
+
+def _why_every_row(found: Sequence[EffectiveAccess]) -> str:
+    if not found[0].row_security:
+        return "row level security is off"
+    policies = sorted({p for a in found for p in a.open_policies})
+    return f"policy {', '.join(repr(p) for p in policies)} admits every row"
+
+
+def _every_row_fix(where: str, found: Sequence[EffectiveAccess]) -> str:
+    if not found[0].row_security:
+        return (
+            f"ALTER TABLE {where} ENABLE ROW LEVEL SECURITY; then give the app's users "
+            "policies that admit their own rows only (docs/security.md)"
+        )
+    policies = sorted({p for a in found for p in a.open_policies})
+    return " ".join(f"DROP POLICY {quote_ident(p)} ON {where};" for p in policies) + (
+        " then give the app's users policies that admit their own rows only (docs/security.md)"
+    )
+
+
+def check_exposure(repo: Repository) -> list[Finding]:
+    """This tool's tables that lost their closing (migrations/closing.py): row level
+    security off, or privileges held by PUBLIC or the API roles. Empty on SQLite (no
+    roles)."""
+    if repo.dialect != "postgresql":
+        return []
+    findings = []
+    for t in repo.table_access(TOOL_TABLES, API_ROLES):
         where = qualified(t.schema, t.name)
         if not t.row_security:
             findings.append(
@@ -263,14 +332,60 @@ def check_exposure(repo: Repository) -> list[Finding]:
     return findings
 
 
-def _open_app_table(t: TableAccess) -> Finding:
-    return Finding(
-        WARNING,
-        f"{t.name}: row level security is off and {', '.join(t.readers)} can read every "
-        "row, as can anyone holding the app's public key; enable it and give the app's "
-        "users policies",
-        f"ALTER TABLE {qualified(t.schema, t.name)} ENABLE ROW LEVEL SECURITY;",
-    )
+def readers_past_row_security(repo: Repository) -> list[Finding]:
+    """Roles that read this tool's tables although they are closed: BYPASSRLS with
+    SELECT (Supabase's supabase_read_only_user has pg_read_all_data, which gives SELECT on
+    every table). Row level security and REVOKE cannot stop them; their passwords must go
+    only to those who may read children's health information. The tables' owner, the
+    roles that are it and superusers (docs/security.md) are left out."""
+    if repo.dialect != "postgresql":
+        return []
+    findings = []
+    for r in repo.past_row_security(TOOL_TABLES):
+        if not r.tables:
+            continue
+        why = ["BYPASSRLS"] + (["pg_read_all_data"] if r.read_all_data else [])
+        findings.append(
+            Finding(
+                WARNING,
+                f"{r.role} ({', '.join(why)}) reads {', '.join(r.tables)} past row level "
+                "security: the archive holds children's names and messages, the "
+                "credentials FCM access tokens; give its password only to those who may "
+                "read them",
+                None if r.read_all_data else f"ALTER ROLE {quote_ident(r.role)} NOBYPASSRLS;",
+            )
+        )
+    return findings
+
+
+def upgrade_ownership(repo: Repository) -> list[Finding]:
+    """`db upgrade` alters the app's tables (columns, indexes), which only their owner
+    may do. An app table owned by another role (Supabase's older projects:
+    supabase_admin) makes it fail with "must be owner". Judged for the role that runs
+    `db upgrade`: the connected user, when it owns this tool's tables or they do not
+    exist yet."""
+    if repo.dialect != "postgresql":
+        return []
+    from followup_cli import migrate
+
+    tool = repo.table_owners(TOOL_TABLES)
+    if tool and not all(t.current_user_may_alter for t in tool):
+        return []  # another role upgrades (e.g. `db check` run as the runtime role)
+    altered = migrate.pending_app_alterations(repo.schema_revision())
+    user = repo.current_role()
+    return [
+        Finding(
+            ERROR,
+            f"{t.name} is owned by {t.owner}, and {user} may not alter it: `db upgrade` "
+            f"must add this tool's columns and indexes to it and would fail with "
+            f'"must be owner of table {t.name}". Run `db upgrade` as {t.owner}, or '
+            f"hand the table to {user}",
+            f"ALTER TABLE {qualified(t.schema, t.name)} OWNER TO {quote_ident(user)}; "
+            f"(as {t.owner} or a superuser)",
+        )
+        for t in repo.table_owners([name for name in APP_TABLES if name in altered])
+        if not t.current_user_may_alter
+    ]
 
 
 # -- the runtime role (PostgreSQL) ------------------------------------------------------
@@ -292,20 +407,45 @@ def _under_row_security(t: RowSecurityFacts, role: RoleFacts) -> bool:
     return t.forced or not t.owner
 
 
+@dataclass(frozen=True)
+class PolicyGap:
+    """An app table under row level security for the role with no policy for commands
+    send-due runs on it: send-due sees nothing due there, or every write is refused."""
+
+    table: str
+    schema: str
+    forced: bool
+    missing: tuple[str, ...]
+
+
+def policy_gaps(repo: Repository, role: RoleFacts) -> list[PolicyGap]:
+    """The app tables whose row level security hides rows from, or refuses writes by, the
+    role when it runs send-due (PostgreSQL)."""
+    gaps = []
+    for t in repo.row_security(APP_TABLES, role.name):
+        if not _under_row_security(t, role):
+            continue
+        missing = tuple(
+            c
+            for c in _commands(t.name)
+            if "*" not in t.policy_commands and _POLICY_COMMANDS[c] not in t.policy_commands
+        )
+        if missing:
+            gaps.append(PolicyGap(t.name, t.schema, t.forced and t.owner, missing))
+    return gaps
+
+
 def runtime_policies(repo: Repository, role: RoleFacts) -> list[Finding]:
     """An app table under row level security with no policy that lets the runtime role
     do its work: on follow_up_requests it sees nothing due or cannot record a delivery,
     on follow_up_messages every in-app message is refused. provider_review_requests is
     the runtime's only through an app trigger that runs as it."""
     findings = []
+    who = quote_ident(role.name)
     invokers = [t for t in repo.trigger_functions(APP_TABLES) if not t.security_definer]
-    for t in repo.row_security(APP_TABLES, role.name):
-        if not _under_row_security(t, role):
-            continue
-        who = quote_ident(role.name)
-        needed = _commands(t.name)
-        if not needed:
-            if invokers and not t.policy_commands:
+    if invokers:
+        for t in repo.row_security(APP_TABLES, role.name):
+            if _under_row_security(t, role) and not _commands(t.name) and not t.policy_commands:
                 findings.append(
                     Finding(
                         WARNING,
@@ -314,24 +454,17 @@ def runtime_policies(repo: Repository, role: RoleFacts) -> list[Finding]:
                         f"is refused, and its follow-up is {_SET_ASIDE}",
                     )
                 )
-            continue
-        missing = [
-            c
-            for c in needed
-            if "*" not in t.policy_commands and _POLICY_COMMANDS[c] not in t.policy_commands
-        ]
-        if not missing:
-            continue
-        forced = " (forced, so it applies to the table's owner too)" if t.forced and t.owner else ""
-        where = qualified(t.schema, t.name)
+    for gap in policy_gaps(repo, role):
+        forced = " (forced, so it applies to the table's owner too)" if gap.forced else ""
+        where = qualified(gap.schema, gap.table)
         findings.append(
             Finding(
                 ERROR,
-                f"{t.name}: row level security is on{forced} and no policy lets {role.name} "
-                f"{', '.join(missing)}, which this tool needs: "
+                f"{gap.table}: row level security is on{forced} and no policy lets "
+                f"{role.name} {', '.join(gap.missing)}, which this tool needs: "
                 + (
                     f"every in-app message is refused and its follow-up is {_SET_ASIDE}"
-                    if t.name == MESSAGES
+                    if gap.table == MESSAGES
                     else "send-due finds nothing due, or cannot record what it delivered"
                 ),
                 f"DROP POLICY IF EXISTS {who} ON {where}; CREATE POLICY {who} ON {where} "
@@ -419,12 +552,19 @@ def runtime_privileges(repo: Repository, role: RoleFacts) -> list[Finding]:
     return findings
 
 
-# What in the app's schema would make delivery fail: `db upgrade` runs these before it
-# changes anything.
-APP_CHECKS: tuple[Check, ...] = (status_values, message_columns, triggers, message_foreign_keys)
-# Who can reach the tables: `db upgrade` runs this after upgrading, since the upgrade
-# closes this tool's tables itself.
-ACCESS_CHECKS: tuple[Check, ...] = (check_exposure,)
+# What in the app's schema would make delivery fail, or let anyone forge or read
+# follow-ups: `db upgrade` runs these before it changes anything.
+APP_CHECKS: tuple[Check, ...] = (
+    status_values,
+    message_columns,
+    triggers,
+    message_foreign_keys,
+    app_table_access,
+    upgrade_ownership,
+)
+# Who can reach this tool's tables: `db upgrade` runs these after upgrading, since the
+# upgrade closes the tables itself.
+ACCESS_CHECKS: tuple[Check, ...] = (check_exposure, readers_past_row_security)
 CHECKS = APP_CHECKS + ACCESS_CHECKS  # everything `db check` reports
 # The database as the runtime role meets it: `db check` runs these too (PostgreSQL).
 ROLE_CHECKS: tuple[RoleCheck, ...] = (runtime_policies, invoker_triggers, runtime_privileges)

@@ -6,20 +6,25 @@
   followup_cli/migrations/closing.py). `db upgrade` prints the findings as warnings.
 - runtime_grants() writes the statements that give a least-privilege runtime role (what
   cron connects as) exactly what send-due, retry-failed, stats, cleanup and test-send
-  need, and nothing else.
+  need, and nothing else. It refuses a role that must not run the tool (refuse_role).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from followup_cli.db import Database
 from followup_cli.errors import ConfigError, NotFound
+from followup_cli.repository import RoleFacts
 from followup_cli.tables import APP_REQUEST_COLUMNS, APP_TABLES, TOOL_TABLES, follow_up_requests
 
 # The roles an auto-generated API acts as for the app's public key and signed-in users
 # (Supabase's names).
 API_ROLES = ("anon", "authenticated")
+# Every role a REST API request can act as: the above, the secret key's role (which
+# bypasses row level security) and the login role PostgREST switches from.
+REQUEST_ROLES = (*API_ROLES, "service_role", "authenticator")
 
 # The app's tables that hold health information and that the check looks at.
 SENSITIVE_APP_TABLES = ("follow_up_requests", "follow_up_messages")
@@ -90,12 +95,54 @@ def validate_role(role: str) -> str:
 @dataclass(frozen=True)
 class GrantScript:
     statements: list[str]
-    role_exists: bool
 
 
-def runtime_grants(db: Database, role: str) -> GrantScript:
+def refuse_role(role: str, facts: RoleFacts | None, members: Sequence[str], create: bool) -> None:
+    """A ConfigError when `role` must not get the runtime grants: a role a REST API
+    request acts as (the grants, policies included, would be anyone's with the app's
+    key), a role such a request role belongs to, a superuser or a BYPASSRLS role (row
+    level security and grants mean nothing to it), or a role that does not exist (unless
+    `create`)."""
+    create_it = f"CREATE ROLE {quote_ident(role)} LOGIN PASSWORD '...';"
+    if role in REQUEST_ROLES:
+        raise ConfigError(
+            f"refusing to grant to {role}: the app's REST API acts as it for anyone with "
+            f"the app's keys; create a role of the tool's own: {_RUNTIME_EXAMPLE}"
+        )
+    if facts is None:
+        if create:
+            return
+        raise ConfigError(
+            f"role {role} does not exist; create it first ({create_it}) or add --create "
+            "to have the script create it"
+        )
+    if members:
+        raise ConfigError(
+            f"refusing to grant to {role}: {', '.join(members)} "
+            f"{'is a member' if len(members) == 1 else 'are members'} of it, so the app's "
+            f"REST API would act with its grants; use a role no API role belongs to: "
+            f"{_RUNTIME_EXAMPLE}"
+        )
+    if facts.superuser:
+        raise ConfigError(
+            f"refusing to grant to {role}: it is a superuser, which no grant or policy "
+            f"limits; run the tool as a least-privilege role: {_RUNTIME_EXAMPLE}"
+        )
+    if facts.bypass_rls:
+        raise ConfigError(
+            f"refusing to grant to {role}: it bypasses row level security (BYPASSRLS) and "
+            f"reads every row of every table it can select; run the tool as a "
+            f"least-privilege role: {_RUNTIME_EXAMPLE}"
+        )
+
+
+_RUNTIME_EXAMPLE = "CREATE ROLE followups_runtime LOGIN PASSWORD '...';"
+
+
+def runtime_grants(db: Database, role: str, *, create: bool = False) -> GrantScript:
     """The statements that give `role` what the runtime commands need, for the schema
-    each table is in. Read-only: prints, never applies."""
+    each table is in, after creating the role when `create` and it does not exist.
+    Read-only: prints, never applies. Refuses a role that must not run the tool."""
     if db.dialect != "postgresql":
         raise ConfigError("db grants needs a PostgreSQL database (SQLite has no roles)")
     role = validate_role(role)
@@ -108,12 +155,13 @@ def runtime_grants(db: Database, role: str) -> GrantScript:
                 f"table {missing[0]} not found; run `followups db upgrade` first "
                 "(as the role that owns the tables)"
             )
+        facts = repo.role_facts(role)
+        refuse_role(role, facts, repo.members_among(role, REQUEST_ROLES), create)
         sequences = {
             name: repo.owned_sequences(found[name].schema, name)
             for name in names
             if "INSERT" in RUNTIME_PRIVILEGES[name]
         }
-        exists = repo.role_exists(role)
 
     who = quote_ident(role)
     granted = [name for name in names if RUNTIME_PRIVILEGES[name]]
@@ -122,6 +170,11 @@ def runtime_grants(db: Database, role: str) -> GrantScript:
         "-- Apply as the owner of the tables after each `followups db upgrade`; safe to repeat.",
         "BEGIN;",
     ]
+    if facts is None:
+        statements += [
+            f"CREATE ROLE {who} LOGIN NOSUPERUSER NOBYPASSRLS;",
+            f"-- then give it a password (psql: \\password {who}) and use it in the URL.",
+        ]
     for schema in sorted({found[name].schema for name in granted}):
         statements.append(f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {who};")
     for name in granted:
@@ -140,4 +193,4 @@ def runtime_grants(db: Database, role: str) -> GrantScript:
             f"CREATE POLICY {who} ON {where} FOR ALL TO {who} USING (true) WITH CHECK (true);"
         )
     statements.append("COMMIT;")
-    return GrantScript(statements=statements, role_exists=exists)
+    return GrantScript(statements=statements)

@@ -53,7 +53,7 @@ def _free_port() -> int:
 
 
 class PrivateCluster:
-    def __init__(self) -> None:
+    def __init__(self, superuser: str = "postgres") -> None:
         bin_dir = find_bin_dir()
         assert bin_dir is not None
         self._bin = bin_dir
@@ -61,12 +61,13 @@ class PrivateCluster:
         self._dir = Path(tempfile.mkdtemp(prefix="followups-pg-"))
         self._data = self._dir / "data"
         self._log = self._dir / "server.log"
+        self.superuser = superuser
         self._as: list[str] = []
         if os.geteuid() == 0:
             self._as = ["runuser", "-u", "postgres", "--"]
             entry = pwd.getpwnam("postgres")
             os.chown(self._dir, entry.pw_uid, entry.pw_gid)
-        self._run("initdb", "-D", str(self._data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self._run("initdb", "-D", str(self._data), "-U", superuser, "--auth=trust", "-E", "UTF8")
         self.start()
 
     def _run(self, tool: str, *args: str) -> None:
@@ -108,8 +109,8 @@ class PrivateCluster:
     def restart(self) -> None:
         self._pg_ctl("restart", "-m", "fast")
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", user: str | None = None) -> str:
+        return f"postgresql+psycopg://{user or self.superuser}@127.0.0.1:{self.port}/{database}"
 
     def new_database(self) -> str:
         """A fresh database with this tool's schema; its URL."""

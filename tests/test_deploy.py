@@ -309,12 +309,16 @@ def test_docker_build_context_holds_what_the_dockerfile_copies() -> None:
     for line in dockerfile().splitlines():
         if line.startswith("COPY ") and "--from=" not in line:
             copied |= {Path(source).as_posix() for source in line.split()[1:-1]}
-    assert copied == allowed == {
-        "pyproject.toml",
-        "README.md",
-        "followup_cli",
-        "requirements.lock",
-        "requirements-pip.lock",
-    }
+    assert (
+        copied
+        == allowed
+        == {
+            "pyproject.toml",
+            "README.md",
+            "followup_cli",
+            "requirements.lock",
+            "requirements-pip.lock",
+        }
+    )
     for name in copied:
         assert (ROOT / name).exists()

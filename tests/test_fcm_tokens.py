@@ -233,13 +233,16 @@ def test_without_the_ca_file_the_fake_is_not_trusted(
 def test_credentials_table_is_closed_to_other_roles(empty_pg_url: str) -> None:
     """Even where default privileges give every new table to PUBLIC (as hosted databases
     do for their API roles), the credentials table has row level security with no policy
-    and no privilege for PUBLIC; an app table shows the default privileges applied."""
+    and no privilege for PUBLIC; an app's own new table shows the default privileges
+    applied."""
     db = Database(empty_pg_url)
     with db.engine.begin() as conn:
         conn.execute(
             text("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO PUBLIC")
         )
     migrate.upgrade(db)
+    with db.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE app_notes (id integer)"))
     with db.engine.connect() as conn:
         rls = conn.execute(
             text("SELECT relrowsecurity FROM pg_class WHERE relname = 'followups_push_credentials'")
@@ -261,7 +264,7 @@ def test_credentials_table_is_closed_to_other_roles(empty_pg_url: str) -> None:
 
         assert (rls, policies) == (True, 0)
         assert public_grants("followups_push_credentials") == 0
-        assert public_grants("follow_up_messages") > 0  # an app table: left as it is
+        assert public_grants("app_notes") > 0  # the default privileges are in force
     db.close()
 
 

@@ -35,7 +35,7 @@ from followup_cli.db import Database
 from followup_cli.schemacheck import Finding
 from followup_cli.security import API_ROLES, RUNTIME_PRIVILEGES
 from followup_cli.tables import APP_TABLES, TOOL_TABLES
-from tests.conftest import PGBOUNCER_URL, REQUIRE_PG, drop_pg_database, new_pg_database, pg_url
+from tests.conftest import PGBOUNCER_URL, REQUIRE_PG
 from tests.fake_apns import FakeAPNs
 from tests.fake_fcm import FakeFCM
 from tests.helpers import TOKEN_A, TOKEN_B, apns_env, app_row, fcm_env, fcm_token, messages, row
@@ -169,21 +169,9 @@ def test_api_roles_reach_no_row_of_the_tools_tables_after_real_runs(
     supabase_url: str, apns: FakeAPNs, fcm: FakeFCM
 ) -> None:
     """After db upgrade, send-due and cleanup --archive, anon and authenticated can neither
-    read nor write any table the tool owns; the app's open tables are warned about."""
+    read nor write any table the tool owns, nor the app's tables the upgrade created."""
     result = upgrade(supabase_url)
-    warnings = [
-        line
-        for line in result.stdout.splitlines()
-        if line.startswith("warning:") and "row level security" in line
-    ]
-    assert [w.split(":")[1].strip() for w in warnings] == [
-        "follow_up_requests",
-        "follow_up_messages",
-    ]
-    assert "anon, authenticated can read every row" in warnings[0]
-    assert 'Fix: ALTER TABLE "public"."follow_up_requests" ENABLE ROW LEVEL SECURITY;' in (
-        result.stdout
-    )
+    assert "every row" not in result.stdout and "error" not in result.stdout
 
     db = Database(supabase_url)
     for _ in range(3):
@@ -209,7 +197,7 @@ def test_api_roles_reach_no_row_of_the_tools_tables_after_real_runs(
     for table in tool_tables:  # there is something to hide in each
         assert count_rows(supabase_url, table) > 0, table
     for role in API_ROLES:
-        assert_closed_to(supabase_url, role, tool_tables)
+        assert_closed_to(supabase_url, role, tool_tables | set(APP_TABLES))
 
 
 def test_upgrade_closes_an_existing_install(supabase_url: str) -> None:
@@ -229,24 +217,36 @@ def test_upgrade_closes_an_existing_install(supabase_url: str) -> None:
     tool_tables = tables_in_public(supabase_url) - set(APP_TABLES)
     for role in API_ROLES:
         assert_closed_to(supabase_url, role, tool_tables)
-    findings = exposure(db)
-    assert {f.message.split(":")[0] for f in findings} == {
-        "follow_up_requests",
-        "follow_up_messages",
-    }
+    assert exposure(db) == []
     db.close()
 
 
-def test_db_check_reports_what_the_api_roles_can_read(supabase_url: str) -> None:
-    """`db check`, read-only, warns about the app's tables readable by anon without row
-    level security (warnings only: exit 0), and stops once they are protected."""
+def test_db_check_reports_what_the_api_roles_and_public_can_read(supabase_url: str) -> None:
+    """`db check`, read-only, calls it an error when anon, authenticated or PUBLIC can
+    read every row of the app's follow-ups or messages (row level security off), and is
+    quiet once they are protected."""
     upgrade(supabase_url)
+    execute(
+        supabase_url,
+        "ALTER TABLE follow_up_requests DISABLE ROW LEVEL SECURITY;"
+        "GRANT SELECT ON follow_up_requests TO anon;"
+        "ALTER TABLE follow_up_messages DISABLE ROW LEVEL SECURITY;"
+        "GRANT SELECT ON follow_up_messages TO PUBLIC;",
+    )
     result = runner.invoke(app, ["--database-url", supabase_url, "db", "check"])
-    assert result.exit_code == 0, result.output
-    exposed = [line for line in result.stdout.splitlines() if "row level security" in line]
-    assert [line.split(":")[1].strip() for line in exposed] == [
-        "follow_up_requests",
-        "follow_up_messages",
+    assert result.exit_code == 1, result.output
+    exposed = [line for line in result.stdout.splitlines() if "every row" in line]
+    assert exposed == [
+        "error: follow_up_requests: anon can SELECT every row (row level security is off), "
+        "so anyone with the app's public key can read children's names and ages and "
+        'clinicians\' messages. Fix: ALTER TABLE "public"."follow_up_requests" ENABLE ROW '
+        "LEVEL SECURITY; then give the app's users policies that admit their own rows only "
+        "(docs/security.md)",
+        "error: follow_up_messages: anon, authenticated, PUBLIC can SELECT every row (row "
+        "level security is off), so anyone with the app's public key can read parents' "
+        'conversations. Fix: ALTER TABLE "public"."follow_up_messages" ENABLE ROW LEVEL '
+        "SECURITY; then give the app's users policies that admit their own rows only "
+        "(docs/security.md)",
     ]
     execute(
         supabase_url,
@@ -255,7 +255,7 @@ def test_db_check_reports_what_the_api_roles_can_read(supabase_url: str) -> None
     )
     again = runner.invoke(app, ["--database-url", supabase_url, "db", "check"])
     assert again.exit_code == 0, again.output
-    assert "row level security" not in again.stdout
+    assert "every row" not in again.stdout
 
 
 def test_sql_output_closes_the_tables_too(supabase_url: str) -> None:
@@ -490,12 +490,13 @@ def test_a_missing_grant_is_one_error_line_and_exit_1(
 def test_db_grants_quotes_the_role_and_refuses_bad_names(pg_db_url: str, tmp_path: Path) -> None:
     """Odd role names are quoted, never spliced; PUBLIC, empty and SQLite are usage errors."""
     odd = 'runtime"; DROP TABLE follow_up_requests; --'
-    result = runner.invoke(app, ["--database-url", pg_db_url, "db", "grants", odd])
+    result = runner.invoke(app, ["--database-url", pg_db_url, "db", "grants", odd, "--create"])
     assert result.exit_code == 0, result.output
-    assert '"runtime""; DROP TABLE follow_up_requests; --"' in result.stdout
-    assert "does not exist yet" in result.stderr
+    assert 'CREATE ROLE "runtime""; DROP TABLE follow_up_requests; --" LOGIN' in result.stdout
+    assert 'TO "runtime""; DROP TABLE follow_up_requests; --";' in result.stdout
     for bad, message in (
         ("public", "refusing to grant to 'public'"),
+        (odd, "does not exist; create it first"),
         ("", "must not be empty"),
         ("x" * 64, "at most 63 bytes"),
     ):
@@ -509,13 +510,9 @@ def test_db_grants_quotes_the_role_and_refuses_bad_names(pg_db_url: str, tmp_pat
     assert sqlite.exit_code == 2 and "needs a PostgreSQL database" in sqlite.stderr
 
 
-def test_db_grants_before_db_upgrade_says_so() -> None:
+def test_db_grants_before_db_upgrade_says_so(empty_pg_url: str) -> None:
     """Without the tables there is nothing to grant: exit 1 and what to run first."""
-    name = new_pg_database()
-    try:
-        result = runner.invoke(app, ["--database-url", pg_url(name), "db", "grants", "r"])
-    finally:
-        drop_pg_database(name)
+    result = runner.invoke(app, ["--database-url", empty_pg_url, "db", "grants", "r"])
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: table follow_up_requests not found; run")
 
@@ -527,7 +524,7 @@ def test_db_grants_follows_the_schema_the_tables_are_in(empty_pg_url: str) -> No
     dbname = make_url(empty_pg_url).database
     execute(empty_pg_url, f'ALTER DATABASE "{dbname}" SET search_path = "{schema}"')
     upgrade(empty_pg_url)
-    result = runner.invoke(app, ["--database-url", empty_pg_url, "db", "grants", "r"])
+    result = runner.invoke(app, ["--database-url", empty_pg_url, "db", "grants", "r", "--create"])
     assert result.exit_code == 0, result.output
     assert f'GRANT USAGE ON SCHEMA "{schema}" TO "r";' in result.stdout
     assert f'ON SEQUENCE "{schema}"."follow_up_attempts_id_seq"' in result.stdout
@@ -536,6 +533,7 @@ def test_db_grants_follows_the_schema_the_tables_are_in(empty_pg_url: str) -> No
 
 def test_security_page_shows_the_grants_db_grants_prints(pg_db_url: str) -> None:
     """docs/security.md gives exactly what `followups db grants followups_runtime` prints."""
+    ensure_role(pg_db_url, "followups_runtime", login=True)
     result = runner.invoke(app, ["--database-url", pg_db_url, "db", "grants", "followups_runtime"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() in DOCS.read_text()

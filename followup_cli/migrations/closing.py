@@ -12,6 +12,14 @@ would be readable and writable with the app's public key. Each of the tool's tab
 
 A runtime role gets back exactly what it needs from `followups db grants ROLE`.
 
+The app's tables, when `db upgrade` creates them itself (a new database), come closed
+too, to the API roles: row level security on, no policy, and no privileges for PUBLIC,
+`anon` or `authenticated`. Otherwise the app's public key could insert a follow-up, and
+this tool would push its text to any phone. The app team then grants its users what
+they need, with policies (docs/security.md). Tables the app made are never changed:
+remember_missing() notes which tables do not exist yet, before they are created, and
+close_created() closes only those, the same way online and in `--sql` output.
+
 The statement is one DO block, so it runs the same online and in `db upgrade --sql`
 output, and skips a table that does not exist (yet): a migration may pass the whole
 TOOL_TABLES list. Revoking is not undone by running it again, but it does remove grants
@@ -80,6 +88,58 @@ BEGIN
 END
 $followups$
 """
+
+
+# The API roles of an auto-generated REST API (Supabase, PostgREST) that act for the
+# app's public key and its signed-in users.
+_API_ROLES = ("anon", "authenticated")
+_MISSING = "followups_new_app_tables"
+
+_REMEMBER_MISSING = """
+CREATE TEMPORARY TABLE {marker} AS
+SELECT wanted FROM unnest(ARRAY[{names}]::text[]) AS wanted
+WHERE to_regclass(quote_ident(wanted)) IS NULL
+"""
+
+_CLOSE_CREATED = """
+DO $followups$
+DECLARE
+    wanted text;
+    target regclass;
+    grantee text;
+BEGIN
+    FOR wanted IN SELECT * FROM {marker} LOOP
+        target := to_regclass(quote_ident(wanted));
+        CONTINUE WHEN target IS NULL;
+        EXECUTE 'ALTER TABLE ' || target::text || ' ENABLE ROW LEVEL SECURITY';
+        EXECUTE 'REVOKE ALL ON TABLE ' || target::text || ' FROM PUBLIC';
+        FOR grantee IN
+            SELECT quote_ident(r.rolname) FROM pg_roles r
+            WHERE r.rolname = ANY(ARRAY[{api_roles}]::text[])
+        LOOP
+            EXECUTE 'REVOKE ALL ON TABLE ' || target::text || ' FROM ' || grantee;
+        END LOOP;
+    END LOOP;
+END
+$followups$
+"""
+
+
+def remember_missing(names: Sequence[str]) -> None:
+    """Note which of these tables do not exist yet (PostgreSQL only), for close_created()."""
+    if names and _postgresql():
+        op.execute(_REMEMBER_MISSING.format(marker=_MISSING, names=_literals(names)))
+
+
+def close_created() -> None:
+    """Close to the API roles the tables remember_missing() noted, now created."""
+    if _postgresql():
+        op.execute(
+            _CLOSE_CREATED.format(
+                marker=_MISSING, api_roles=", ".join(f"'{role}'" for role in _API_ROLES)
+            )
+        )
+        op.execute(f"DROP TABLE {_MISSING}")
 
 
 def _literals(names: Sequence[str]) -> str:

@@ -1,7 +1,9 @@
 """Initial schema: the app's tables when missing, plus this tool's columns, tables, indexes.
 
-On a fresh database this creates everything. On an existing production database (the
-app's tables already there) it only adds what this tool needs, and never touches rows.
+On a fresh database this creates everything, the app's tables closed to the API roles of
+an auto-generated REST API (migrations/closing.py). On an existing production database
+(the app's tables already there) it only adds what this tool needs, and never touches
+rows or the app's grants.
 Offline (--sql) it emits IF NOT EXISTS forms, for a DBA's pipeline on PostgreSQL.
 
 Revision ID: 0001
@@ -16,12 +18,19 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context, op
 
+from followup_cli.migrations.closing import close_created, remember_missing
 from followup_cli.tables import GUID, UTCDateTime
 
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+# The app's tables this revision alters: whoever runs it must own them (db check).
+ALTERS_APP_TABLES: tuple[str, ...] = (
+    "follow_up_requests",
+    "follow_up_messages",
+    "provider_review_requests",
+)
 
 # Columns this tool adds to the app's follow_up_requests.
 TOOL_COLUMNS: tuple[tuple[str, Any, dict[str, Any]], ...] = (
@@ -55,6 +64,8 @@ def upgrade() -> None:
 
     def missing(name: str) -> bool:
         return offline or name not in (tables or set())
+
+    remember_missing(ALTERS_APP_TABLES)
 
     if missing("follow_up_requests"):
         op.create_table(
@@ -178,6 +189,7 @@ def upgrade() -> None:
     ]
     for name, table, columns, kw in indexes:
         op.create_index(name, table, columns, if_not_exists=True, **kw)  # type: ignore[arg-type]
+    close_created()
 
 
 def downgrade() -> None:

@@ -18,6 +18,8 @@ revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
+# The app's tables this revision alters: whoever runs it must own them (db check).
+ALTERS_APP_TABLES: tuple[str, ...] = ("follow_up_requests",)
 
 
 def _missing(table: str) -> bool:

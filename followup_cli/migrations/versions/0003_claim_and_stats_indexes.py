@@ -17,6 +17,8 @@ revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
+# The app's tables this revision alters: whoever runs it must own them (db check).
+ALTERS_APP_TABLES: tuple[str, ...] = ("follow_up_requests",)
 
 
 def upgrade() -> None:

@@ -16,6 +16,8 @@ revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
+# The app's tables this revision alters: whoever runs it must own them (db check).
+ALTERS_APP_TABLES: tuple[str, ...] = ()
 
 
 def upgrade() -> None:

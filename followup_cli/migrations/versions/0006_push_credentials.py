@@ -19,6 +19,8 @@ revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
+# The app's tables this revision alters: whoever runs it must own them (db check).
+ALTERS_APP_TABLES: tuple[str, ...] = ()
 
 TABLE = "followups_push_credentials"
 

@@ -19,6 +19,8 @@ revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
+# The app's tables this revision alters: whoever runs it must own them (db check).
+ALTERS_APP_TABLES: tuple[str, ...] = ("follow_up_requests",)
 
 COLUMNS: tuple[tuple[str, Any], ...] = (
     ("retry_at", UTCDateTime),
