@@ -8,13 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from followup_cli.report import (
-    REFUSED_UNRECORDED,
-    SERVICE_LABELS,
-    STOP_CONFIG,
-    RunReport,
-    ServiceStop,
-)
+from followup_cli.report import SERVICE_LABELS, RunReport
 from followup_cli.vocabulary import Outcome, Service
 
 if TYPE_CHECKING:
@@ -42,48 +36,9 @@ def send_due_summary(report: RunReport) -> None:
 
 
 def stop_line(report: RunReport) -> str:
-    if report.signal is not None:
-        name = {2: "SIGINT", 15: "SIGTERM"}.get(report.signal, f"signal {report.signal}")
-        return (
-            f"stopped by {name}: the pushes in flight were recorded, the other claimed "
-            "follow-ups were handed back for the next run"
-        )
-    clauses = [_stop_clause(stop, report) for stop in report.stops]
-    if report.database_stop is not None:
-        clauses.insert(0, _database_clause(report))
-    return " ".join(clauses) if clauses else f"run ended: {report.outcome}"
+    from followup_cli.delivery.texts import stop_line  # not on the idle run's path
 
-
-def _database_clause(report: RunReport) -> str:
-    """The refusal every row meets, and its fix, in one sentence: names only."""
-    stop = report.database_stop
-    assert stop is not None
-    aside = sum(1 for r in report.refused if r.outcome != REFUSED_UNRECORDED)
-    back = len(report.refused) - aside
-    unrecorded = f", {back} back in the queue after their lease" if back else ""
-    fix = f" Fix: {stop.fix}; then" if stop.fix else " Fix the cause, then"
-    return (
-        f"the database refused to record deliveries: {stop.cause}; run stopped claiming, "
-        f"{aside} follow-up(s) set aside (failed or held as database_rejected, not pushed "
-        f"again){unrecorded}.{fix} `followups retry-failed --reason database_rejected`."
-    )
-
-
-def _stop_clause(stop: ServiceStop, report: RunReport) -> str:
-    from followup_cli.push.protocol import config_hint  # not on the idle run's path
-
-    went_on = report.services_that_went_on
-    others = f"; {' and '.join(went_on)} deliveries went on" if went_on else ""
-    if stop.kind == STOP_CONFIG:
-        return (
-            f"{stop.label} rejected our configuration ({stop.reason}); run stopped, nothing "
-            f"marked failed, the remaining follow-ups stay scheduled{others}. "
-            f"{config_hint(stop.reason, stop.service)}"
-        )
-    return (
-        f"{stop.label} keeps failing ({stop.reason}); run stopped early, the remaining "
-        f"follow-ups stay scheduled for the next run{others}."
-    )
+    return stop_line(report)
 
 
 def requeue_report(report: RequeueReport, asked_ids: Sequence[str]) -> None:

@@ -7,27 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from followup_cli.clock import utcnow
-from followup_cli.vocabulary import Service
-
-# Why a run stopped early (follow_up_runs.outcome); None means it completed.
-STOP_CONFIG = "config_error"
-STOP_OUTAGE = "outage"
-# Stopped by SIGTERM or SIGINT: what was in flight recorded, the rest handed back.
-STOP_SIGNAL = "interrupted"
-# The database refused to record deliveries whatever the rows (a grant or policy the
-# runtime role lacks, an object missing): the run stopped claiming.
-STOP_DATABASE = "database_refused"
-
-# What became of a follow-up the database refused to record as delivered.
-REFUSED_FAILED = "failed"  # marked failed, reason database_rejected
-REFUSED_HELD = "held"  # even that was refused: held with this tool's own columns
-REFUSED_UNRECORDED = "unrecorded"  # even the hold was refused: back after the lease
+from followup_cli.vocabulary import Refusal, RunEnd, Service
 
 
 @dataclass(frozen=True)
 class Refused:
     follow_up_id: str
-    outcome: str
+    outcome: Refusal
     detail: str  # the database's reason: constraint, table, trigger function; no values
 
 
@@ -48,7 +34,7 @@ class ServiceStop:
     """Why pushes to one service no longer start in this run."""
 
     service: str  # apns | fcm
-    kind: str  # STOP_CONFIG | STOP_OUTAGE
+    kind: RunEnd  # CONFIG_ERROR or OUTAGE
     reason: str | None
 
     @property
@@ -73,7 +59,7 @@ class RunReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
     # The first stop; `stops` has one per push service that stopped.
-    stop: str | None = None
+    stop: RunEnd | None = None
     stop_reason: str | None = None
     stops: list[ServiceStop] = field(default_factory=list)
     # The signal that stopped the run (SIGTERM 15, SIGINT 2), if one did.
@@ -103,7 +89,7 @@ class RunReport:
             return
         self.database_stop = stop
         if self.stop is None:
-            self.stop, self.stop_reason = STOP_DATABASE, stop.cause
+            self.stop, self.stop_reason = RunEnd.DATABASE_REFUSED, stop.cause
 
     @property
     def skipped(self) -> int:
@@ -117,10 +103,10 @@ class RunReport:
         return (end - self.started_at).total_seconds()
 
     @property
-    def outcome(self) -> str:
+    def outcome(self) -> RunEnd:
         if self.signal is not None:
-            return STOP_SIGNAL
-        return self.stop or "completed"
+            return RunEnd.INTERRUPTED
+        return self.stop or RunEnd.COMPLETED
 
     @property
     def exit_code(self) -> int:

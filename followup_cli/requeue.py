@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from followup_cli.db import Database
-from followup_cli.delivery import DATABASE_REJECTED
 from followup_cli.push.protocol import DEVICE_REASONS
 from followup_cli.repository import FailedFollowUp
+from followup_cli.vocabulary import FailureReason
 
 
 @dataclass
@@ -49,7 +49,7 @@ def retry_failed(
                 report.held_back.append(f)
             else:
                 report.requeued.append(f)
-        refused = [f.id for f in report.requeued if f.reason == DATABASE_REJECTED]
+        refused = [f.id for f in report.requeued if f.reason == FailureReason.DATABASE_REJECTED]
         report.already_pushed = repo.pushed_ids(refused)
         if not dry_run:
             again = [f.id for f in report.requeued if f.id not in report.already_pushed]

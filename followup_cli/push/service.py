@@ -35,9 +35,9 @@ from followup_cli.push.protocol import (
     PushRequest,
     withheld,
 )
-from followup_cli.report import STOP_CONFIG, STOP_OUTAGE, ServiceStop
+from followup_cli.report import ServiceStop
 from followup_cli.settings import Settings
-from followup_cli.vocabulary import Outcome
+from followup_cli.vocabulary import Outcome, RunEnd
 
 
 class TransientAttempt(Exception):
@@ -87,9 +87,9 @@ class ServicePusher(EventLoopOwner):
 
     def stopped(self, service: str) -> ServiceStop | None:
         if self._config_stop is not None:
-            return ServiceStop(self.service, STOP_CONFIG, self._config_stop)
+            return ServiceStop(self.service, RunEnd.CONFIG_ERROR, self._config_stop)
         if self.breaker.tripped:
-            return ServiceStop(self.service, STOP_OUTAGE, self.breaker.reason)
+            return ServiceStop(self.service, RunEnd.OUTAGE, self.breaker.reason)
         return None
 
     def unanswered(self, service: str) -> ServiceStop | None:
@@ -97,7 +97,7 @@ class ServicePusher(EventLoopOwner):
         transient reasons and none got an answer (one follow-up due, say, and the service
         unreachable). None once any attempt was answered."""
         if self.breaker.failed_attempts and not self.breaker.answers:
-            return ServiceStop(self.service, STOP_OUTAGE, self.breaker.reason)
+            return ServiceStop(self.service, RunEnd.OUTAGE, self.breaker.reason)
         return None
 
     async def push(self, request: PushRequest, gate: PushGate | None = None) -> PushOutcome:
