@@ -82,6 +82,60 @@ Check = Callable[[Repository], list[Finding]]
 RoleCheck = Callable[[Repository, RoleFacts], list[Finding]]
 
 
+# The app's columns send-due, stats and cleanup read or write (db upgrade adds only this
+# tool's own; these it expects the app to have).
+REQUIRED_REQUEST_COLUMNS = (
+    "id",
+    "conversation_id",
+    "user_id",
+    "scheduled_for",
+    "urgency",
+    "display_text",
+    "status",
+    "device_token",
+    "created_at",
+    "sent_at",
+)
+
+
+def app_tables_exist(repo: Repository) -> list[Finding]:
+    """A database without the app's follow-ups is not the app's (a wrong URL, another
+    schema on the search_path), or a new one that `db upgrade` fills (so `db upgrade`
+    does not run this check)."""
+    if REQUESTS in repo.table_names():
+        return []
+    return [
+        Finding(
+            ERROR,
+            f"{REQUESTS} does not exist here: this is not the app's database (check the "
+            "URL and the search_path), or a new one, which `followups db upgrade` creates "
+            "the app's tables in",
+        )
+    ]
+
+
+def app_table_columns(repo: Repository) -> list[Finding]:
+    """A table of the app's name without the columns this tool uses is someone else's
+    (or an older one): send-due and `db upgrade` would fail on it."""
+    present = repo.table_names()
+    findings = []
+    for table, wanted in ((REQUESTS, REQUIRED_REQUEST_COLUMNS), (MESSAGES, MESSAGE_COLUMNS)):
+        if table not in present:
+            continue
+        have = {c.name for c in repo.columns(table)}
+        missing = [c for c in wanted if c not in have]
+        if missing:
+            findings.append(
+                Finding(
+                    ERROR,
+                    f"{table} has no column {', '.join(sorted(missing))}, which this tool "
+                    "uses: it is not the app's table, or an older one; `db upgrade` adds "
+                    "only this tool's own columns",
+                )
+            )
+    return findings
+
+
 def status_values(repo: Repository) -> list[Finding]:
     """`status` must take 'sent' and 'failed': an enum type, a CHECK or a narrow type may
     not."""
@@ -555,6 +609,7 @@ def runtime_privileges(repo: Repository, role: RoleFacts) -> list[Finding]:
 # What in the app's schema would make delivery fail, or let anyone forge or read
 # follow-ups: `db upgrade` runs these before it changes anything.
 APP_CHECKS: tuple[Check, ...] = (
+    app_table_columns,
     status_values,
     message_columns,
     triggers,
@@ -565,7 +620,7 @@ APP_CHECKS: tuple[Check, ...] = (
 # Who can reach this tool's tables: `db upgrade` runs these after upgrading, since the
 # upgrade closes the tables itself.
 ACCESS_CHECKS: tuple[Check, ...] = (check_exposure, readers_past_row_security)
-CHECKS = APP_CHECKS + ACCESS_CHECKS  # everything `db check` reports
+CHECKS = (app_tables_exist, *APP_CHECKS, *ACCESS_CHECKS)  # everything `db check` reports
 # The database as the runtime role meets it: `db check` runs these too (PostgreSQL).
 ROLE_CHECKS: tuple[RoleCheck, ...] = (runtime_policies, invoker_triggers, runtime_privileges)
 

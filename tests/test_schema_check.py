@@ -4,30 +4,15 @@ would make delivery fail, one line each with the SQL that fixes it."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import SQLAlchemyError
-from typer.testing import CliRunner
 
 from followup_cli import migrate, schemacheck
-from followup_cli.cli import app
 from followup_cli.db import Database
 from followup_cli.repository import Repository
-from tests.test_migrations import APP_DDL
-
-runner = CliRunner()
-
-
-def cli(url: str, *args: str) -> Any:
-    return runner.invoke(app, ["--database-url", url, *args])
-
-
-def execute(db: Database, *statements: str) -> None:
-    with db.engine.begin() as conn:
-        for statement in statements:
-            conn.exec_driver_sql(statement)
+from tests.helpers import APP_DDL, cli, execute
 
 
 def fixes(output: str) -> list[str]:
@@ -179,9 +164,13 @@ def test_sqlite_app_tables_with_a_status_check_and_a_trigger(tmp_path: Path) -> 
     db = Database(url)
     execute(
         db,
-        "CREATE TABLE follow_up_requests (id text PRIMARY KEY, status text NOT NULL "
+        "CREATE TABLE follow_up_requests (id text PRIMARY KEY, conversation_id text, "
+        "user_id text, scheduled_for timestamp, urgency text, display_text text, "
+        "device_token text, created_at timestamp, sent_at timestamp, status text NOT NULL "
         "CHECK (status IN ('scheduled', 'sent', 'cancelled')))",
-        "CREATE TABLE follow_up_messages (id text PRIMARY KEY, message_content text)",
+        "CREATE TABLE follow_up_messages (id text PRIMARY KEY, conversation_id text, "
+        "user_id text, message_content text, is_from_user boolean, follow_up_id text, "
+        '"timestamp" timestamp)',
         "CREATE TRIGGER no_delete BEFORE DELETE ON follow_up_messages "
         "BEGIN SELECT RAISE(ABORT, 'no'); END",
     )
