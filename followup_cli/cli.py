@@ -270,7 +270,8 @@ def retry_failed(
         str | None, typer.Option("--since", help="Only those that failed within: 30m, 24h, 7d.")
     ] = None,
     reason: Annotated[
-        str | None, typer.Option("--reason", help="Only this failure reason, e.g. Unregistered.")
+        str | None,
+        typer.Option("--reason", help="Only this failure reason, any case, e.g. unregistered."),
     ] = None,
     in_app_only: Annotated[
         bool,
@@ -285,9 +286,12 @@ def retry_failed(
 ) -> None:
     """Put failed follow-ups back to scheduled; the next send-due delivers them.
 
-    Without filters every failed follow-up is considered. Those that failed on their
-    device token (BadDeviceToken, Unregistered, DeviceTokenNotForTopic) are held back
-    unless the app stored a new token since, or --in-app-only is given.
+    Without filters every failed follow-up is considered, except those that failed on the
+    row itself (empty_message, missing_recipient), which need the app to fix them first
+    and are requeued only when named by --reason or --id. Those that failed on their
+    device token (BadDeviceToken, Unregistered, UNREGISTERED, …) are held back unless
+    the app stored a new token since, or --in-app-only is given. --reason matches
+    whatever the case. Exit 1 when an --id is unknown or neither failed nor held.
 
     Example:
 
@@ -313,7 +317,13 @@ def retry_failed(
             in_app_only=in_app_only,
             dry_run=dry_run,
         )
-    render.requeue_report(report, wanted)
+    render.requeue_report(report)
+    if report.unknown_ids:
+        fail(
+            f"{len(report.unknown_ids)} of the --id follow-ups are unknown, or neither failed nor "
+            "held (listed above)",
+            EXIT_FAILURE,
+        )
 
 
 # -- stats ------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def stop_line(report: RunReport) -> str:
     return stop_line(report)
 
 
-def requeue_report(report: RequeueReport, asked_ids: Sequence[str]) -> None:
+def requeue_report(report: RequeueReport) -> None:
     verb = "Would requeue" if report.dry_run else "Requeued"
     how = " (in-app only, no push)" if report.in_app_only else ""
     what = "failed or held" if any(f.held for f in report.requeued) else "failed"
@@ -57,14 +57,29 @@ def requeue_report(report: RequeueReport, asked_ids: Sequence[str]) -> None:
         print(f"  {f.id}  {state}: {f.reason or '-'}{detail}{again}")
     if report.held_back:
         print(
-            f"Held back {len(report.held_back)}: APNs rejected their device token and the app "
-            "has not stored a new one; use --in-app-only to deliver them in the app."
+            f"Held back {len(report.held_back)}: the push service rejected their device token "
+            "and the app has not stored a new one; use --in-app-only to deliver them in the app."
         )
         for f in report.held_back:
             print(f"  {f.id}  was: {f.reason}")
-    seen = {f.id for f in report.requeued} | {f.id for f in report.held_back}
-    for missing in (i for i in asked_ids if i not in seen):
+    if report.left_alone:
+        reasons = ", ".join(sorted({str(f.reason) for f in report.left_alone}))
+        print(
+            f"Left alone {len(report.left_alone)} ({reasons}): they failed on the row itself "
+            "and would fail again; once the app has fixed them, name them with --reason or --id."
+        )
+    for missing in report.unknown_ids:
         print(f"  {missing}  is not a failed follow-up (unknown, or neither failed nor held)")
+    if not report.requeued and not report.held_back and not report.left_alone:
+        on_record = ", ".join(f"{r} ({n})" for r, n in sorted(report.on_record.items()))
+        print(
+            "Nothing matched"
+            + (
+                f"; failed or held on record: {on_record}."
+                if on_record
+                else ": nothing is failed or held."
+            )
+        )
 
 
 # -- stats ------------------------------------------------------------------------------

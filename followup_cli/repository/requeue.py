@@ -44,7 +44,8 @@ class RequeueStatements(RepositoryBase):
         if failed_since is not None:
             stmt = stmt.where(when >= failed_since)
         if reason is not None:
-            stmt = stmt.where(requests.failure_reason == reason)
+            # APNs writes Unregistered, FCM UNREGISTERED: one --reason finds both.
+            stmt = stmt.where(func.lower(requests.failure_reason) == reason.lower())
         stmt = stmt.order_by(when, requests.id)
         return [
             FailedFollowUp(
@@ -57,6 +58,16 @@ class RequeueStatements(RepositoryBase):
             )
             for row in self.conn.execute(stmt)
         ]
+
+    def failure_reasons(self) -> dict[str, int]:
+        """How many failed or held follow-ups there are for each reason on record."""
+        held = and_(requests.status == Status.SCHEDULED, requests.held_at.is_not(None))
+        stmt = (
+            select(requests.failure_reason, func.count())
+            .where(or_(requests.status == Status.FAILED, held))
+            .group_by(requests.failure_reason)
+        )
+        return {str(reason or "-"): int(n) for reason, n in self.conn.execute(stmt)}
 
     def requeue(self, ids: Sequence[str], in_app_only: bool) -> int:
         """failed -> scheduled, and held rows released, so the next send-due delivers them."""
