@@ -111,6 +111,13 @@ def cli_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _print_version() -> None:
+    from followup_cli import __version__
+
+    print(f"followups {__version__}")
+    raise typer.Exit(EXIT_OK)
+
+
 def _settings(ctx: typer.Context) -> Settings:
     value = ctx.obj
     assert isinstance(value, Settings)
@@ -142,6 +149,15 @@ def main_options(
     ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            is_eager=True,
+            callback=lambda value: _print_version() if value else None,
+        ),
     ] = False,
 ) -> None:
     """Settings come from FOLLOWUPS_* environment variables; options override them."""
@@ -750,8 +766,18 @@ def cancel(
 
 
 def main() -> None:
+    """Run the command; a usage error is one `Error:` line and exit 2, like every other
+    error (not the framework's box), and nothing escapes as a traceback."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        print("Error: aborted", file=sys.stderr)
+        sys.exit(EXIT_FAILURE)
+    except typer.TyperException as exc:  # the command line could not be read: usage
+        message = _usage_message(exc)
+        if message:  # a bare group prints its help itself
+            print(f"Error: {message}", file=sys.stderr)
+        sys.exit(int(getattr(exc, "exit_code", EXIT_USAGE)))
     except Exception as exc:  # the last guard: one line, no traceback, no data
         if os.environ.get("FOLLOWUPS_DEBUG"):
             raise
@@ -761,3 +787,14 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(EXIT_FAILURE)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _usage_message(exc: Exception) -> str:
+    format_message = getattr(exc, "format_message", None)
+    message = str(format_message() if callable(format_message) else exc).strip()
+    if not message:
+        return ""
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "followups"
+    return f"{' '.join(message.split())} (see '{path} --help')"
