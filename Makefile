@@ -76,7 +76,7 @@ soak: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy followup_cli
+	$(BIN)/mypy followup_cli tests bench
 
 clean:
 	rm -rf $(VENV) demo *.egg-info

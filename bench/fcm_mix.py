@@ -3,7 +3,7 @@ part APNs, part FCM, against an APNs-only backlog of the same size, in one invoc
 
     python bench/fcm_mix.py [--n 20000] [--fcm-share 0.5] [--latency-ms 20]
 
-Both push services are the tests' Python fakes (tests/fake_apns.py, tests/fake_fcm.py),
+Both push services are the tests' Python fakes (tests/fakes/apns.py, tests/fakes/fcm.py),
 each in its own process, answering after --latency-ms; both rows of the table use the
 same fakes, so their ratio is what an FCM share costs or gains. The absolute rates are
 lower than bench/run.py's, whose Node fake APNs costs less CPU per push on the same two
@@ -48,7 +48,7 @@ def start_fake(module: str, latency: float) -> tuple[subprocess.Popen[str], dict
     )
     env: dict[str, str] = {}
     assert proc.stdout is not None
-    wanted = 6 if module == "fake_apns" else 3
+    wanted = 6 if module == "fakes.apns" else 3
     while len(env) < wanted:
         line = proc.stdout.readline()
         if not line:
@@ -152,8 +152,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     latency = args.latency_ms / 1000
-    apns_proc, apns_env = start_fake("fake_apns", latency)
-    fcm_proc, fcm_env = start_fake("fake_fcm", latency)
+    apns_proc, apns_env = start_fake("fakes.apns", latency)
+    fcm_proc, fcm_env = start_fake("fakes.fcm", latency)
     try:
         base = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUPS_")}
         common = {**base, **apns_env, **fcm_env, "FOLLOWUPS_RETRY_BASE_SECONDS": "0"}

@@ -6,7 +6,7 @@
                         [--reject-every K] [--backlog-size N]
 
 Run from the repository root with the project's venv (it imports followup_cli and
-tests.fake_apns). See bench/README.md for what each scenario measures and how to read
+tests.fakes.pki). See bench/README.md for what each scenario measures and how to read
 the table.
 """
 
@@ -423,17 +423,18 @@ class Bench:
         with --reject-every, the rows the fake answered 410 are `failed` (Unregistered)
         instead, without a message."""
         with psycopg.connect(url) as conn:
-            statuses = dict(
+            statuses: dict[str, int] = dict(
                 conn.execute(
                     "SELECT coalesce(status || ' ' || failure_reason, status), count(*) "
                     "FROM follow_up_requests WHERE scheduled_for <= now() GROUP BY 1"
                 ).fetchall()
             )
-            bad_msgs = conn.execute(
+            bad_msgs = one_value(
+                conn,
                 "SELECT count(*) FROM follow_up_requests r WHERE r.status = 'sent' AND "
-                "(SELECT count(*) FROM follow_up_messages m WHERE m.follow_up_id = r.id) <> 1"
-            ).fetchone()[0]
-            msgs = conn.execute("SELECT count(*) FROM follow_up_messages").fetchone()[0]
+                "(SELECT count(*) FROM follow_up_messages m WHERE m.follow_up_id = r.id) <> 1",
+            )
+            msgs = one_value(conn, "SELECT count(*) FROM follow_up_messages")
         sent = statuses.get("sent", 0)
         expected = {"sent": n - unregistered}
         if unregistered:
@@ -705,9 +706,9 @@ class Bench:
         finally:
             fake.stop()
         with psycopg.connect(url) as conn:
-            still = conn.execute(
-                "SELECT count(*) FROM follow_up_requests WHERE status = 'scheduled'"
-            ).fetchone()[0]
+            still = one_value(
+                conn, "SELECT count(*) FROM follow_up_requests WHERE status = 'scheduled'"
+            )
         if still != self.sizes.future:
             self.extra.append(
                 f"idle: VERIFY FAILED, {still} future rows left of {self.sizes.future}"
@@ -984,7 +985,7 @@ class Bench:
 
     def header(self) -> str:
         with self.admin() as conn:
-            pg = conn.execute("SHOW server_version").fetchone()[0]
+            pg = one_value(conn, "SHOW server_version")
         env = " ".join(f"{k}={v}" for k, v in self.user_env.items()) or "defaults"
         git = subprocess.run(
             ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True
@@ -1144,15 +1145,22 @@ def render_table(rows: list[Row]) -> str:
 
 
 def make_pki(directory: Path) -> dict[str, str]:
-    """TLS CA + server certificate and the ES256 provider key, via tests/fake_apns.py."""
+    """TLS CA + server certificate and the ES256 provider key, via tests/fakes/pki.py."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from tests.fake_apns import _make_pki, _write_private_key
+    from tests.fakes import pki
 
-    ca, cert, server_key = _make_pki(str(directory))
+    ca, cert, server_key = pki.make_pki(str(directory))
     auth_key = str(directory / f"AuthKey_{KEY_ID}.p8")
-    _write_private_key(auth_key, ec.generate_private_key(ec.SECP256R1()))
+    pki.write_private_key(auth_key, ec.generate_private_key(ec.SECP256R1()))
     return {"ca": ca, "cert": cert, "server_key": server_key, "auth_key": auth_key}
+
+
+def one_value(conn: psycopg.Connection[Any], query: str) -> Any:
+    """The first column of the one row `query` returns."""
+    found = conn.execute(query).fetchone()
+    assert found is not None, query
+    return found[0]
 
 
 def sa_url(libpq_url: str) -> str:

@@ -49,12 +49,12 @@ pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from tests.fake_apns import _make_pki, _write_private_key
+    from tests.fakes.pki import make_pki, write_private_key
 
     directory = tmp_path_factory.mktemp("pki")
-    ca, cert, server_key = _make_pki(str(directory))
+    ca, cert, server_key = make_pki(str(directory))
     auth_key = str(directory / "AuthKey.p8")
-    _write_private_key(auth_key, ec.generate_private_key(ec.SECP256R1()))
+    write_private_key(auth_key, ec.generate_private_key(ec.SECP256R1()))
     return {"ca": ca, "cert": cert, "server_key": server_key, "auth_key": auth_key}
 
 

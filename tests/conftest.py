@@ -1,5 +1,6 @@
-"""Shared fixtures: a migrated SQLite or PostgreSQL database per test, the fake APNs, the
-fake webhook, and helpers that write rows the way the iOS app does.
+"""Shared fixtures: a migrated SQLite or PostgreSQL database per test, and the fake APNs,
+FCM and webhook (tests/fakes/). What is not a fixture, such as rows written the way the
+iOS app writes them, is in tests/helpers.py.
 
 PostgreSQL tests use FOLLOWUPS_TEST_DATABASE_URL (default: postgresql+psycopg://postgres@
 127.0.0.1:5432/test) as the server to create throw-away databases on: each test gets its
@@ -13,26 +14,27 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
 from followup_cli import migrate
 from followup_cli.db import Database
 from followup_cli.settings import Settings
+from tests.helpers import (
+    admin_engine,
+    drop_pg_database,
+    new_pg_database,
+    pg_url,
+    require_pg,
+)
 
 if TYPE_CHECKING:
-    from tests.fake_apns import FakeAPNs
-    from tests.fake_fcm import FakeFCM
-    from tests.fake_webhook import FakeWebhook
-
-DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-PG_URL = os.environ.get("FOLLOWUPS_TEST_DATABASE_URL", DEFAULT_PG)
-REQUIRE_PG = os.environ.get("FOLLOWUPS_TEST_REQUIRE_POSTGRES") == "1"
-# Through PgBouncer (transaction pooling) when set: same server, another port.
-PGBOUNCER_URL = os.environ.get("FOLLOWUPS_TEST_PGBOUNCER_URL")
+    from tests.fakes.apns import FakeAPNs
+    from tests.fakes.fcm import FakeFCM
+    from tests.fakes.webhook import FakeWebhook
 
 
 @pytest.fixture(autouse=True)
@@ -46,68 +48,21 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- PostgreSQL -------------------------------------------------------------------------
 
 
-def _admin_engine() -> Any:
-    return create_engine(PG_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-
-
-def _pg_available() -> str | None:
-    try:
-        engine = _admin_engine()
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-        engine.dispose()
-    except Exception as exc:  # any failure to connect means "no PostgreSQL here"
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return None
-
-
-def _require_pg() -> None:
-    """Skip without a server, or fail when .ci/run said PostgreSQL is required."""
-    problem = _pg_available()
-    if problem is not None:
-        if REQUIRE_PG:
-            pytest.fail(f"PostgreSQL required but unreachable at {PG_URL}: {problem}")
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL} ({problem})")
-
-
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
     """A migrated database that each PostgreSQL test clones (CREATE DATABASE ... TEMPLATE)."""
-    _require_pg()
+    require_pg()
     name = f"followups_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = _admin_engine()
+    admin = admin_engine()
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    db = Database(url)
+    db = Database(pg_url(name))
     migrate.upgrade(db)
     db.close()
     yield name
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
-
-
-def new_pg_database(template: str | None = None) -> str:
-    """Create an empty (or template-cloned) database; return its name."""
-    name = f"followups_t_{uuid.uuid4().hex[:12]}"
-    admin = _admin_engine()
-    with admin.connect() as conn:
-        clause = f' TEMPLATE "{template}"' if template else ""
-        conn.execute(text(f'CREATE DATABASE "{name}"{clause}'))
-    admin.dispose()
-    return name
-
-
-def drop_pg_database(name: str) -> None:
-    admin = _admin_engine()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-def pg_url(name: str, base: str = PG_URL) -> str:
-    return make_url(base).set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture
@@ -120,7 +75,7 @@ def pg_db_url(pg_template: str) -> Iterator[str]:
 @pytest.fixture
 def empty_pg_url() -> Iterator[str]:
     """A PostgreSQL database with no tables at all (for migration tests)."""
-    _require_pg()
+    require_pg()
     name = new_pg_database()
     yield pg_url(name)
     drop_pg_database(name)
@@ -130,7 +85,7 @@ def empty_pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A migrated database: once on SQLite, once on PostgreSQL."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'followups.db'}"
@@ -139,6 +94,35 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
         db.close()
         return url
     return str(request.getfixturevalue("pg_db_url"))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A database with no tables at all: once on SQLite, once on PostgreSQL."""
+    url = (
+        f"sqlite:///{tmp_path / 'fresh.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("empty_pg_url")
+    )
+    database = Database(url)
+    yield database
+    database.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(database name or "", URL) of a fresh migrated database on either backend, for
+    tests that run the tool as processes."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'followups.db'}"
+        db = Database(url)
+        migrate.upgrade(db)
+        db.close()
+        yield "", url
+        return
+    name = new_pg_database(request.getfixturevalue("pg_template"))
+    yield name, pg_url(name)
+    drop_pg_database(name)
 
 
 @pytest.fixture
@@ -159,7 +143,7 @@ def settings(db_url: str) -> Settings:
 
 @pytest.fixture(scope="session")
 def apns_server() -> Iterator[FakeAPNs]:
-    from tests.fake_apns import FakeAPNs
+    from tests.fakes.apns import FakeAPNs
 
     with FakeAPNs() as server:
         yield server
@@ -195,7 +179,7 @@ def apns_settings(settings: Settings, apns: FakeAPNs) -> Settings:
 
 @pytest.fixture(scope="session")
 def fcm_server() -> Iterator[FakeFCM]:
-    from tests.fake_fcm import FakeFCM
+    from tests.fakes.fcm import FakeFCM
 
     with FakeFCM() as server:
         yield server
@@ -232,15 +216,13 @@ def both_settings(apns_settings: Settings, fcm_settings: Settings) -> Settings:
     )
 
 
-def _path(value: Any) -> Any:
-    from pathlib import Path
-
+def _path(value: str) -> Path:
     return Path(value)
 
 
 @pytest.fixture
 def webhook() -> Iterator[FakeWebhook]:
-    from tests.fake_webhook import FakeWebhook
+    from tests.fakes.webhook import FakeWebhook
 
     with FakeWebhook() as hook:
         yield hook

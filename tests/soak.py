@@ -83,11 +83,19 @@ from followup_cli.tables import (
     follow_up_requests,
     follow_up_runs,
 )
-from tests import fake_apns
-from tests.conftest import PG_URL, drop_pg_database, new_pg_database, pg_url
-from tests.fake_apns import FakeAPNs, Received
-from tests.fake_fcm import FakeFCM
-from tests.helpers import apns_env, apns_token, fcm_env, fcm_token
+from tests.fakes.apns import MAX_STREAMS as APNS_MAX_STREAMS
+from tests.fakes.apns import FakeAPNs
+from tests.fakes.fcm import FakeFCM
+from tests.helpers import (
+    PG_URL,
+    apns_env,
+    apns_token,
+    drop_pg_database,
+    fcm_env,
+    fcm_token,
+    new_pg_database,
+    pg_url,
+)
 
 T = TypeVar("T")
 r = follow_up_requests.c
@@ -99,19 +107,14 @@ RETRY_PAUSE = "1s"
 GIVE_UP_AFTER = "1h"
 SERVICES = 2  # FOLLOWUPS_PUSH=apns,fcm: each service has its own streams in flight
 RUN_TIMEOUT_SECONDS = 120.0  # a run alive longer than this is hung
-APNS_HIGH_STREAMS = fake_apns._HIGH_STREAM_LIMIT
 FCM_MAX_STREAMS = 100
 # An accepted push whose connection the fake cut this soon after may never have reached
 # the client: its repeat is the network's, not a crash's.
 LOST_ANSWER_WINDOW = 2.0
 SHOW = 8  # histories printed per broken invariant
 
-# Headers the fakes' subclasses below add to each request as it arrives.
-ARRIVED = "x-soak-arrived"
-CONNECTION = "x-soak-connection"
 
-
-# -- the fakes, stamped ------------------------------------------------------------------
+# -- what the fakes received ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -132,156 +135,42 @@ class Push:
         return self.status == 200
 
 
-_serials = itertools.count(1)
-
-
-def _serial(protocol: object) -> int:
-    """A number for one fake connection (its protocol object), stable for its life."""
-    serial = getattr(protocol, "_soak_serial", None)
-    if serial is None:
-        serial = next(_serials)
-        protocol._soak_serial = serial  # type: ignore[attr-defined]
-    return int(serial)
-
-
-def _calling_connection() -> int:
-    """The connection (protocol object) whose `_respond` is deciding this request."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_name != "_respond":
-        frame = frame.f_back  # type: ignore[assignment]
-    protocol = None if frame is None else frame.f_locals.get("self")
-    return 0 if protocol is None else _serial(protocol)
-
-
-class _Stamped:
-    """What both stamped fakes add: arrival stamps, a record of the connections the fake
-    cut, and rules that can be taken back one by one."""
-
-    _lock: threading.Lock
-    _rules: list[Any]
-    _protocols: set[Any]
-    latency: float
-
-    def _init_stamps(self) -> None:
-        self.pushes: list[Push] = []
-        self.cut: dict[int, float] = {}  # connection -> when the fake cut it
-        self.script_lock = threading.Lock()
-
-    def _stamp(self, stream: Any) -> int:
-        stream.headers[ARRIVED] = repr(time.monotonic())
-        connection = _calling_connection()
-        stream.headers[CONNECTION] = str(connection)
-        return connection
-
-    def _cut(self, connection: int, at: float) -> None:
-        with self._lock:
-            self.cut.setdefault(connection, at)
-
-    def _cut_all(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for protocol in list(self._protocols):
-                self.cut.setdefault(_serial(protocol), now)
-
-    def _add(self, push: Push) -> None:
-        with self._lock:
-            self.pushes.append(push)
-
-    def add_rule(self, *args: Any, **kwargs: Any) -> object:
-        """respond(...) and return the rule, for drop_rule."""
-        with self.script_lock:
-            self.respond(*args, **kwargs)  # type: ignore[attr-defined]
-            with self._lock:
-                return self._rules[-1]
-
-    def drop_rule(self, rule: object) -> None:
-        with self._lock:
-            self._rules[:] = [x for x in self._rules if x is not rule]
-
-
-def _headers_time(headers: dict[str, str], default: float) -> tuple[float, int]:
-    try:
-        arrived = float(headers[ARRIVED])
-    except (KeyError, ValueError):
-        arrived = default
-    try:
-        connection = int(headers.get(CONNECTION, "0"))
-    except ValueError:
-        connection = 0
-    return arrived, connection
-
-
-class SoakAPNs(_Stamped, FakeAPNs):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._init_stamps()
-
-    def _decide(self, stream: Any) -> Any:
-        connection = self._stamp(stream)
-        decided = super()._decide(stream)
-        if decided[1].action == "reset":
-            self._cut(connection, time.monotonic() + self.latency)
-        return decided
-
-    def _record(self, received: Received) -> None:
-        super()._record(received)
-        now = time.monotonic()
-        arrived, connection = _headers_time(received.headers, now)
-        self._add(
-            Push(
-                "apns",
-                received.headers.get("apns-collapse-id"),
-                received.token,
-                arrived,
-                now,
-                received.status,
-                received.reason,
-                connection,
-            )
+def apns_pushes(apns: FakeAPNs) -> list[Push]:
+    """Every request the fake APNs received; the collapse id is the follow-up's id."""
+    return [
+        Push(
+            "apns",
+            r.headers.get("apns-collapse-id"),
+            r.token,
+            r.arrived,
+            r.answered,
+            r.status,
+            r.reason,
+            r.connection,
         )
-
-    def drop_connections(self) -> None:
-        self._cut_all()
-        super().drop_connections()
+        for r in list(apns.requests)
+    ]
 
 
-class SoakFCM(_Stamped, FakeFCM):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._init_stamps()
-
-    def _decide(self, stream: Any) -> Any:
-        connection = self._stamp(stream)
-        answer = super()._decide(stream)
-        if answer.action == "reset":
-            self._cut(connection, time.monotonic() + self.latency)
-        return answer
-
-    def _record(self, stream: Any, status: int, code: str | None) -> None:
-        super()._record(stream, status, code)
-        now = time.monotonic()
-        with self._lock:  # only the server's loop records: the last one is this one
-            received = self.requests[-1]
-        message = received.message or {}
-        android = message.get("android")
+def fcm_pushes(fcm: FakeFCM) -> list[Push]:
+    """Every request the fake FCM received; android.collapse_key is the follow-up's id."""
+    pushes = []
+    for r in list(fcm.requests):
+        android = (r.message or {}).get("android")
         collapse = android.get("collapse_key") if isinstance(android, dict) else None
-        arrived, connection = _headers_time(received.headers, now)
-        self._add(
+        pushes.append(
             Push(
                 "fcm",
                 collapse if isinstance(collapse, str) else None,
-                received.token,
-                arrived,
-                now,
-                status,
-                code,
-                connection,
+                r.token,
+                r.arrived,
+                r.answered,
+                r.status,
+                r.code,
+                r.connection,
             )
         )
-
-    def drop_connections(self) -> None:
-        self._cut_all()
-        super().drop_connections()
+    return pushes
 
 
 # -- what the soak keeps -----------------------------------------------------------------
@@ -481,8 +370,8 @@ class Soak:
             connect_args={"application_name": "followups-soak", "connect_timeout": 5},
         )
         self.columns = set(follow_up_requests.c.keys())
-        self.apns = SoakAPNs(latency=self.params.apns_latency).start()
-        self.fcm = SoakFCM(latency=self.params.fcm_latency, max_streams=FCM_MAX_STREAMS).start()
+        self.apns = FakeAPNs(latency=self.params.apns_latency).start()
+        self.fcm = FakeFCM(latency=self.params.fcm_latency, max_streams=FCM_MAX_STREAMS).start()
         p = self.params
         clean = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUPS_")}
         self.env = {
@@ -510,7 +399,6 @@ class Soak:
             if fake is not None:
                 with contextlib.suppress(Exception):
                     fake.stop()
-        fake_apns._HIGH_STREAM_LIMIT = APNS_HIGH_STREAMS  # type: ignore[misc]
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.dispose()
@@ -533,9 +421,9 @@ class Soak:
             return None
         token = apns_token(n) if kind.startswith("apns") else fcm_token(n)
         if kind == "apns-dead":
-            self.apns.add_rule(410, "Unregistered", token=token)
+            self.apns.respond(410, "Unregistered", token=token)
         elif kind == "fcm-dead":
-            self.fcm.add_rule("UNREGISTERED", token=token)
+            self.fcm.respond("UNREGISTERED", token=token)
         return token
 
     def draw_kind(self, rng: random.Random, conversation_kind: str) -> str:
@@ -806,7 +694,7 @@ class Soak:
             self.fcm.latency = self.params.fcm_latency
             self.apns.goaway_after = None
             self.fcm.max_streams = FCM_MAX_STREAMS
-            fake_apns._HIGH_STREAM_LIMIT = APNS_HIGH_STREAMS  # type: ignore[misc]
+            self.apns.max_streams = APNS_MAX_STREAMS
 
     def start_fault(
         self, kind: str, duration: float, rng: random.Random, busy: set[str]
@@ -829,8 +717,8 @@ class Soak:
 
             return stop
 
-        def rule(fake: _Stamped, *args: Any, **kwargs: Any) -> Callable[[], None]:
-            handle = fake.add_rule(*args, **kwargs)
+        def rule(fake: FakeAPNs | FakeFCM, *args: Any, **kwargs: Any) -> Callable[[], None]:
+            handle = fake.respond(*args, **kwargs)
             return lambda: fake.drop_rule(handle)
 
         if kind == "apns_5xx":
@@ -878,10 +766,10 @@ class Soak:
             limit = 1 + int(pick * 3)
 
             def set_limit() -> None:
-                fake_apns._HIGH_STREAM_LIMIT = limit  # type: ignore[misc]
+                apns.max_streams = limit
 
             def reset_limit() -> None:
-                fake_apns._HIGH_STREAM_LIMIT = APNS_HIGH_STREAMS  # type: ignore[misc]
+                apns.max_streams = APNS_MAX_STREAMS
 
             stop = knob("apns_streams", set_limit, reset_limit)
             return (f"max streams {limit}", stop) if stop else None
@@ -974,6 +862,7 @@ class Soak:
             thread.join(timeout=30)
 
     def progress(self, phase: str) -> None:
+        statuses: Counter[str]
         try:
             with self.engine.connect() as conn:
                 statuses = Counter(
@@ -1068,7 +957,7 @@ class Soak:
         self.run_label = {str(x.id): f"run{pids.get(x.pid, '?')}" for x in runs}
         self.pushes: dict[str, list[Push]] = defaultdict(list)
         self.unmapped = 0
-        for p in sorted(self.apns.pushes + self.fcm.pushes, key=lambda p: p.arrived):
+        for p in sorted(apns_pushes(self.apns) + fcm_pushes(self.fcm), key=lambda p: p.arrived):
             fid = p.follow_up_id or self.by_token.get(p.token)
             if fid is None:
                 self.unmapped += 1
@@ -1131,7 +1020,7 @@ class Soak:
 
     def connection_cut(self, p: Push) -> float | None:
         fake = self.apns if p.service == "apns" else self.fcm
-        return fake.cut.get(p.connection) if p.connection else None
+        return fake.connections_cut.get(p.connection) if p.connection else None
 
     def context(self, at: float) -> str:
         """The runs alive and the faults going on at a moment."""
@@ -1312,14 +1201,15 @@ class Soak:
         kills = sum(x.sent(signal.SIGKILL) for x in self.runs)
         sigterms = sum(x.sent(signal.SIGTERM) for x in self.runs)
         late_count, order_count = len(late), len(order)
-        figures = {
+        fault_counts = dict(sorted(self.fault_counts.items()))
+        figures: dict[str, Any] = {
             "follow_ups": len(self.known),
             "cancels": len(self.cancels),
             "runs": len(self.runs),
             "kills": kills,
             "sigterms": sigterms,
             "crashed_runs": len(crashes),
-            "faults": dict(sorted(self.fault_counts.items())),
+            "faults": fault_counts,
             "db_terminations": self.terminations,
             "terminated_backends": self.terminated_backends,
             "repeats": repeats,
@@ -1330,7 +1220,7 @@ class Soak:
             "not_once": len(once),
             "bad_ends": len(ends),
         }
-        faults = ",".join(f"{k}:{v}" for k, v in figures["faults"].items()) or "-"
+        faults = ",".join(f"{k}:{v}" for k, v in fault_counts.items()) or "-"
         ok = not failures
         summary = (
             f"soak seed={self.seed} follow-ups={len(self.known)} runs={len(self.runs)} "
@@ -1371,8 +1261,8 @@ class Soak:
             f"cancels {len(self.cancels)}",
             f"  run exit codes by signals sent: {codes}; "
             f"starts skipped (max {self.config.max_runs} alive): {self.skipped_starts}",
-            f"  requests: apns {len(self.apns.pushes)} ({len(self.apns.accepted())} accepted), "
-            f"fcm {len(self.fcm.pushes)} ({len(self.fcm.accepted())} accepted), "
+            f"  requests: apns {len(self.apns.requests)} ({len(self.apns.accepted())} accepted), "
+            f"fcm {len(self.fcm.requests)} ({len(self.fcm.accepted())} accepted), "
             f"unmapped {self.unmapped}",
             f"  drain: {self.expired} leases expired, {self.fast_forwarded} retry pauses ended",
         ]

@@ -27,8 +27,8 @@ from followup_cli.push.protocol import PushRequest
 from followup_cli.push.provider_token import WINDOW_SECONDS, ProviderToken
 from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_attempts
-from tests.fake_apns import FakeAPNs
-from tests.fake_webhook import FakeWebhook
+from tests.fakes.apns import FakeAPNs
+from tests.fakes.webhook import FakeWebhook
 from tests.helpers import apns_env, apns_token, app_row, attempts, deliver, row, start_send_due
 
 

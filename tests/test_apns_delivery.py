@@ -8,6 +8,7 @@ import time
 import uuid
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -19,8 +20,8 @@ from followup_cli.push.factory import make_pusher
 from followup_cli.report import RunReport
 from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_requests
-from tests.fake_apns import FakeAPNs
-from tests.fake_webhook import FakeWebhook
+from tests.fakes.apns import FakeAPNs
+from tests.fakes.webhook import FakeWebhook
 from tests.helpers import TOKEN_A, TOKEN_B, app_row, attempts, deliver, messages, row
 
 
@@ -201,7 +202,7 @@ def test_wrong_key_stops_the_run_fails_nothing_and_alerts(
 ) -> None:
     """InvalidProviderToken: exit 1, every follow-up stays scheduled and unclaimed."""
     ids = [app_row(db) for _ in range(5)]
-    settings = replace(apns_settings, apns_key_file=apns.wrong_key_file, push_concurrency=1)
+    settings = replace(apns_settings, apns_key_file=Path(apns.wrong_key_file), push_concurrency=1)
     report = deliver(db, settings, webhook)
     assert report.stop == "config_error"
     assert report.stop_reason == "InvalidProviderToken"

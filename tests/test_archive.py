@@ -17,31 +17,17 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, inspect, select, text
-from sqlalchemy.engine import make_url
-from typer.testing import CliRunner
 
 from followup_cli import migrate
 from followup_cli.cleanup import cleanup
-from followup_cli.cli import app
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.tables import follow_up_requests_archive
-from tests.helpers import app_row
+from tests.helpers import app_row, cli, execute, libpq
 
-runner = CliRunner()
 OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 PROVIDER_ID = "5b0e6a8e-8f43-4a51-9d61-2f4d3f0c2a77"
 MIGRATIONS = Path(migrate.__file__).parent / "migrations"
-
-
-def cli(db_url: str, *args: str) -> Any:
-    return runner.invoke(app, ["--database-url", db_url, *args])
-
-
-def execute(db: Database, *statements: str) -> None:
-    with db.engine.begin() as conn:
-        for statement in statements:
-            conn.execute(text(statement))
 
 
 def add_provider_id(db: Database) -> None:
@@ -265,6 +251,7 @@ def pg_row(url: str, follow_up_id: str, timezone: str = "UTC") -> dict[str, Any]
         found = cursor.fetchone()
         if found is None:
             return None
+        assert cursor.description is not None
         return {column.name: value for column, value in zip(cursor.description, found, strict=True)}
 
 
@@ -273,10 +260,6 @@ def pg_restore(url: str, statement: str, follow_up_id: str) -> int:
     with psycopg.connect(libpq(url), autocommit=True) as conn:
         conn.execute("SET TimeZone = 'America/St_Johns'")
         return conn.execute(statement.replace("<id>", follow_up_id)).rowcount
-
-
-def libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def archived_ids(url: str) -> list[str]:
@@ -330,18 +313,6 @@ def test_columns_added_after_archiving_get_their_defaults(pg_db_url: str) -> Non
 
 
 # -- revision 0008 ------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = (
-        f"sqlite:///{tmp_path / 'fresh.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("empty_pg_url")
-    )
-    database = Database(url)
-    yield database
-    database.close()
 
 
 def downgrade(db: Database, to: str) -> None:

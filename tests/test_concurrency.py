@@ -9,90 +9,34 @@ accepted is checked.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import select
 
-from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.tables import follow_up_messages, follow_up_requests, follow_up_runs
-from tests.conftest import (
-    PGBOUNCER_URL,
-    REQUIRE_PG,
+from tests.fakes.apns import FakeAPNs
+from tests.helpers import (
+    Seeded,
+    apns_env,
     drop_pg_database,
     new_pg_database,
     pg_url,
+    require_pgbouncer,
+    seed,
 )
-from tests.fake_apns import FakeAPNs
-from tests.helpers import apns_env
 
 ROWS = 2000
 CONVERSATIONS = 300
 PROCESSES = 8
 BATCH_SIZE = 50
-
-
-@dataclass(frozen=True)
-class Seeded:
-    id: str
-    conversation_id: str
-    scheduled_for: datetime
-    device_token: str | None
-
-
-def seed(
-    engine: Engine, rows: int, conversations: int, *, tokenless_every: int = 0
-) -> list[Seeded]:
-    """Insert `rows` due follow-ups with only the app's columns, in one multi-row INSERT.
-
-    Row i belongs to conversation i % conversations and is due i seconds after the first
-    (so each conversation has several, at distinct times). Every `tokenless_every`-th row
-    has no device token (0: all have one); the tokens all differ (64 hex characters).
-    """
-    start = utcnow() - timedelta(hours=1)
-    convs = [str(uuid.uuid4()) for _ in range(conversations)]
-    seeded: list[Seeded] = []
-    values: list[dict[str, Any]] = []
-    for i in range(rows):
-        no_token = tokenless_every > 0 and i % tokenless_every == tokenless_every - 1
-        token = None if no_token else hashlib.sha256(f"device-{i}".encode()).hexdigest()
-        item = Seeded(
-            str(uuid.uuid4()), convs[i % conversations], start + timedelta(seconds=i), token
-        )
-        seeded.append(item)
-        values.append(
-            {
-                "id": item.id,
-                "conversation_id": item.conversation_id,
-                "user_id": f"parent-{i % conversations}",
-                "scheduled_for": item.scheduled_for,
-                "urgency": "urgent" if i % 3 == 0 else "routine",
-                "display_text": f"How is your child feeling today? ({i})",
-                "original_message": f"How is your child feeling today? ({i})",
-                "status": "scheduled",
-                "child_name": "Maya",
-                "child_age": "4",
-                "device_token": token,
-                "follow_up_days": 0,
-                "follow_up_hours": 1,
-                "follow_up_minutes": 0,
-            }
-        )
-    with engine.begin() as conn:
-        conn.execute(insert(follow_up_requests).values(values))
-    return seeded
 
 
 def send_due_command(url: str) -> list[str]:
@@ -129,14 +73,7 @@ def run_processes(
 @pytest.fixture(params=["direct", "pgbouncer"])
 def shared_url(request: pytest.FixtureRequest, pg_template: str) -> Iterator[str]:
     """A fresh migrated database, reached directly or through PgBouncer."""
-    base = None
-    if request.param == "pgbouncer":
-        if not PGBOUNCER_URL:
-            reason = "FOLLOWUPS_TEST_PGBOUNCER_URL is not set (start one: .ci/pgbouncer.sh start)"
-            if REQUIRE_PG:
-                pytest.fail(f"{reason}; FOLLOWUPS_TEST_REQUIRE_POSTGRES=1 requires it")
-            pytest.skip(reason)
-        base = PGBOUNCER_URL
+    base = require_pgbouncer() if request.param == "pgbouncer" else None
     name = new_pg_database(pg_template)
     yield pg_url(name) if base is None else pg_url(name, base=base)
     drop_pg_database(name)

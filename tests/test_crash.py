@@ -21,27 +21,33 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, select, text, update
+from sqlalchemy import Engine, create_engine, func, select, text
 
-from followup_cli import migrate
 from followup_cli.clock import utcnow
-from followup_cli.db import Database
 from followup_cli.delivery import MAX_UNFINISHED
-from followup_cli.tables import follow_up_messages, follow_up_requests, follow_up_runs
+from followup_cli.tables import follow_up_requests, follow_up_runs
 from tests import private_postgres
-from tests.conftest import PG_URL, REQUIRE_PG, drop_pg_database, new_pg_database, pg_url
-from tests.fake_apns import FakeAPNs
-from tests.helpers import apns_env
-from tests.test_concurrency import Seeded, seed
+from tests.fakes.apns import FakeAPNs
+from tests.helpers import (
+    PG_URL,
+    REQUIRE_PG,
+    check_each_delivered_once,
+    check_in_order,
+    drop_pg_database,
+    expire_leases,
+    finish_run,
+    new_pg_database,
+    open_engine,
+    pg_url,
+    seed,
+    start_apns_run,
+)
 
 T = TypeVar("T")
 r = follow_up_requests.c
@@ -59,67 +65,12 @@ def wait_until(check: Callable[[], T], what: str, timeout: float = 20.0) -> T:
         time.sleep(0.02)
 
 
-def open_engine(url: str) -> Engine:
-    """The test's own connection, under an application_name the termination query and the
-    dead-backend check do not match."""
-    if url.startswith("postgresql"):
-        return create_engine(url, connect_args={"application_name": "followups-test"})
-    return create_engine(url)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(database name or "", URL) of a fresh migrated database on either backend."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'followups.db'}"
-        db = Database(url)
-        migrate.upgrade(db)
-        db.close()
-        yield "", url
-        return
-    template = request.getfixturevalue("pg_template")
-    name = new_pg_database(template)
-    yield name, pg_url(name)
-    drop_pg_database(name)
-
-
 @pytest.fixture
 def pg(pg_template: str) -> Iterator[tuple[str, str]]:
     """(database name, URL) of a fresh migrated PostgreSQL database."""
     name = new_pg_database(pg_template)
     yield name, pg_url(name)
     drop_pg_database(name)
-
-
-def start(url: str, apns: FakeAPNs, **env: str) -> subprocess.Popen[str]:
-    """`followups send-due` as cron starts it, pushing to the fake APNs."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "followup_cli", "--database-url", url, "send-due"],
-        env={**os.environ, **apns_env(apns), **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 60.0) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"send-due did not finish within {timeout}s: {err}") from None
-    return proc.returncode, out, err
-
-
-def expire_leases(engine: Engine) -> int:
-    """Move every held lease's end into the past (see the module docstring); return how many."""
-    with engine.begin() as conn:
-        return conn.execute(
-            update(follow_up_requests)
-            .where(r.claimed_by.is_not(None))
-            .values(claim_expires_at=utcnow() - timedelta(seconds=1))
-        ).rowcount
 
 
 def followups_backends(admin: Engine, name: str) -> int:
@@ -138,32 +89,6 @@ def followups_backends(admin: Engine, name: str) -> int:
 def ids_where(engine: Engine, *where: Any) -> set[str]:
     with engine.connect() as conn:
         return set(conn.scalars(select(r.id).where(*where)))
-
-
-def check_each_delivered_once(engine: Engine, seeded: list[Seeded]) -> None:
-    """Every row sent, none still leased, exactly one in-app message each."""
-    m = follow_up_messages.c
-    with engine.connect() as conn:
-        statuses = Counter(conn.scalars(select(r.status)))
-        still_claimed = conn.scalar(select(func.count()).where(r.claimed_by.is_not(None)))
-        per_follow_up = Counter(conn.scalars(select(m.follow_up_id)))
-    assert statuses == {"sent": len(seeded)}
-    assert still_claimed == 0
-    assert set(per_follow_up) == {s.id for s in seeded}
-    assert set(per_follow_up.values()) == {1}
-
-
-def check_in_order(engine: Engine, seeded: list[Seeded]) -> None:
-    """Per conversation, message timestamps strictly increase in scheduled order."""
-    m = follow_up_messages.c
-    with engine.connect() as conn:
-        stamps = dict(conn.execute(select(m.follow_up_id, m.timestamp)).all())
-    by_conversation: dict[str, list[Seeded]] = {}
-    for item in sorted(seeded, key=lambda x: x.scheduled_for):
-        by_conversation.setdefault(item.conversation_id, []).append(item)
-    for conversation, items in by_conversation.items():
-        times = [stamps[item.id] for item in items]
-        assert all(a < b for a, b in zip(times, times[1:], strict=False)), conversation
 
 
 def kill_and_settle(run: subprocess.Popen[str], apns: FakeAPNs, name: str) -> None:
@@ -191,7 +116,7 @@ def test_kill_9_mid_batch_repeats_only_the_last_pushes(
     batch, concurrency = 1000, 8
     seeded = seed(engine, 1000, 300)  # every one with its own device token
     apns.latency = 0.05
-    run = start(
+    run = start_apns_run(
         url,
         apns,
         FOLLOWUPS_BATCH_SIZE=str(batch),
@@ -215,7 +140,7 @@ def test_kill_9_mid_batch_repeats_only_the_last_pushes(
     assert expire_leases(engine) == len(claimed_at_kill) > 0
 
     apns.latency = 0.0
-    code, _out, err = finish(start(url, apns, FOLLOWUPS_BATCH_SIZE=str(batch)))
+    code, _out, err = finish_run(start_apns_run(url, apns, FOLLOWUPS_BATCH_SIZE=str(batch)))
     assert code == 0, err
     check_each_delivered_once(engine, seeded)
     check_in_order(engine, seeded)
@@ -243,7 +168,7 @@ def test_kill_9_while_pushes_hang_repeats_only_those_in_flight(
     batch, concurrency = 300, 4
     seeded = seed(engine, 300, 100)
     apns.latency = 0.02
-    run = start(
+    run = start_apns_run(
         url,
         apns,
         FOLLOWUPS_BATCH_SIZE=str(batch),
@@ -268,7 +193,7 @@ def test_kill_9_while_pushes_hang_repeats_only_those_in_flight(
 
     apns.clear_rules()
     apns.latency = 0.0
-    code, _out, err = finish(start(url, apns, FOLLOWUPS_BATCH_SIZE=str(batch)))
+    code, _out, err = finish_run(start_apns_run(url, apns, FOLLOWUPS_BATCH_SIZE=str(batch)))
     assert code == 0, err
     check_each_delivered_once(engine, seeded)
     check_in_order(engine, seeded)
@@ -291,7 +216,7 @@ def test_database_terminating_the_runs_connections_is_waited_for_and_nothing_rep
     engine = open_engine(url)
     seeded = seed(engine, 100, 100)
     apns.latency = 0.1  # 100 pushes, 2 at a time: about 5 s
-    run = start(url, apns, FOLLOWUPS_PUSH_CONCURRENCY="2")
+    run = start_apns_run(url, apns, FOLLOWUPS_PUSH_CONCURRENCY="2")
     apns.wait_for(2, timeout=30)  # it is pushing
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     terminated = 0
@@ -310,7 +235,7 @@ def test_database_terminating_the_runs_connections_is_waited_for_and_nothing_rep
             )
         time.sleep(0.1)  # the repetition interval, not a synchronization
     admin.dispose()
-    code, out, err = finish(run, timeout=60)
+    code, out, err = finish_run(run, timeout=60)
     assert terminated > 0
     assert code == 0, (out, err)
     assert "Traceback" not in err
@@ -348,12 +273,12 @@ def test_postgres_restart_mid_run_is_waited_for_and_nothing_repeats(
     engine.dispose()
     apns.latency = 0.05
     # 10 streams: about 15 s in all, so the run is still draining when the restart is over.
-    run = start(url, apns, FOLLOWUPS_PUSH_CONCURRENCY="10")
+    run = start_apns_run(url, apns, FOLLOWUPS_PUSH_CONCURRENCY="10")
     apns.wait_for(1000, timeout=60)
     assert run.poll() is None
     private_cluster.restart()
     assert run.poll() is None, "the run ended before the restart was over: nothing was tested"
-    code, out, err = finish(run, timeout=120)
+    code, out, err = finish_run(run, timeout=120)
     assert code == 0, (out, err)
     assert "Traceback" not in err
     engine = open_engine(url)
@@ -378,12 +303,12 @@ def test_database_away_longer_than_the_lease_ends_the_run_with_one_error_line(
     seeded = seed(engine, 200, 200)
     engine.dispose()
     apns.latency = 0.2  # 200 pushes, 4 at a time: 10 s, far longer than stopping the server
-    run = start(url, apns, FOLLOWUPS_LEASE_SECONDS="10", FOLLOWUPS_PUSH_CONCURRENCY="4")
+    run = start_apns_run(url, apns, FOLLOWUPS_LEASE_SECONDS="10", FOLLOWUPS_PUSH_CONCURRENCY="4")
     apns.wait_for(40, timeout=30)
     private_cluster.stop()
     assert run.poll() is None, "the run ended before the server stopped: nothing was tested"
     try:
-        code, out, err = finish(run, timeout=60)
+        code, out, err = finish_run(run, timeout=60)
     finally:
         private_cluster.start()
     assert code == 1, (out, err)
@@ -397,7 +322,7 @@ def test_database_away_longer_than_the_lease_ends_the_run_with_one_error_line(
     sent_before = ids_where(engine, r.status == "sent")
     expire_leases(engine)
     apns.latency = 0.0
-    code, _out, err = finish(start(url, apns))
+    code, _out, err = finish_run(start_apns_run(url, apns))
     assert code == 0, err
     check_each_delivered_once(engine, seeded)
     engine.dispose()
@@ -418,7 +343,7 @@ def test_slow_live_run_renews_its_lease_and_is_never_doubled(
     engine = open_engine(url)
     seeded = seed(engine, 64, 64)  # one per conversation: 2 pushes really go at once
     apns.latency = 0.6  # 64 pushes, 2 at a time: ~19 s in one batch, lease 10 s
-    slow = start(url, apns, FOLLOWUPS_LEASE_SECONDS="10", FOLLOWUPS_PUSH_CONCURRENCY="2")
+    slow = start_apns_run(url, apns, FOLLOWUPS_LEASE_SECONDS="10", FOLLOWUPS_PUSH_CONCURRENCY="2")
 
     def lease_end() -> Any:
         with engine.connect() as conn:
@@ -429,10 +354,10 @@ def test_slow_live_run_renews_its_lease_and_is_never_doubled(
     # Start B only once A's original lease has run out: waiting for the time itself.
     time.sleep(max(0.0, (first_lease_end - utcnow()).total_seconds()) + 0.2)
     assert slow.poll() is None and lease_end() > utcnow()
-    second = start(url, apns, FOLLOWUPS_LEASE_SECONDS="10")
-    code_b, _out_b, err_b = finish(second, timeout=30)
+    second = start_apns_run(url, apns, FOLLOWUPS_LEASE_SECONDS="10")
+    code_b, _out_b, err_b = finish_run(second, timeout=30)
     assert slow.poll() is None  # B ran and ended while A still held its whole batch
-    code_a, _out_a, err_a = finish(slow, timeout=30)
+    code_a, _out_a, err_a = finish_run(slow, timeout=30)
     assert (code_a, code_b) == (0, 0), (err_a, err_b)
 
     with engine.connect() as conn:

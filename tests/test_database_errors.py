@@ -22,8 +22,7 @@ from followup_cli.db import (
 from followup_cli.delivery import DATABASE_REJECTED, send_due
 from followup_cli.push.log import LogPusher
 from followup_cli.settings import Settings
-from tests.helpers import app_row, messages, row
-from tests.test_security import libpq
+from tests.helpers import RUNTIME_ROLE, app_row, ensure_role, libpq, messages, row
 
 
 def error_of(url: str, *statements: str) -> SQLAlchemyError:
@@ -112,8 +111,6 @@ def test_postgres_structural_refusals_name_the_object_and_the_fix(pg_db_url: str
     """Permission denied, a policy's refusal, a missing column or function, in this
     tool's statement or in an app's trigger function: the cause names objects only, and
     the fix names the grant or policy on that table, or the function to change."""
-    from tests.test_security import RUNTIME_ROLE, ensure_role
-
     ensure_role(pg_db_url, RUNTIME_ROLE, login=True)
     role = f'"{RUNTIME_ROLE}"'
     setup = [
@@ -133,7 +130,7 @@ def test_postgres_structural_refusals_name_the_object_and_the_fix(pg_db_url: str
     ]
     with psycopg.connect(libpq(pg_db_url), autocommit=True) as conn:
         for statement in setup:
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
     as_role = f"SET LOCAL ROLE {role}"
     cases = [
         (

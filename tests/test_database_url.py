@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +27,7 @@ from followup_cli.settings import (
     parse_database_url,
     redact_url,
 )
-from tests.conftest import PG_URL, _require_pg, drop_pg_database, new_pg_database
+from tests.helpers import PG_URL, drop_pg_database, followups, new_pg_database, require_pg
 
 PASSWORD = "Secret@Tail:9/x%y"
 ENCODED = quote(PASSWORD, safe="")  # Secret%40Tail%3A9%2Fx%25y
@@ -277,23 +274,6 @@ def test_a_short_password_is_not_scrubbed_from_every_word() -> None:
 # -- the real command -------------------------------------------------------------------
 
 
-def followups(url: str, *args: str, env: dict[str, str] | None = None) -> Any:
-    """The real command, as cron runs it: a process, the URL from the environment."""
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUPS_") or "_TEST_" in k
-    }
-    environment.update(env or {})
-    environment["FOLLOWUPS_DATABASE_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "followup_cli", *args],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def assert_one_error_line(result: Any, code: int) -> str:
     everything = result.stdout + result.stderr
     assert result.returncode == code, everything
@@ -366,7 +346,7 @@ def _admin(statement: sql.Composed) -> None:
 @pytest.fixture
 def account() -> Iterator[Account]:
     """A throw-away role with that password and a fresh database it owns."""
-    _require_pg()
+    require_pg()
     role = f"followups_pw_{uuid.uuid4().hex[:10]}"
     _admin(
         sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(

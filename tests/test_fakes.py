@@ -1,8 +1,11 @@
-"""Self-tests of the fake APNs and the fake webhook, driven by the real pyapns-client."""
+"""Self-tests of the fakes: the fake APNs driven by the real pyapns-client and raw HTTP/2
+clients, the shared HTTP/2 core's transport events through the fake FCM, and the fake
+webhook."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import socket
@@ -14,6 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpcore
 import httpx
 import jwt
 import pytest
@@ -28,17 +32,16 @@ from pyapns_client import (
     UnregisteredException,
 )
 
-from tests.fake_apns import FakeAPNs
-from tests.fake_webhook import FakeWebhook
+from tests.fakes.apns import FakeAPNs
+from tests.fakes.fcm import JWT_GRANT, SCOPE, TOKEN_AUDIENCE, FakeFCM
+from tests.fakes.webhook import FakeWebhook
+from tests.helpers import TOKEN_A, TOKEN_B, fcm_token
 
 pytestmark = [
     # pyapns-client 2.0.6 passes verify=<path> and data=<bytes> to httpx 0.28.
     pytest.mark.filterwarnings("ignore:`verify=<str>` is deprecated:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning"),
 ]
-
-TOKEN_A = "a" * 64
-TOKEN_B = "b" * 64
 
 
 @pytest.fixture(scope="module")
@@ -496,9 +499,14 @@ def test_stream_limit_starts_at_one_and_follows_answers() -> None:
         auth = {"apns-topic": apns.topic, "authorization": bearer(apns)}
 
         def limit() -> int:
-            pool = client._transport._pool  # httpx keeps the one HTTP/2 connection here
-            conn = pool.connections[0]._connection
-            return int(conn._h2_state.remote_settings.max_concurrent_streams)
+            # httpx keeps the one HTTP/2 connection in its transport's pool.
+            transport = client._transport
+            assert isinstance(transport, httpx.HTTPTransport)
+            [connection] = transport._pool.connections
+            assert isinstance(connection, httpcore.HTTPConnection)
+            http2 = connection._connection
+            assert isinstance(http2, httpcore.HTTP2Connection)
+            return int(http2._h2_state.remote_settings.max_concurrent_streams)
 
         client.post(path, json={"aps": {}}, headers=auth)
         assert limit() == 1000
@@ -507,3 +515,96 @@ def test_stream_limit_starts_at_one_and_follows_answers() -> None:
         assert limit() == 1
         client.post(path, json={"aps": {}}, headers=auth)
         assert limit() == 1000
+
+
+# -- the shared HTTP/2 core, through the fake FCM -----------------------------------------
+
+
+def fcm_client(fcm: FakeFCM, **kwargs: Any) -> httpx.Client:
+    """A raw HTTP/2 client with an access token from the fake's token endpoint."""
+    with open(fcm.credentials_file) as f:
+        account = json.load(f)
+    now = int(time.time())
+    claims = {
+        "iss": account["client_email"],
+        "scope": SCOPE,
+        "aud": TOKEN_AUDIENCE,
+        "iat": now,
+        "exp": now + 3600,
+    }
+    assertion = jwt.encode(claims, account["private_key"], algorithm="RS256")
+    verify = ssl.create_default_context(cafile=fcm.ca_file)
+    granted = httpx.post(
+        fcm.token_uri, data={"grant_type": JWT_GRANT, "assertion": assertion}, verify=verify
+    )
+    assert granted.status_code == 200, granted.text
+    return httpx.Client(
+        http2=True,
+        verify=verify,
+        base_url=fcm.url,
+        headers={"authorization": "Bearer " + granted.json()["access_token"]},
+        **kwargs,
+    )
+
+
+def send(client: httpx.Client, fcm: FakeFCM, n: int) -> httpx.Response:
+    message = {"token": fcm_token(n), "notification": {"title": "Follow-up", "body": "Hi"}}
+    return client.post(f"/v1/projects/{fcm.project_id}/messages:send", json={"message": message})
+
+
+def test_fcm_goaway_answers_the_request_it_covers_then_closes(fcm: FakeFCM) -> None:
+    """GOAWAY after two requests: the second is still answered on its connection, which
+    then closes; the next request goes on a new connection."""
+    fcm.goaway_after = 2
+    with fcm_client(fcm) as client:
+        assert send(client, fcm, 0).status_code == 200
+        # httpcore gives a connection up at its GOAWAY, the streams it covers too; the
+        # fake's records say what it answered (tests/test_fcm_delivery.py: the pusher).
+        with contextlib.suppress(httpx.RemoteProtocolError):
+            send(client, fcm, 1)
+        assert send(client, fcm, 2).status_code == 200
+    assert fcm.goaways_sent == 1
+    first = fcm.requests[0].connection
+    assert [(r.connection - first, r.status) for r in fcm.requests] == [
+        (0, 200),
+        (0, 200),
+        (1, 200),
+    ]
+
+
+def test_fcm_reset_is_recorded_as_a_cut_and_a_dropped_rule_stops(fcm: FakeFCM) -> None:
+    """A scripted reset cuts the connection after the latency, recorded with both times;
+    once the rule is taken back, the next request is answered on a new connection."""
+    fcm.latency = 0.2
+    rule = fcm.respond(action="reset")
+    with fcm_client(fcm, timeout=5.0) as client:
+        with pytest.raises(httpx.TransportError):
+            send(client, fcm, 1)
+        fcm.drop_rule(rule)
+        assert send(client, fcm, 1).status_code == 200
+    cut, accepted = fcm.requests
+    assert (cut.status, cut.code, accepted.status) == (0, "reset", 200)
+    assert cut.answered - cut.arrived >= 0.2
+    assert set(fcm.connections_cut) == {cut.connection} != {accepted.connection}
+    assert fcm.connections_cut[cut.connection] >= cut.answered
+
+
+def test_slow_settings_hold_every_byte_of_a_new_connection() -> None:
+    """settings_delay: the server's first bytes, its SETTINGS frame first, reach the
+    client that long after the connection is up."""
+    with FakeFCM(settings_delay=0.3) as slow, fcm_client(slow) as client:
+        started = time.monotonic()
+        assert send(client, slow, 1).status_code == 200
+        assert time.monotonic() - started >= 0.3
+
+
+def test_rules_are_checked_when_scripted(fcm: FakeFCM, fake: FakeAPNs) -> None:
+    """An unknown action, error or count is refused at once, not at the first request."""
+    with pytest.raises(ValueError, match="action"):
+        fake.respond(200, action="drop")
+    with pytest.raises(ValueError, match="times"):
+        fake.respond(500, times=0)
+    with pytest.raises(ValueError, match="unknown FCM error"):
+        fcm.respond("GONE")
+    with pytest.raises(ValueError, match="answer or an action"):
+        fcm.respond()

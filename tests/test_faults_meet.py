@@ -20,9 +20,9 @@ from followup_cli.delivery import MAX_RETRY_PAUSE
 from followup_cli.monitoring import CheckRules, check, gather
 from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_requests
-from tests.fake_apns import FakeAPNs
-from tests.fake_fcm import FakeFCM
-from tests.fake_webhook import FakeWebhook
+from tests.fakes.apns import FakeAPNs
+from tests.fakes.fcm import FakeFCM
+from tests.fakes.webhook import FakeWebhook
 from tests.helpers import TOKEN_A, app_row, attempts, deliver, fcm_token, messages, row
 
 r = follow_up_requests.c
@@ -70,7 +70,12 @@ def test_fcm_cancel_after_a_503_stops_the_retries(
     was due a second later is never sent, and the follow-up stays cancelled."""
     fid = app_row(db, device_token=fcm_token(1))
     fcm.respond("UNAVAILABLE", retry_after="1", times=2)
-    watcher = when(lambda: len(fcm.requests) >= 1, lambda: (time.sleep(0.05), cancel(db, fid)))
+
+    def cancel_soon() -> None:
+        time.sleep(0.05)
+        cancel(db, fid)
+
+    watcher = when(lambda: len(fcm.requests) >= 1, cancel_soon)
     report = deliver(db, fcm_settings)
     watcher.join()
     assert len(fcm.requests) == 1

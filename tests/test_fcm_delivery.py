@@ -20,9 +20,9 @@ from followup_cli.push.h2client import H2Endpoint
 from followup_cli.requeue import retry_failed
 from followup_cli.settings import DEFAULT_GENERIC_TEXT, Settings
 from followup_cli.tables import follow_up_attempts
-from tests.fake_apns import FakeAPNs
-from tests.fake_fcm import FakeFCM
-from tests.fake_webhook import FakeWebhook
+from tests.fakes.apns import FakeAPNs
+from tests.fakes.fcm import FakeFCM
+from tests.fakes.webhook import FakeWebhook
 from tests.helpers import apns_token, app_row, attempts, deliver, fcm_token, messages, row
 
 
@@ -263,6 +263,22 @@ def test_transient_then_accepted(db: Database, fcm_settings: Settings, fcm: Fake
         (2, "transient", "UNAVAILABLE"),
         (3, "sent", None),
     ]
+
+
+def test_goaway_mid_batch_sends_each_message_once_and_never_stops_the_run(
+    db: Database, fcm_settings: Settings, fcm: FakeFCM
+) -> None:
+    """GOAWAY after every 50 requests, as Google's front ends send it: the messages it
+    covers are answered and counted, the rest go again on a new connection, each
+    follow-up is sent once with one attempt."""
+    ids = [app_row(db, device_token=fcm_token(i)) for i in range(200)]
+    fcm.latency = 0.005
+    fcm.goaway_after = 50
+    report = deliver(db, fcm_settings)
+    assert (report.sent, report.failed, report.stop) == (200, 0, None)
+    assert fcm.goaways_sent >= 3
+    assert Counter(fcm.collapse_keys()) == Counter(dict.fromkeys(ids, 1))
+    assert all(attempts(db, fid) == [(1, "sent", None)] for fid in ids)
 
 
 def test_long_retry_after_stops_fcm_for_the_run_and_fails_nothing(

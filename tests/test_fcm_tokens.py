@@ -26,8 +26,8 @@ from followup_cli.push.factory import make_pusher
 from followup_cli.push.fcm import REFRESH_MARGIN
 from followup_cli.push.protocol import PushRequest
 from followup_cli.settings import Settings
-from tests.fake_apns import _make_pki
-from tests.fake_fcm import FakeFCM
+from tests.fakes.fcm import FakeFCM
+from tests.fakes.pki import make_pki
 from tests.helpers import app_row, deliver, fcm_env, fcm_token, messages, row, start_send_due
 
 CREDENTIAL = "fcm:followups@clara-parents.iam.gserviceaccount.com"
@@ -180,7 +180,7 @@ def test_renewal_claims_are_compare_and_set(db: Database) -> None:
 def other_ca(monkeypatch: pytest.MonkeyPatch) -> str:
     """Every CA bundle variable of the environment names a CA unrelated to the fake."""
     directory = tempfile.mkdtemp(prefix="other-ca-")
-    ca, _, _ = _make_pki(directory)
+    ca = make_pki(directory).ca_file
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
         monkeypatch.setenv(name, ca)
     return ca

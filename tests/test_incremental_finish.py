@@ -20,9 +20,8 @@ from followup_cli.delivery import MAX_UNFINISHED
 from followup_cli.report import RunReport
 from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_messages, follow_up_requests
-from tests.fake_apns import FakeAPNs
-from tests.helpers import app_row, deliver, row
-from tests.test_concurrency import seed
+from tests.fakes.apns import FakeAPNs
+from tests.helpers import app_row, deliver, row, seed
 
 r = follow_up_requests.c
 

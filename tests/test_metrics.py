@@ -15,16 +15,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
-from typer.testing import CliRunner
 
-from followup_cli.cli import app
 from followup_cli.db import Database
 from followup_cli.metrics import RunMetrics, publish
 from followup_cli.tables import follow_up_runs
-from tests.fake_webhook import FakeWebhook
-from tests.helpers import app_row, row
+from tests.fakes.webhook import FakeWebhook
+from tests.helpers import app_row, cli, row
 
-runner = CliRunner()
 STARTED = datetime.fromisoformat("2026-11-28T12:00:00+00:00")
 GROUP = f"/metrics/job/followups/instance/{socket.gethostname()}"
 
@@ -59,10 +56,6 @@ def run(ok: bool = True, minutes: int = 0, **deliveries: int) -> RunMetrics:
         overdue=0 if ok else 7,
         ok=ok,
     )
-
-
-def cli(db_url: str, *args: str, env: dict[str, str] | None = None) -> Any:
-    return runner.invoke(app, ["--database-url", db_url, *args], env=env)
 
 
 @pytest.fixture

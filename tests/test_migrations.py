@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
 
 from followup_cli import migrate
 from followup_cli.db import Database
+from tests.helpers import APP_DDL
 
-APP_DDL = [
-    # The app's own tables as a production database (e.g. Supabase) already has them.
-    """CREATE TABLE follow_up_requests (
-        id uuid PRIMARY KEY, conversation_id uuid NOT NULL, user_id text NOT NULL,
-        scheduled_for timestamptz NOT NULL, urgency text NOT NULL DEFAULT 'routine',
-        display_text text NOT NULL, original_message text, status text NOT NULL,
-        child_name text, child_age text, device_token text,
-        follow_up_days integer, follow_up_hours integer, follow_up_minutes integer,
-        created_at timestamptz DEFAULT now(), sent_at timestamptz)""",
-    """CREATE TABLE provider_review_requests (
-        id uuid PRIMARY KEY, conversation_id uuid, schedule_followup boolean DEFAULT false,
-        reviewer text)""",
-    """CREATE TABLE follow_up_messages (
-        id uuid PRIMARY KEY DEFAULT gen_random_uuid(), conversation_id uuid, user_id text,
-        message_content text, is_from_user boolean, follow_up_id uuid,
-        timestamp timestamptz DEFAULT now())""",
-    """INSERT INTO follow_up_requests (id, conversation_id, user_id, scheduled_for,
-        display_text, status) VALUES ('11111111-1111-1111-1111-111111111111',
-        '22222222-2222-2222-2222-222222222222', 'parent', now(), 'kept', 'scheduled')""",
-]
 EXPECTED_TABLES = {
     "follow_up_requests",
     "provider_review_requests",
@@ -40,18 +19,6 @@ EXPECTED_TABLES = {
     "follow_up_runs",
     migrate.VERSION_TABLE,
 }
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = (
-        f"sqlite:///{tmp_path / 'fresh.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("empty_pg_url")
-    )
-    db = Database(url)
-    yield db
-    db.close()
 
 
 def test_fresh_database_gets_every_table_and_upgrade_is_idempotent(empty_db: Database) -> None:

@@ -12,11 +12,9 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 from sqlalchemy import func, insert, select
-from typer.testing import CliRunner
 
 from followup_cli.alerts import WebhookAlerter
 from followup_cli.cleanup import cleanup
-from followup_cli.cli import app
 from followup_cli.db import Database
 from followup_cli.delivery import send_due
 from followup_cli.monitoring import CheckRules, after_send_due, alert_on_success_rate
@@ -29,16 +27,12 @@ from followup_cli.tables import (
     follow_up_requests,
     follow_up_requests_archive,
 )
-from tests.fake_apns import FakeAPNs
-from tests.fake_webhook import FakeWebhook
-from tests.helpers import TOKEN_A, TOKEN_B, apns_env, app_row, messages, row
+from followup_cli.vocabulary import RunEnd
+from tests.fakes.apns import FakeAPNs
+from tests.fakes.webhook import FakeWebhook
+from tests.helpers import TOKEN_A, TOKEN_B, apns_env, app_row, cli, messages, row
 
-runner = CliRunner()
 NOW = datetime.fromisoformat("2026-11-28T12:00:00+00:00")
-
-
-def cli(db_url: str, *args: str, env: dict[str, str] | None = None) -> Any:
-    return runner.invoke(app, ["--database-url", db_url, *args], env=env)
 
 
 def seed(db: Database, rows: list[dict[str, Any]]) -> None:
@@ -233,7 +227,7 @@ def test_heartbeat_is_pinged_after_a_successful_run_only(
     report = send_due(db, LogPusher(), hb, WebhookAlerter(webhook.url))
     after_send_due(db, report, hb, WebhookAlerter(webhook.url))
     assert len(webhook.gets) == 1 and webhook.gets[0].endswith("/ping")
-    report.stop = "outage"
+    report.stop = RunEnd.OUTAGE
     after_send_due(db, report, hb, WebhookAlerter(webhook.url))
     assert len(webhook.gets) == 1
 

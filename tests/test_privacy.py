@@ -17,7 +17,7 @@ from followup_cli.push.factory import make_pusher
 from followup_cli.push.payload import build_request, payload_dict
 from followup_cli.repository import DueFollowUp
 from followup_cli.settings import DEFAULT_GENERIC_TEXT, ConfigError, Settings, from_env
-from tests.fake_apns import FakeAPNs
+from tests.fakes.apns import FakeAPNs
 from tests.helpers import TOKEN_A, apns_env, app_row, messages
 
 runner = CliRunner()

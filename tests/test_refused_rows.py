@@ -11,7 +11,6 @@ left behind would be claimed and pushed again.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -26,9 +25,9 @@ from followup_cli.delivery import DATABASE_REJECTED
 from followup_cli.report import RunReport
 from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_attempts, follow_up_messages, follow_up_requests
-from tests.fake_apns import FakeAPNs
-from tests.fake_webhook import FakeWebhook
-from tests.helpers import app_row, deliver, messages, row
+from tests.fakes.apns import FakeAPNs
+from tests.fakes.webhook import FakeWebhook
+from tests.helpers import apns_token, deliver, due_rows, execute, messages, row
 
 pytestmark = pytest.mark.postgres
 r = follow_up_requests.c
@@ -38,32 +37,6 @@ r = follow_up_requests.c
 def db_url(pg_db_url: str) -> str:
     """These tests are about PostgreSQL's refusals: the shared fixtures use PostgreSQL."""
     return pg_db_url
-
-
-def execute(db: Database, *statements: str) -> None:
-    """The app's DBA at work: DDL the tool did not write."""
-    with db.engine.begin() as conn:
-        for statement in statements:
-            conn.exec_driver_sql(statement)
-
-
-def token_for(i: int) -> str:
-    return hashlib.sha256(f"device-{i}".encode()).hexdigest()
-
-
-def due_rows(db: Database, n: int, **per_row: dict[int, Any]) -> list[str]:
-    """n due follow-ups, each with its own device token; per_row[column][i] overrides."""
-    start = utcnow() - timedelta(hours=1)
-    ids = []
-    for i in range(n):
-        extra = {column: values[i] for column, values in per_row.items() if i in values}
-        extra.setdefault("display_text", f"How is Maya today? ({i})")
-        ids.append(
-            app_row(
-                db, scheduled_for=start + timedelta(seconds=i), device_token=token_for(i), **extra
-            )
-        )
-    return ids
 
 
 def run_three_times(db: Database, settings: Settings, webhook: FakeWebhook) -> list[RunReport]:
@@ -180,7 +153,7 @@ def test_status_check_without_failed_holds_the_dead_token_and_sends_the_rest(
         "CHECK (status IN ('scheduled', 'sent', 'cancelled'))",
     )
     ids = due_rows(db, 20)
-    apns.respond(410, "Unregistered", token=token_for(5))
+    apns.respond(410, "Unregistered", token=apns_token(5))
 
     reports = run_three_times(db, apns_settings, webhook)
 
@@ -197,7 +170,7 @@ def test_status_check_without_failed_holds_the_dead_token_and_sends_the_rest(
         ids[5],
         status="scheduled",
         detail_has="follow_up_requests_status_check",
-        never_in_alert=["Maya", token_for(5)],
+        never_in_alert=["Maya", apns_token(5)],
     )
     # Held, not failed: the failure alert does not name it a second time.
     assert not any("could not be delivered" in t for t in webhook.texts())
@@ -419,7 +392,7 @@ def test_a_row_that_cannot_even_be_held_is_named_as_unrecorded(
         "FOR EACH ROW EXECUTE FUNCTION app_no_hold()",
     )
     ids = due_rows(db, 5)
-    apns.respond(410, "Unregistered", token=token_for(2))
+    apns.respond(410, "Unregistered", token=apns_token(2))
     report = deliver(db, apns_settings, webhook)
     assert (report.sent, report.failed, report.held, report.skipped) == (4, 0, 0, 1)
     [refused] = report.refused

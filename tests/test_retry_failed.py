@@ -8,20 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import update
-from typer.testing import CliRunner
 
-from followup_cli.cli import app
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.tables import follow_up_requests
-from tests.fake_apns import FakeAPNs
-from tests.helpers import TOKEN_A, TOKEN_B, apns_env, app_row, messages, row
-
-runner = CliRunner()
-
-
-def cli(db_url: str, *args: str, env: dict[str, str] | None = None) -> Any:
-    return runner.invoke(app, ["--database-url", db_url, *args], env=env)
+from tests.fakes.apns import FakeAPNs
+from tests.helpers import TOKEN_A, TOKEN_B, apns_env, app_row, cli, messages, row
 
 
 def failed_row(db: Database, reason: str, ago: timedelta = timedelta(hours=1), **kw: Any) -> str:

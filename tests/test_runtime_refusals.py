@@ -27,11 +27,20 @@ from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.delivery import DATABASE_REJECTED
 from followup_cli.tables import follow_up_attempts, follow_up_requests
-from tests.fake_apns import FakeAPNs
-from tests.fake_webhook import FakeWebhook
-from tests.helpers import apns_env, messages, row
-from tests.test_refused_rows import due_rows
-from tests.test_security import RUNTIME_ROLE, Runtime, ensure_role, execute, followups, runtime_url
+from tests.fakes.apns import FakeAPNs
+from tests.fakes.webhook import FakeWebhook
+from tests.helpers import (
+    RUNTIME_ROLE,
+    Runtime,
+    apns_env,
+    due_rows,
+    ensure_role,
+    followups,
+    messages,
+    row,
+    run_sql,
+    runtime_url,
+)
 
 pytestmark = pytest.mark.postgres
 runner = CliRunner()
@@ -58,7 +67,7 @@ def runtime(pg_db_url: str) -> Runtime:
     ensure_role(pg_db_url, RUNTIME_ROLE, login=True)
     grants = runner.invoke(app, ["--database-url", pg_db_url, "db", "grants", RUNTIME_ROLE])
     assert grants.exit_code == 0, grants.output
-    execute(pg_db_url, grants.stdout)
+    run_sql(pg_db_url, grants.stdout)
     return Runtime(owner_url=pg_db_url, url=runtime_url(pg_db_url, "direct"), grants=grants.stdout)
 
 
@@ -106,9 +115,9 @@ def pushes(apns: FakeAPNs, ids: list[str]) -> dict[str, int]:
 
 def attempts_of(db: Database, ids: list[str]) -> int:
     with db.engine.connect() as conn:
-        return int(
-            conn.scalar(select(func.count()).where(follow_up_attempts.c.follow_up_id.in_(ids)))
-        )
+        return conn.execute(
+            select(func.count()).where(follow_up_attempts.c.follow_up_id.in_(ids))
+        ).scalar_one()
 
 
 def run_twice_and_check(
@@ -155,7 +164,7 @@ def test_invoker_trigger_writing_a_table_the_role_may_not_write_sets_rows_aside_
 ) -> None:
     """A SECURITY INVOKER trigger on follow_up_messages updates provider_review_requests,
     which `db grants` does not cover: the line says what to grant, or SECURITY DEFINER."""
-    execute(runtime.owner_url, ";".join(REVIEW_TRIGGER))
+    run_sql(runtime.owner_url, ";".join(REVIEW_TRIGGER))
     ids = due_rows(owner, 6)
 
     run_twice_and_check(
@@ -172,7 +181,7 @@ def test_invoker_trigger_writing_a_table_the_role_may_not_write_sets_rows_aside_
     assert attempts_of(owner, ids) == len(ids)  # the attempts are on record
 
     # The fix named in the line, then retry-failed: in-app only, no second push.
-    execute(runtime.owner_url, "ALTER FUNCTION app_review_answered() SECURITY DEFINER")
+    run_sql(runtime.owner_url, "ALTER FUNCTION app_review_answered() SECURITY DEFINER")
     retried = followups(runtime.url, "retry-failed", "--reason", DATABASE_REJECTED)
     assert retried.returncode == 0, retried.stderr
     after = send_due(runtime, owner, apns, webhook)
@@ -186,7 +195,7 @@ def test_rls_on_messages_without_a_policy_for_the_role_sets_rows_aside_once(
 ) -> None:
     """Row level security on both app tables; follow_up_requests has the runtime role's
     policy, follow_up_messages none: every message INSERT is refused."""
-    execute(
+    run_sql(
         runtime.owner_url,
         "ALTER TABLE follow_up_requests ENABLE ROW LEVEL SECURITY;"
         "ALTER TABLE follow_up_messages ENABLE ROW LEVEL SECURITY;"
@@ -212,7 +221,7 @@ def test_insert_on_attempts_revoked_still_sets_rows_aside_once(
 ) -> None:
     """The attempts cannot be written: the rows are marked failed all the same (without
     attempts), and after the grant is back a requeue delivers them in-app only."""
-    execute(runtime.owner_url, f"REVOKE INSERT ON follow_up_attempts FROM {ROLE}")
+    run_sql(runtime.owner_url, f"REVOKE INSERT ON follow_up_attempts FROM {ROLE}")
     ids = due_rows(owner, 4)
 
     run_twice_and_check(
@@ -229,7 +238,7 @@ def test_insert_on_attempts_revoked_still_sets_rows_aside_once(
     assert all(row(owner, fid).status == "failed" for fid in ids)
 
     # No attempt says they were pushed, yet the requeue does not push them again.
-    execute(runtime.owner_url, runtime.grants)
+    run_sql(runtime.owner_url, runtime.grants)
     retried = followups(runtime.url, "retry-failed", "--reason", DATABASE_REJECTED)
     assert retried.returncode == 0, retried.stderr
     after = send_due(runtime, owner, apns, webhook)
@@ -245,7 +254,7 @@ def test_a_structural_refusal_stops_claiming_and_hands_back_what_was_claimed_ahe
     """Batches of 3 and 12 due: the first run stops claiming once it meets the refusal,
     instead of pushing the whole backlog only to set it aside; what it did not push is
     left scheduled and unleased. Run after run, each follow-up is pushed once."""
-    execute(runtime.owner_url, ";".join(REVIEW_TRIGGER))
+    run_sql(runtime.owner_url, ";".join(REVIEW_TRIGGER))
     ids = due_rows(owner, 12)
 
     first = send_due(runtime, owner, apns, webhook, FOLLOWUPS_BATCH_SIZE="3")
@@ -283,7 +292,7 @@ def findings(output: str) -> list[str]:
 def apply_fixes(url: str, output: str) -> None:
     for line in output.splitlines():
         if " Fix: " in line:
-            execute(url, line.split(" Fix: ", 1)[1])
+            run_sql(url, line.split(" Fix: ", 1)[1])
 
 
 def test_db_check_role_names_row_security_without_a_policy_for_the_role(
@@ -292,7 +301,7 @@ def test_db_check_role_names_row_security_without_a_policy_for_the_role(
     """RLS on both app tables, the role's policy on follow_up_messages dropped: one
     error with the policy that fixes it; none for the connected superuser, none once a
     policy TO PUBLIC covers the INSERT."""
-    execute(
+    run_sql(
         runtime.owner_url,
         "ALTER TABLE follow_up_requests ENABLE ROW LEVEL SECURITY;"
         "ALTER TABLE follow_up_messages ENABLE ROW LEVEL SECURITY;"
@@ -311,13 +320,13 @@ def test_db_check_role_names_row_security_without_a_policy_for_the_role(
     ]
     assert db_check(runtime.owner_url).exit_code == 0  # the superuser bypasses RLS
 
-    execute(
+    run_sql(
         runtime.owner_url,
         "CREATE POLICY app_writes ON follow_up_messages FOR INSERT TO PUBLIC WITH CHECK (true)",
     )
     assert findings(db_check(runtime.owner_url, "--role", RUNTIME_ROLE).stdout) == []
 
-    execute(runtime.owner_url, "DROP POLICY app_writes ON follow_up_messages")
+    run_sql(runtime.owner_url, "DROP POLICY app_writes ON follow_up_messages")
     apply_fixes(runtime.owner_url, db_check(runtime.owner_url, "--role", RUNTIME_ROLE).stdout)
     assert db_check(runtime.owner_url, "--role", RUNTIME_ROLE).exit_code == 0
 
@@ -328,7 +337,7 @@ def test_db_check_role_names_invoker_triggers_and_the_tables_they_cannot_use(
     """An app trigger that runs as the invoker is named with its function; with RLS on
     provider_review_requests and no policy for the role, so is that table. A SECURITY
     DEFINER function clears both."""
-    execute(runtime.owner_url, ";".join(REVIEW_TRIGGER))
+    run_sql(runtime.owner_url, ";".join(REVIEW_TRIGGER))
     invoker = (
         "warning: trigger app_messages_review on follow_up_messages runs "
         f"app_review_answered() as the invoker, {RUNTIME_ROLE} during send-due: a table it "
@@ -341,7 +350,7 @@ def test_db_check_role_names_invoker_triggers_and_the_tables_they_cannot_use(
     assert invoker in findings(result.stdout)
     assert invoker not in db_check(runtime.owner_url).stdout  # a superuser has every grant
 
-    execute(runtime.owner_url, "ALTER TABLE provider_review_requests ENABLE ROW LEVEL SECURITY")
+    run_sql(runtime.owner_url, "ALTER TABLE provider_review_requests ENABLE ROW LEVEL SECURITY")
     assert (
         f"warning: provider_review_requests: row level security is on and no policy applies "
         f"to {RUNTIME_ROLE}: an app trigger that runs as {RUNTIME_ROLE} and uses it is "
@@ -349,7 +358,7 @@ def test_db_check_role_names_invoker_triggers_and_the_tables_they_cannot_use(
         "retried on its own."
     ) in findings(db_check(runtime.owner_url, "--role", RUNTIME_ROLE).stdout)
 
-    execute(runtime.owner_url, "ALTER FUNCTION app_review_answered() SECURITY DEFINER")
+    run_sql(runtime.owner_url, "ALTER FUNCTION app_review_answered() SECURITY DEFINER")
     after = findings(db_check(runtime.owner_url, "--role", RUNTIME_ROLE).stdout)
     assert after == [
         "warning: trigger app_messages_review on follow_up_messages: a follow-up it refuses "
@@ -360,7 +369,7 @@ def test_db_check_role_names_invoker_triggers_and_the_tables_they_cannot_use(
 def test_db_check_role_names_the_privileges_it_lacks_with_the_grants(runtime: Runtime) -> None:
     """INSERT on follow_up_attempts revoked (as an upgrade might), the attempts' sequence
     and one updatable column too: one error each, and their fixes restore them."""
-    execute(
+    run_sql(
         runtime.owner_url,
         f"REVOKE INSERT ON follow_up_attempts FROM {ROLE};"
         f"REVOKE USAGE ON SEQUENCE follow_up_attempts_id_seq FROM {ROLE};"

@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,48 +31,30 @@ from followup_cli.db import Database
 from followup_cli.schemacheck import Finding
 from followup_cli.security import API_ROLES, RUNTIME_PRIVILEGES
 from followup_cli.tables import APP_TABLES, TOOL_TABLES
-from tests.conftest import PGBOUNCER_URL, REQUIRE_PG
-from tests.fake_apns import FakeAPNs
-from tests.fake_fcm import FakeFCM
-from tests.helpers import TOKEN_A, TOKEN_B, apns_env, app_row, fcm_env, fcm_token, messages, row
-
-# The tests' runtime role; .ci/pgbouncer.sh lists it so that PgBouncer admits it.
-RUNTIME_ROLE = "followups_test_runtime"
-DOCS = Path(__file__).parent.parent / "docs" / "security.md"
-INSUFFICIENT_PRIVILEGE = "42501"
+from tests.fakes.apns import FakeAPNs
+from tests.fakes.fcm import FakeFCM
+from tests.helpers import (
+    INSUFFICIENT_PRIVILEGE,
+    RUNTIME_ROLE,
+    SECURITY_DOC,
+    TOKEN_A,
+    TOKEN_B,
+    Runtime,
+    apns_env,
+    app_row,
+    ensure_role,
+    fcm_env,
+    fcm_token,
+    followups,
+    libpq,
+    messages,
+    row,
+    run_sql,
+    runtime_url,
+)
 
 runner = CliRunner()
 pytestmark = pytest.mark.postgres
-
-
-def libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def execute(url: str, statement: str | sql.Composable, params: Any = None) -> list[Any]:
-    """One statement (or a whole script without parameters), autocommit, as the URL's user."""
-    with psycopg.connect(libpq(url), autocommit=True) as conn:
-        cursor = conn.execute(statement, params)  # type: ignore[arg-type]
-        return cursor.fetchall() if cursor.description else []
-
-
-def ensure_role(admin_url: str, role: str, login: bool) -> None:
-    """Create a cluster-wide role unless it exists; concurrent runs may race to it."""
-    attributes = "LOGIN" if login else "NOLOGIN"
-    execute(
-        admin_url,
-        sql.SQL(
-            "DO $$ BEGIN CREATE ROLE {} " + attributes + "; "
-            "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
-        ).format(sql.Identifier(role)),
-    )
-    [(can_login, bypass, superuser)] = execute(
-        admin_url,
-        "SELECT rolcanlogin, rolbypassrls, rolsuper FROM pg_roles WHERE rolname = %s",
-        (role,),
-    )
-    assert not bypass and not superuser, f"role {role} must not bypass row level security"
-    assert not login or can_login, f"role {role} exists without LOGIN"
 
 
 @pytest.fixture
@@ -84,7 +62,7 @@ def supabase_url(empty_pg_url: str) -> str:
     """A fresh database whose default privileges open every new table to the API roles."""
     for role in API_ROLES:
         ensure_role(empty_pg_url, role, login=False)
-    execute(
+    run_sql(
         empty_pg_url,
         "GRANT USAGE ON SCHEMA public TO anon, authenticated;"
         "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated;"
@@ -100,7 +78,7 @@ def upgrade(url: str) -> Any:
 
 
 def tables_in_public(url: str) -> set[str]:
-    found = execute(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    found = run_sql(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     return {name for (name,) in found}
 
 
@@ -148,7 +126,7 @@ def _first_column(conn: psycopg.Connection[Any], table: str) -> str:
 
 
 def count_rows(url: str, table: str) -> int:
-    [(n,)] = execute(url, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+    [(n,)] = run_sql(url, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
     return int(n)
 
 
@@ -204,7 +182,7 @@ def test_upgrade_closes_an_existing_install(supabase_url: str) -> None:
     """A database upgraded before the closing had its tables open; the upgrade closes them."""
     db = Database(supabase_url)
     migrate.upgrade(db, to="0003")
-    execute(
+    run_sql(
         supabase_url,
         "INSERT INTO follow_up_runs (id, started_at) VALUES ('forged', now())",
     )
@@ -226,7 +204,7 @@ def test_db_check_reports_what_the_api_roles_and_public_can_read(supabase_url: s
     read every row of the app's follow-ups or messages (row level security off), and is
     quiet once they are protected."""
     upgrade(supabase_url)
-    execute(
+    run_sql(
         supabase_url,
         "ALTER TABLE follow_up_requests DISABLE ROW LEVEL SECURITY;"
         "GRANT SELECT ON follow_up_requests TO anon;"
@@ -248,7 +226,7 @@ def test_db_check_reports_what_the_api_roles_and_public_can_read(supabase_url: s
         "SECURITY; then give the app's users policies that admit their own rows only "
         "(docs/security.md)",
     ]
-    execute(
+    run_sql(
         supabase_url,
         "ALTER TABLE follow_up_requests ENABLE ROW LEVEL SECURITY;"
         "ALTER TABLE follow_up_messages ENABLE ROW LEVEL SECURITY;",
@@ -264,7 +242,7 @@ def test_sql_output_closes_the_tables_too(supabase_url: str) -> None:
     migrate.upgrade_sql(supabase_url, out)
     script = out.getvalue()
     assert "ENABLE ROW LEVEL SECURITY" in script and "%%" not in script
-    execute(supabase_url, script)
+    run_sql(supabase_url, script)
     tool_tables = tables_in_public(supabase_url) - set(APP_TABLES)
     assert tool_tables == set(TOOL_TABLES)
     for role in API_ROLES:
@@ -274,7 +252,7 @@ def test_sql_output_closes_the_tables_too(supabase_url: str) -> None:
 def test_no_warning_when_the_app_tables_are_protected(supabase_url: str) -> None:
     """Row level security on the app's tables (or no API roles able to read) is quiet."""
     upgrade(supabase_url)
-    execute(
+    run_sql(
         supabase_url,
         "ALTER TABLE follow_up_requests ENABLE ROW LEVEL SECURITY;"
         "REVOKE ALL ON follow_up_messages FROM anon, authenticated;",
@@ -291,66 +269,29 @@ def test_every_table_has_a_decided_runtime_access() -> None:
 # -- a least-privilege runtime role -----------------------------------------------------
 
 
-@dataclass
-class Runtime:
-    owner_url: str  # the role that ran db upgrade and owns the tables
-    url: str  # the runtime role, directly or through PgBouncer
-    grants: str  # the output of `followups db grants`
-
-
-def runtime_url(owner_url: str, via: str) -> str:
-    base = make_url(owner_url)
-    if via == "pgbouncer":
-        if not PGBOUNCER_URL:
-            reason = "FOLLOWUPS_TEST_PGBOUNCER_URL is not set (start one: .ci/pgbouncer.sh start)"
-            if REQUIRE_PG:
-                pytest.fail(f"{reason}; FOLLOWUPS_TEST_REQUIRE_POSTGRES=1 requires it")
-            pytest.skip(reason)
-        bouncer = make_url(PGBOUNCER_URL)
-        base = base.set(host=bouncer.host, port=bouncer.port)
-    return base.set(username=RUNTIME_ROLE, password=None).render_as_string(hide_password=False)
-
-
 @pytest.fixture(params=["direct", "pgbouncer"])
 def runtime(request: pytest.FixtureRequest, supabase_url: str) -> Runtime:
     """The Supabase-like database, upgraded, with the app's tables under row level security
     as a careful app has them, and the runtime role's grants applied."""
     ensure_role(supabase_url, RUNTIME_ROLE, login=True)
     upgrade(supabase_url)
-    execute(
+    run_sql(
         supabase_url,
         "ALTER TABLE follow_up_requests ENABLE ROW LEVEL SECURITY;"
         "ALTER TABLE follow_up_messages ENABLE ROW LEVEL SECURITY;",
     )
     result = runner.invoke(app, ["--database-url", supabase_url, "db", "grants", RUNTIME_ROLE])
     assert result.exit_code == 0, result.output
-    execute(supabase_url, result.stdout)
+    run_sql(supabase_url, result.stdout)
     url = runtime_url(supabase_url, str(request.param))
     try:
-        execute(url, "SELECT 1")
+        run_sql(url, "SELECT 1")
     except psycopg.OperationalError as exc:
         pytest.fail(
             f"cannot connect as {RUNTIME_ROLE} ({request.param}): {exc}; "
             "run .ci/pgbouncer.sh start to reload PgBouncer's user list"
         )
     return Runtime(owner_url=supabase_url, url=url, grants=result.stdout)
-
-
-def followups(url: str, *args: str, env: dict[str, str] | None = None) -> Any:
-    """The real command, as cron runs it: a process, settings from the environment."""
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUPS_") or "_TEST_" in k
-    }
-    environment.update(env or {})
-    environment["FOLLOWUPS_DATABASE_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "followup_cli", *args],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_runtime_role_runs_every_runtime_command(
@@ -393,7 +334,7 @@ def test_runtime_role_runs_every_runtime_command(
     cleaned = followups(runtime.url, "cleanup", "--archive", "--older-than", "7d")
     assert cleaned.returncode == 0, cleaned.stderr
     assert count_rows(runtime.owner_url, "follow_up_requests_archive") == 1
-    assert execute(runtime.owner_url, "SELECT id::text FROM follow_up_requests_archive") == [(old,)]
+    assert run_sql(runtime.owner_url, "SELECT id::text FROM follow_up_requests_archive") == [(old,)]
 
     tested = followups(runtime.url, "test-send", spare, "--to", TOKEN_B, "--mark-sent", env=env)
     assert tested.returncode == 0, tested.stderr
@@ -471,8 +412,8 @@ def test_a_missing_grant_is_one_error_line_and_exit_1(
         app_row(owner)  # something due for send-due
         old_sent_row(owner)  # something to archive
         spare = app_row(owner, scheduled_for=utcnow() + timedelta(days=1))
-        execute(supabase_url, grants.stdout)
-        execute(supabase_url, revoke.format(role=f'"{RUNTIME_ROLE}"'))
+        run_sql(supabase_url, grants.stdout)
+        run_sql(supabase_url, revoke.format(role=f'"{RUNTIME_ROLE}"'))
         result = followups(url, *[a.format(spare=spare) for a in args], env=env)
         assert result.returncode == 1, (args, result.stdout, result.stderr)
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
@@ -520,9 +461,9 @@ def test_db_grants_before_db_upgrade_says_so(empty_pg_url: str) -> None:
 def test_db_grants_follows_the_schema_the_tables_are_in(empty_pg_url: str) -> None:
     """Tables in another schema (search_path) get grants there, the sequence too."""
     schema = f"clinic_{uuid.uuid4().hex[:6]}"
-    execute(empty_pg_url, f'CREATE SCHEMA "{schema}"')
+    run_sql(empty_pg_url, f'CREATE SCHEMA "{schema}"')
     dbname = make_url(empty_pg_url).database
-    execute(empty_pg_url, f'ALTER DATABASE "{dbname}" SET search_path = "{schema}"')
+    run_sql(empty_pg_url, f'ALTER DATABASE "{dbname}" SET search_path = "{schema}"')
     upgrade(empty_pg_url)
     result = runner.invoke(app, ["--database-url", empty_pg_url, "db", "grants", "r", "--create"])
     assert result.exit_code == 0, result.output
@@ -536,4 +477,4 @@ def test_security_page_shows_the_grants_db_grants_prints(pg_db_url: str) -> None
     ensure_role(pg_db_url, "followups_runtime", login=True)
     result = runner.invoke(app, ["--database-url", pg_db_url, "db", "grants", "followups_runtime"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() in DOCS.read_text()
+    assert result.stdout.strip() in SECURITY_DOC.read_text()

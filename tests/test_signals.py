@@ -16,16 +16,15 @@ import pytest
 from sqlalchemy import func, select
 
 from followup_cli.tables import follow_up_requests, follow_up_runs
-from tests.fake_apns import FakeAPNs
-from tests.test_concurrency import seed
-from tests.test_crash import (
-    backend,  # noqa: F401 (a fixture)
+from tests.fakes.apns import FakeAPNs
+from tests.helpers import (
     check_each_delivered_once,
     check_in_order,
     expire_leases,
-    finish,
+    finish_run,
     open_engine,
-    start,
+    seed,
+    start_apns_run,
 )
 
 r = follow_up_requests.c
@@ -49,7 +48,7 @@ def claimed(engine: Any) -> int:
     ("signum", "code", "name"), [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")]
 )
 def test_signal_stops_cleanly_and_hands_everything_back(
-    backend: tuple[str, str],  # noqa: F811
+    backend: tuple[str, str],
     apns: FakeAPNs,
     signum: int,
     code: int,
@@ -62,11 +61,11 @@ def test_signal_stops_cleanly_and_hands_everything_back(
     engine = open_engine(url)
     seeded = seed(engine, 3000, 300)
     apns.latency = 0.05
-    run = start(url, apns, FOLLOWUPS_PUSH_CONCURRENCY="50")
+    run = start_apns_run(url, apns, FOLLOWUPS_PUSH_CONCURRENCY="50")
     apns.wait_for(300, timeout=60)
     os.kill(run.pid, signum)
     began = time.monotonic()
-    exit_code, out, err = finish(run)
+    exit_code, out, err = finish_run(run)
     took = time.monotonic() - began
     assert exit_code == code, err
     assert took < 10, took
@@ -80,7 +79,7 @@ def test_signal_stops_cleanly_and_hands_everything_back(
     assert claimed(engine) == 0  # in flight answered and recorded, the rest handed back
 
     apns.latency = 0.0
-    exit_code, _out, err = finish(start(url, apns))
+    exit_code, _out, err = finish_run(start_apns_run(url, apns))
     assert exit_code == 0, err
     check_each_delivered_once(engine, seeded)
     check_in_order(engine, seeded)
@@ -91,7 +90,7 @@ def test_signal_stops_cleanly_and_hands_everything_back(
 
 
 def test_second_signal_exits_at_once_and_claims_come_back_like_a_crash(
-    backend: tuple[str, str],  # noqa: F811
+    backend: tuple[str, str],
     apns: FakeAPNs,
 ) -> None:
     """APNs stops answering; SIGTERM, then SIGTERM again: the process exits at once
@@ -101,7 +100,7 @@ def test_second_signal_exits_at_once_and_claims_come_back_like_a_crash(
     engine = open_engine(url)
     seeded = seed(engine, 200, 50)
     apns.respond(200, action="stall", times=20)
-    run = start(url, apns, FOLLOWUPS_PUSH_CONCURRENCY="20", FOLLOWUPS_PUSH_TIMEOUT="30")
+    run = start_apns_run(url, apns, FOLLOWUPS_PUSH_CONCURRENCY="20", FOLLOWUPS_PUSH_TIMEOUT="30")
     deadline = time.monotonic() + 30
     while claimed(engine) == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -111,7 +110,7 @@ def test_second_signal_exits_at_once_and_claims_come_back_like_a_crash(
     assert run.poll() is None  # waiting for the pushes in flight (up to its grace)
     os.kill(run.pid, signal.SIGTERM)
     began = time.monotonic()
-    exit_code, _out, err = finish(run)
+    exit_code, _out, err = finish_run(run)
     assert exit_code == 143, err
     assert time.monotonic() - began < 2
     assert "SIGTERM again" in err and "Traceback" not in err, err
@@ -119,7 +118,7 @@ def test_second_signal_exits_at_once_and_claims_come_back_like_a_crash(
 
     apns.clear_rules()
     expire_leases(engine)
-    exit_code, _out, err = finish(start(url, apns))
+    exit_code, _out, err = finish_run(start_apns_run(url, apns))
     assert exit_code == 0, err
     check_each_delivered_once(engine, seeded)
     engine.dispose()

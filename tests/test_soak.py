@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import drop_pg_database, new_pg_database, pg_url
+from tests.helpers import drop_pg_database, new_pg_database, pg_url
 from tests.soak import SoakConfig, run_soak
 
 # Read at import: the autouse fixture of conftest.py clears FOLLOWUPS_* before each test.

@@ -14,7 +14,6 @@ import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -25,15 +24,12 @@ from typer.testing import CliRunner
 from followup_cli.cli import app
 from followup_cli.clock import utcnow
 from tests import supabase
-from tests.conftest import REQUIRE_PG
-from tests.fake_apns import FakeAPNs
-from tests.helpers import apns_env, apns_token
+from tests.fakes.apns import FakeAPNs
+from tests.helpers import INSUFFICIENT_PRIVILEGE, REQUIRE_PG, SECURITY_DOC, apns_env, apns_token
 from tests.supabase import OWNER, RUNTIME, SUPERUSER, Supabase
 
 pytestmark = pytest.mark.postgres
 runner = CliRunner()
-DOCS = Path(__file__).parent.parent / "docs" / "security.md"
-INSUFFICIENT_PRIVILEGE = "42501"
 CLINICIAN = str(uuid.uuid4())
 CLINICIAN_CLAIMS = {"sub": CLINICIAN, "app_metadata": {"role": "clinician"}}
 PARENT_CLAIMS = {"sub": str(uuid.uuid4()), "app_metadata": {}}
@@ -151,7 +147,7 @@ def project(supabase_cluster: Supabase) -> Iterator[Project]:
 
 def app_policies() -> str:
     """The policies docs/security.md gives the app team, as written there."""
-    text = DOCS.read_text()
+    text = SECURITY_DOC.read_text()
     found = re.search(r"```sql\n(-- The app's own policies.*?)```", text, re.S)
     assert found, "docs/security.md has the app's policies"
     return found.group(1)
@@ -241,7 +237,7 @@ def test_tables_the_app_made_that_the_public_key_can_write_are_an_error(
     ), found
     assert any(line.startswith("error: follow_up_messages: anon, authenticated") for line in found)
     forgery = next(line for line in found if "push any text" in line)
-    assert forgery in DOCS.read_text()  # the page shows it as printed
+    assert forgery in SECURITY_DOC.read_text()  # the page shows it as printed
     upgraded = project.followups("db", "upgrade")
     assert upgraded.exit_code == 1
     assert "nothing was changed" in upgraded.stderr
@@ -322,7 +318,7 @@ def test_the_template_read_policy_is_reported_on_every_app_table(
     assert "anon, authenticated can SELECT every row" in line
     assert "(policy 'Enable read access for all users' admits every row)" in line
     if table == "follow_up_requests":
-        assert line in DOCS.read_text()  # the page shows it as printed
+        assert line in SECURITY_DOC.read_text()  # the page shows it as printed
 
 
 # -- what the runtime role sees ---------------------------------------------------------
@@ -607,7 +603,7 @@ class ExitStackConnection:
 
 def access_table_in_docs() -> dict[str, dict[str, str]]:
     """docs/security.md's measured table: role -> table -> "R/I/U/D"."""
-    text = DOCS.read_text()
+    text = SECURITY_DOC.read_text()
     block = text.split("<!-- measured access -->")[1].strip().split("\n\n")[0]
     lines = block.splitlines()
     names = {"archive": "follow_up_requests_archive"}

@@ -1,7 +1,8 @@
-"""What the tests' fake servers share: an asyncio TLS server in a daemon thread whose
-timers run on real time, so it keeps working while freezegun freezes the client's clock.
+"""The fakes' servers in daemon threads: an asyncio TLS server whose event loop runs on
+real time, so it keeps working while freezegun freezes the client's clock (HTTP/2), and
+an http.server server (HTTP/1.1 endpoints).
 
-    server = ServerThread("fake-x", lambda: MyProtocol(...), tls_context, on_stop=abort_all)
+    server = ServerThread("fake X", lambda: MyProtocol(...), tls_context, on_stop=abort_all)
     port = server.start()
     server.call(lambda: ...)  # run on the server's loop and wait for it
     server.stop()
@@ -13,19 +14,16 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import socketserver
+import ssl
 import threading
-import time
 from collections.abc import Callable
-from typing import Any, Final
+
+from tests.fakes.clock import REAL_CLOCK
+
+__all__ = ["HttpServerThread", "RealClockLoop", "ServerThread"]
 
 log = logging.getLogger(__name__)
-
-# Held in a dict so freezegun, which swaps module attributes that are time functions,
-# leaves them alone: the servers' event loops and bounded waits need real time.
-REAL_CLOCK: Final[dict[str, Callable[[], float]]] = {
-    "monotonic": time.monotonic,
-    "time": time.time,
-}
 
 
 class RealClockLoop(asyncio.SelectorEventLoop):
@@ -36,13 +34,13 @@ class RealClockLoop(asyncio.SelectorEventLoop):
 
 
 class ServerThread:
-    """One asyncio server on 127.0.0.1 in a daemon thread."""
+    """One asyncio TLS server on 127.0.0.1 in a daemon thread."""
 
     def __init__(
         self,
         name: str,
         protocol_factory: Callable[[], asyncio.Protocol],
-        context: Any,
+        context: ssl.SSLContext,
         *,
         port: int = 0,
         on_stop: Callable[[], None] | None = None,
@@ -143,3 +141,27 @@ class ServerThread:
                 await asyncio.wait(tasks, timeout=1.0)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), timeout=1.0)
+
+
+class HttpServerThread:
+    """An http.server server (a ThreadingHTTPServer, say) answering in a daemon thread."""
+
+    def __init__(self, server: socketserver.TCPServer, name: str) -> None:
+        self.server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def stop(self) -> None:
+        """Stop accepting, close the listener and join the serving thread (handlers of
+        connections still open run in daemon threads of their own)."""
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=2.0)

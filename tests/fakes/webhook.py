@@ -17,20 +17,20 @@ Records are written before the answer, so once a client has its response it is r
 from __future__ import annotations
 
 import json
+import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
+
+from tests.fakes.clock import wait_until
+from tests.fakes.threads import HttpServerThread
 
 __all__ = ["FakeWebhook", "WebhookRequest"]
 
 _T = TypeVar("_T")
-
-# In a dict so freezegun leaves it alone: bounded waits need the real clock.
-_REAL: Final[dict[str, Callable[[], float]]] = {"monotonic": time.monotonic}
 
 
 @dataclass(frozen=True)
@@ -138,42 +138,31 @@ class FakeWebhook:
         self.gets: list[str] = []
         self.requests: list[WebhookRequest] = []
         self._requested_port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: HttpServerThread | None = None
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._connections: set[Any] = set()
+        self._connections: set[socket.socket] = set()
 
     def start(self) -> FakeWebhook:
         if self._server is not None:
             raise RuntimeError("FakeWebhook is already running")
-        self._server = _Server(self, self._requested_port)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-webhook",
-            daemon=True,
-        )
-        self._thread.start()
+        self._server = HttpServerThread(_Server(self, self._requested_port), "fake-webhook")
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
+        server = self._server
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
+        server.stop()
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
             try:
-                conn.shutdown(2)  # socket.SHUT_RDWR: wake handlers idling on keep-alive
+                conn.shutdown(socket.SHUT_RDWR)  # wake handlers idling on keep-alive
             except OSError:
                 pass
-        if thread is not None:
-            thread.join(timeout=2.0)
         self._server = None
-        self._thread = None
 
     def __enter__(self) -> FakeWebhook:
         return self.start()
@@ -190,7 +179,7 @@ class FakeWebhook:
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("FakeWebhook is not running; use start() or a with block")
-        return int(self._server.server_address[1])
+        return self._server.port
 
     @property
     def base_url(self) -> str:
@@ -223,16 +212,12 @@ class FakeWebhook:
     def _wait(
         self, ready: Callable[[], bool], what: str, timeout: float, out: list[_T]
     ) -> list[_T]:
-        deadline = _REAL["monotonic"]() + timeout
         with self._changed:
-            while not ready():
-                remaining = deadline - _REAL["monotonic"]()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"fake webhook: wanted {what} within {timeout}s; have "
-                        f"{len(self.posts)} POST(s), {len(self.gets)} GET(s)"
-                    )
-                self._changed.wait(remaining)
+            if not wait_until(self._changed, ready, timeout):
+                raise TimeoutError(
+                    f"fake webhook: wanted {what} within {timeout}s; have "
+                    f"{len(self.posts)} POST(s), {len(self.gets)} GET(s)"
+                )
             return list(out)
 
     def _record(self, request: WebhookRequest, parsed: Any, is_post: bool) -> None:
@@ -244,7 +229,7 @@ class FakeWebhook:
                 self.gets.append(request.path)
             self._changed.notify_all()
 
-    def _track(self, conn: Any, *, add: bool) -> None:
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
         with self._lock:
             if add:
                 self._connections.add(conn)
