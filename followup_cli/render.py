@@ -294,7 +294,7 @@ def test_send_outcome(result: TestSendResult) -> None:
     for a in outcome.attempts:
         status = a.status_code if a.status_code is not None else "-"
         answer = f"reason {a.reason}" if a.reason else "accepted"
-        print(f"attempt {a.attempt}: status {status}, {answer}, {id_label} {a.apns_id or '-'}")
+        print(f"attempt {a.attempt}: status {status}, {answer}, {id_label} {a.provider_id or '-'}")
     if outcome.kind == Outcome.SENT:
         tail = "; follow-up marked sent and message written" if result.marked_sent else ""
         print(f"result: sent{tail}")

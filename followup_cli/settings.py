@@ -6,7 +6,6 @@ code 2 before anything touches the database or APNs.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -23,9 +22,8 @@ DEFAULT_DATABASE_URL = "sqlite:///followups.db"
 PUSH_SERVICES = ("apns", "fcm")
 PUSH_BACKENDS = ("log", "apns", "fcm", "apns,fcm")
 FCM_DEFAULT_URL = "https://fcm.googleapis.com"
-# The fields of a Google service account key file that FCM needs.
-_SERVICE_ACCOUNT_FIELDS = ("client_email", "private_key", "token_uri")
-_PROJECT_ID = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")
+# A Google Cloud project id (FOLLOWUPS_FCM_PROJECT_ID, or the key file's project_id).
+FCM_PROJECT_ID = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")
 APNS_ENVIRONMENTS = ("production", "development")
 LOG_FORMATS = ("text", "json")
 # What a push shows on the lock screen: the message itself, or a fixed text.
@@ -424,7 +422,7 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(
             f"FOLLOWUPS_FCM_URL must look like https://host[:port], got {s.fcm_url!r}"
         )
-    if s.fcm_project_id is not None and not _PROJECT_ID.fullmatch(s.fcm_project_id):
+    if s.fcm_project_id is not None and not FCM_PROJECT_ID.fullmatch(s.fcm_project_id):
         raise ConfigError(
             f"FOLLOWUPS_FCM_PROJECT_ID is not a Google Cloud project id, got {s.fcm_project_id!r}"
         )
@@ -465,53 +463,11 @@ def require_push_config(s: Settings, *, load_key: bool = True) -> None:
 
 
 def read_fcm_credentials(s: Settings, *, load_key: bool = True) -> tuple[dict[str, Any], str]:
-    """The service account's key file as a dict, and the project to send through
-    (FOLLOWUPS_FCM_PROJECT_ID, else the file's project_id). Errors name the file and the
-    problem, never a value from it."""
-    path = s.fcm_credentials_file
-    if path is None:
-        raise ConfigError(f"FOLLOWUPS_PUSH={s.push} needs FOLLOWUPS_FCM_CREDENTIALS_FILE")
-    where = f"FOLLOWUPS_FCM_CREDENTIALS_FILE {str(path)!r}"
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{where} cannot be read: {exc.strerror}") from None
-    try:
-        info = json.loads(raw)
-    except ValueError:
-        raise ConfigError(
-            f"{where} is not JSON (expected a service account key file from the Google "
-            "Cloud console)"
-        ) from None
-    if not isinstance(info, dict) or info.get("type") != "service_account":
-        raise ConfigError(
-            f'{where} is not a service account key file ("type" is not "service_account")'
-        )
-    missing = [
-        k for k in _SERVICE_ACCOUNT_FIELDS if not isinstance(info.get(k), str) or not info[k]
-    ]
-    if missing:
-        raise ConfigError(f"{where} has no {', '.join(missing)}")
-    if not str(info["token_uri"]).startswith("https://"):
-        raise ConfigError(f"{where}: token_uri must be an https URL")
-    project = s.fcm_project_id or info.get("project_id")
-    if not isinstance(project, str) or not project:
-        raise ConfigError(f"FOLLOWUPS_FCM_PROJECT_ID is not set and {where} has no project_id")
-    if not _PROJECT_ID.fullmatch(project):
-        raise ConfigError(f"{where}: project_id is not a Google Cloud project id")
-    if s.fcm_ca_file is not None and not s.fcm_ca_file.is_file():
-        raise ConfigError(f"FOLLOWUPS_FCM_CA_FILE {str(s.fcm_ca_file)!r} is not a readable file")
-    if load_key:
-        from cryptography.hazmat.primitives.asymmetric import rsa
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    """The service account's key file as a dict, and the project to send through: FCM's
+    own reading (push.fcm.credentials), imported only when FCM is on."""
+    from followup_cli.push.fcm.credentials import read_fcm_credentials as read
 
-        try:
-            key = load_pem_private_key(str(info["private_key"]).encode(), password=None)
-        except (ValueError, TypeError):
-            raise ConfigError(f"{where}: private_key is not a PEM private key") from None
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ConfigError(f"{where}: private_key is not an RSA key")
-    return info, project
+    return read(s, load_key=load_key)
 
 
 def _check_apns(s: Settings, load_key: bool) -> None:

@@ -17,13 +17,14 @@ from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.delivery import MessageClock, PushedBatch, attempt_records, finish_batch
 from followup_cli.errors import Conflict, NotFound, NoToken
-from followup_cli.push.payload import build_request, fit_body, headers_for, payload_dict
+from followup_cli.push.factory import describe_request
+from followup_cli.push.payload import build_request
 from followup_cli.push.protocol import Pusher, PushOutcome, PushRequest
 from followup_cli.push.tokens import normalize_token, token_service
 from followup_cli.report import SERVICE_LABELS
 from followup_cli.repository import DueFollowUp
 from followup_cli.settings import Settings
-from followup_cli.vocabulary import Outcome, Service, Status
+from followup_cli.vocabulary import Outcome, Status
 
 
 @dataclass
@@ -63,16 +64,9 @@ def prepare(
             f"turn {label} on"
         )
     request = build_request(f, token, settings, service)
-    if service == Service.FCM:
-        from followup_cli.push.fcm import fcm_headers, fcm_message
-
-        # Exactly the messages:send body and headers (the bearer token aside).
-        return TestSendResult(request=request, payload=fcm_message(request), headers=fcm_headers())
-    return TestSendResult(
-        request=request,
-        payload=payload_dict(request, fit_body(request)),
-        headers=headers_for(request, settings.apns_topic),
-    )
+    # Exactly the body and headers the service receives (the authorization aside).
+    view = describe_request(request, settings)
+    return TestSendResult(request=request, payload=view.payload, headers=view.headers)
 
 
 def send(

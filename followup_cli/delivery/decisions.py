@@ -249,7 +249,7 @@ def attempt_records(
             outcome=a.outcome,
             reason=a.reason,
             status_code=a.status_code,
-            apns_id=a.apns_id,
+            apns_id=a.provider_id,
             is_test=is_test,
         )
         for a in attempts

@@ -194,17 +194,23 @@ class H2Connection(asyncio.Protocol):
         timeout: float,
         may_start: Callable[[], bool],
         authorization: Callable[[], str] | None = None,
+        *,
+        authorization_first: bool = False,
     ) -> Answer:
         """One request. `authorization` gives the header's value when the stream starts,
         not when the request began to wait: a token refused meanwhile is not sent again
-        by every request that was queued behind the refusal."""
+        by every request that was queued behind the refusal. The header goes after the
+        others, or before them with `authorization_first`."""
         await self._wait_for_stream_slot()
         if not may_start():
             raise Halted()
         if not self.accepting:
             raise NotProcessed()
         if authorization is not None:
-            headers = {**headers, "authorization": authorization()}
+            if authorization_first:
+                headers = {"authorization": authorization(), **headers}
+            else:
+                headers = {**headers, "authorization": authorization()}
         stream_id = self._h2.get_next_available_stream_id()
         waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiters[stream_id] = waiter

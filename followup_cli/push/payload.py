@@ -1,8 +1,9 @@
-"""The push a follow-up becomes, and the bytes APNs receives: built here once, so the
-body is cut on the very bytes that are sent, and test-send shows them.
+"""The push a follow-up becomes, and the payload and headers APNs receives: built here
+once, so the body is cut on the very bytes that are sent, and test-send shows them
+(push.apns.message puts them together).
 
 The payload is the JSON shape APNs and the parent app expect; FCM's message
-(push.fcm.fcm_message) carries the same content in FCM v1's shape.
+(push.fcm.message.fcm_message) carries the same content in FCM v1's shape.
 """
 
 from __future__ import annotations
@@ -125,8 +126,3 @@ def headers_for(req: PushRequest, topic: str | None) -> dict[str, str]:
     if topic:
         headers["apns-topic"] = topic
     return headers
-
-
-def apns_body(req: PushRequest) -> bytes:
-    """The bytes APNs receives: the payload with the body cut by fit_body."""
-    return encode_payload(payload_dict(req, fit_body(req)))

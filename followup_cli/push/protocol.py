@@ -2,6 +2,9 @@
 loop a pusher runs on, and the OutageBreaker that stops a service for the run.
 
 push() is a coroutine: the delivery service keeps many in flight on one event loop.
+
+DEVICE_REASONS and config_hint gather each service's own (push.apns.reasons,
+push.fcm.reasons) for the layers above, which need not know which service said what.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from followup_cli.push.apns import reasons as apns_reasons
+from followup_cli.push.fcm import reasons as fcm_reasons
 from followup_cli.report import ServiceStop
 from followup_cli.vocabulary import Outcome, Service
 
@@ -21,16 +26,7 @@ MAX_ATTEMPTS = 3
 
 # Reasons (APNs' and FCM's) that mean this device token will never work: a requeue needs
 # a new token (or in-app-only delivery).
-DEVICE_REASONS = frozenset(
-    {
-        "BadDeviceToken",
-        "Unregistered",
-        "ExpiredToken",  # 410: APNs' newer answer for a token it no longer serves
-        "DeviceTokenNotForTopic",
-        "UNREGISTERED",
-        "INVALID_REGISTRATION_TOKEN",
-    }
-)
+DEVICE_REASONS = apns_reasons.DEAD_TOKEN_REASONS | fcm_reasons.DEAD_TOKEN_REASONS
 
 
 @dataclass(frozen=True)
@@ -56,13 +52,24 @@ class PushRequest:
 
 
 @dataclass(frozen=True)
+class RequestView:
+    """A notification's request as its service receives it, the authorization header
+    aside: the pusher sends these headers and this payload, and test-send shows them."""
+
+    headers: dict[str, str]
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Attempt:
     attempted_at: datetime
     attempt: int
     outcome: Outcome
     reason: str | None = None
     status_code: int | None = None
-    apns_id: str | None = None
+    # The service's id of the notification it answered: APNs' apns-id, FCM's message name
+    # (stored in follow_up_attempts.apns_id).
+    provider_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,8 +82,8 @@ class PushOutcome:
         return self.attempts[-1].reason if self.attempts else None
 
     @property
-    def apns_id(self) -> str | None:
-        return self.attempts[-1].apns_id if self.attempts else None
+    def provider_id(self) -> str | None:
+        return self.attempts[-1].provider_id if self.attempts else None
 
     @property
     def status_code(self) -> int | None:
@@ -220,32 +227,5 @@ class EventLoopOwner:
 def config_hint(reason: str | None, service: str = Service.APNS) -> str:
     """What the operator checks after a service refused our configuration with `reason`."""
     if service == Service.FCM:
-        return _fcm_config_hint(reason)
-    if reason == "TooManyProviderTokenUpdates":
-        return (
-            "APNs refused a provider token renewed within 20 minutes of the last one: "
-            "something else signs tokens with this key (give each sender its own key) or a "
-            "host's clock is far off. The next run tries again with the same token."
-        )
-    if reason == "ExpiredProviderToken":
-        return "APNs calls a freshly signed provider token expired: check the host's clock (NTP)."
-    return "Check FOLLOWUPS_APNS_KEY_FILE, _KEY_ID, _TEAM_ID, _TOPIC and _ENV."
-
-
-def _fcm_config_hint(reason: str | None) -> str:
-    if reason == "SENDER_ID_MISMATCH":
-        return (
-            "The device token belongs to another Firebase project: check "
-            "FOLLOWUPS_FCM_PROJECT_ID (and the service account's project) against the app's "
-            "Firebase project."
-        )
-    if reason == "THIRD_PARTY_AUTH_ERROR":
-        return (
-            "Firebase could not reach APNs for an iOS token: upload a valid APNs "
-            "authentication key in the Firebase console (Project settings, Cloud Messaging)."
-        )
-    return (
-        "Check FOLLOWUPS_FCM_CREDENTIALS_FILE and FOLLOWUPS_FCM_PROJECT_ID, that the "
-        "Firebase Cloud Messaging API is enabled, and that the service account has the "
-        "Firebase Cloud Messaging API Admin role (cloudmessaging.messages.create)."
-    )
+        return fcm_reasons.config_hint(reason)
+    return apns_reasons.config_hint(reason)
