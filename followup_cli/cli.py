@@ -104,7 +104,8 @@ def cli_errors(func: F) -> F:
         except SQLAlchemyError as exc:
             if os.environ.get("FOLLOWUPS_DEBUG"):
                 raise
-            fail(f"database error: {describe_error(exc)}", EXIT_FAILURE)
+            where = _which_database([*args, *kwargs.values()])
+            fail(f"database error ({where}): {describe_error(exc)}", EXIT_FAILURE)
         except KeyboardInterrupt:
             fail("interrupted; claimed follow-ups return to the queue when their lease ends", 130)
 
@@ -116,6 +117,16 @@ def _print_version() -> None:
 
     print(f"followups {__version__}")
     raise typer.Exit(EXIT_OK)
+
+
+def _which_database(args: list[Any]) -> str:
+    """The database a command's error is about (its ctx holds the settings)."""
+    from followup_cli.db import describe_database
+
+    settings = next((a.obj for a in args if isinstance(getattr(a, "obj", None), Settings)), None)
+    if settings is None:
+        return "the database"
+    return describe_database(settings.database_url)
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -225,7 +236,7 @@ def send_due(
     from followup_cli.push.factory import make_pusher
 
     stop = RunStop()
-    with Database(settings.database_url) as db:
+    with Database(settings.database_url, create=False) as db:
         pusher = make_pusher(settings, db)
         alerter = make_alerter(settings.alert_webhook_url)
         try:
@@ -324,7 +335,7 @@ def retry_failed(
     failed_since = utcnow() - settings_mod.parse_duration(since, "--since") if since else None
     if reason is not None and not reason.strip():
         raise ConfigError("--reason must not be empty")
-    with Database(_settings(ctx).database_url) as db:
+    with Database(_settings(ctx).database_url, create=False) as db:
         report = run_retry_failed(
             db,
             ids=wanted,
@@ -432,7 +443,7 @@ def stats(
         rules = replace(
             rules, max_overdue=settings_mod.parse_duration(max_overdue, "--max-overdue")
         )
-    with Database(settings.database_url) as db:
+    with Database(settings.database_url, create=False) as db:
         result = gather(db, window)
     problems = check(result, rules) if check_ else []
     if as_json:
@@ -483,7 +494,7 @@ def cleanup(
     window = settings_mod.parse_duration(older_than, "--older-than")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    with Database(_settings(ctx).database_url) as db:
+    with Database(_settings(ctx).database_url, create=False) as db:
         planned = cleanup_mod.count(db, window)
         if dry_run:
             report = planned
@@ -541,7 +552,7 @@ def test_send(
     settings = _settings(ctx)
     if not dry_run:
         settings_mod.require_push_config(settings)
-    with Database(settings.database_url) as db:
+    with Database(settings.database_url, create=False) as db:
         try:
             prepared = testsend_mod.prepare(db, follow_up_id, to, force, settings)
         except testsend_mod.NoToken as exc:
@@ -638,7 +649,7 @@ def db_grants(
     from followup_cli.db import Database
     from followup_cli.security import runtime_grants
 
-    with Database(_settings(ctx).database_url) as db:
+    with Database(_settings(ctx).database_url, create=False) as db:
         script = runtime_grants(db, role, create=create)
     render.grant_script(script)
 
@@ -674,7 +685,7 @@ def db_check(
     from followup_cli import render, schemacheck
     from followup_cli.db import Database
 
-    with Database(_settings(ctx).database_url) as db:
+    with Database(_settings(ctx).database_url, create=False) as db:
         findings = schemacheck.run(db, role=role)
     render.schema_findings(findings)
     render.schema_check_summary(findings)
@@ -736,7 +747,7 @@ def schedule(
         child_name=child_name,
         provider_name=provider_name,
     )
-    with Database(_settings(ctx).database_url) as db:
+    with Database(_settings(ctx).database_url, create=False) as db:
         follow_up_id = run_schedule(db, new)
     print(follow_up_id)
 
@@ -760,7 +771,7 @@ def cancel(
     from followup_cli.scheduling import parse_uuid
 
     follow_up_id = parse_uuid(follow_up_id)
-    with Database(_settings(ctx).database_url) as db:
+    with Database(_settings(ctx).database_url, create=False) as db:
         run_cancel(db, follow_up_id)
     print(f"Cancelled {follow_up_id}.")
 

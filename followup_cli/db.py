@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -14,6 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from followup_cli import logsetup
+from followup_cli.errors import ConfigError
 from followup_cli.repository import Repository
 from followup_cli.settings import (
     POSTGRES_CONNECT_ARGS,
@@ -41,6 +43,27 @@ def sqlalchemy_url(url: str) -> URL:
         database=parsed.database,
         query=parsed.query,
     )
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of an SQLite URL (absolute), None for PostgreSQL or an in-memory one."""
+    parts = sqlalchemy_url(url)
+    if parts.get_backend_name() != "sqlite" or parts.database in (None, "", ":memory:"):
+        return None
+    return Path(parts.database).absolute()
+
+
+def describe_database(url: str) -> str:
+    """Which database, for messages: the SQLite file, or host, port and database name;
+    never the user or the password."""
+    path = sqlite_path(url)
+    if path is not None:
+        return f"SQLite {path}"
+    parsed = parse_database_url(url)
+    if parsed is None:
+        return "SQLite in memory"
+    where = f"{parsed.host or 'local socket'}:{parsed.port or 5432}"
+    return f"PostgreSQL {where}/{parsed.database or '(default database)'}"
 
 
 def make_engine(url: str, *, pool_size: int = 2) -> Engine:
@@ -372,8 +395,26 @@ class Database:
     Also a context manager (`with Database(url) as db:`) that disposes of the engine, and
     so of its pooled connections, when the block ends, however it ends."""
 
-    def __init__(self, url: str, *, pool_size: int = 2) -> None:
+    def __init__(self, url: str, *, pool_size: int = 2, create: bool = True) -> None:
+        """`create=False`: an SQLite file that does not exist is an error (ConfigError)
+        rather than a new empty database, so that a command pointed at the wrong place
+        (FOLLOWUPS_DATABASE_URL unset: the default file in the current directory) says so
+        instead of running against nothing."""
         self.url = url
+        path = sqlite_path(url)
+        if path is not None and not path.exists():
+            if not create:
+                raise ConfigError(
+                    f"no SQLite database at {path} (FOLLOWUPS_DATABASE_URL, by default "
+                    "sqlite:///followups.db in the current directory): set "
+                    "FOLLOWUPS_DATABASE_URL to the app's database, or run `followups db "
+                    "upgrade` to create a new one there"
+                )
+            if not path.parent.is_dir():
+                raise ConfigError(
+                    f"cannot create the SQLite database {path}: the directory {path.parent} "
+                    "does not exist"
+                )
         self.engine = make_engine(url, pool_size=pool_size)
 
     @property

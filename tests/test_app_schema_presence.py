@@ -20,6 +20,7 @@ runner = CliRunner()
 def bare_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A database with no tables, on each backend."""
     if request.param == "sqlite":
+        (tmp_path / "bare.db").touch()  # a file, but no tables (a missing one is exit 2)
         return f"sqlite:///{tmp_path / 'bare.db'}"
     return str(request.getfixturevalue("empty_pg_url"))
 

@@ -175,13 +175,14 @@ def test_unreachable_database_is_one_line_exit_1_without_password() -> None:
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: database error:")
+    assert lines[0].startswith("Error: database error (PostgreSQL 127.0.0.1:1/none): ")
     assert "s3cret-pass" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
 
 
 def test_missing_schema_says_to_run_db_upgrade(tmp_path: Path) -> None:
     """A database without tables: one line that names the fix."""
+    (tmp_path / "empty.db").touch()
     result = invoke(f"sqlite:///{tmp_path / 'empty.db'}", "send-due")
     assert result.exit_code == 1
     assert "run `followups db upgrade` first" in result.stderr

@@ -315,7 +315,7 @@ def test_database_away_longer_than_the_lease_ends_the_run_with_one_error_line(
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("Error:")]
     assert errors == [err.splitlines()[-1]], err
-    assert errors[0].startswith("Error: database error:"), err
+    assert errors[0].startswith("Error: database error (PostgreSQL 127.0.0.1:"), err
     pushed_before = set(apns.collapse_ids())
 
     engine = open_engine(url)

@@ -299,7 +299,7 @@ def test_unreachable_database_is_exit_1_without_the_password(
         url = url_with(PASSWORD, host)
         result = followups(url, "--log-format", log_format, *command)
         line = assert_one_error_line(result, EXIT_FAILURE)
-        assert line.startswith("Error: database error: ")
+        assert line.startswith(f"Error: database error (PostgreSQL {host}/test): ")
         assert host.split(":")[0] in line
 
 

@@ -403,6 +403,7 @@ def test_db_check_role_that_does_not_exist_or_on_sqlite(pg_db_url: str, tmp_path
         "error: role followups_no_such_role does not exist, so its grants and policies were "
         "not checked. Fix: CREATE ROLE \"followups_no_such_role\" LOGIN PASSWORD '...';"
     ]
+    (tmp_path / "x.db").touch()
     sqlite = db_check(f"sqlite:///{tmp_path / 'x.db'}", "--role", "r")
     assert sqlite.exit_code == 2
     assert "needs a PostgreSQL database" in sqlite.stderr

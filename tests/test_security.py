@@ -417,8 +417,10 @@ def test_a_missing_grant_is_one_error_line_and_exit_1(
         result = followups(url, *[a.format(spare=spare) for a in args], env=env)
         assert result.returncode == 1, (args, result.stdout, result.stderr)
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        where = make_url(url)
         assert errors == [
-            f"Error: database error: {expected} (this database role lacks a grant or policy; "
+            f"Error: database error (PostgreSQL {where.host}:{where.port}/{where.database}): "
+            f"{expected} (this database role lacks a grant or policy; "
             "`followups db grants ROLE` prints what a runtime role needs)"
         ], (args, result.stderr)
         assert "Traceback" not in result.stderr
@@ -445,6 +447,7 @@ def test_db_grants_quotes_the_role_and_refuses_bad_names(pg_db_url: str, tmp_pat
         assert refused.exit_code == 2, bad
         [line] = refused.stderr.splitlines()
         assert line.startswith("Error: ") and message in line
+    (tmp_path / "x.db").touch()
     sqlite = runner.invoke(
         app, ["--database-url", f"sqlite:///{tmp_path / 'x.db'}", "db", "grants", "r"]
     )
