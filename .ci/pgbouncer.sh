@@ -4,7 +4,7 @@
 # Installs Debian's pgbouncer package when it is missing.
 #
 # Its user list has the superuser and the tests' least-privilege runtime role
-# (tests/test_security.py). A PgBouncer already running from an older configuration is
+# (tests/helpers.py, RUNTIME_ROLE). A PgBouncer already running from an older configuration is
 # reloaded (SIGHUP), which keeps its open connections; one this script did not start is
 # reloaded through its admin console when it allows that; otherwise the script says so
 # and fails.
