@@ -210,22 +210,47 @@ def cli(db_url: str, *args: str, env: dict[str, str] | None = None) -> Any:
     return runner.invoke(app, ["--database-url", db_url, *args], env=env)
 
 
-def followups(url: str, *args: str, env: dict[str, str] | None = None) -> Any:
-    """The real command, as cron runs it: a process, settings (the URL too) from the
-    environment."""
+def followups(
+    url: str | None,
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """The real command, as cron runs it: a process, settings (the URL too, unless None:
+    then FOLLOWUPS_DATABASE_URL is unset) from the environment, run in `cwd`."""
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUPS_") or "_TEST_" in k
     }
     environment.update(env or {})
-    environment["FOLLOWUPS_DATABASE_URL"] = url
+    if url is not None:
+        environment["FOLLOWUPS_DATABASE_URL"] = url
     return subprocess.run(
         [sys.executable, "-m", "followup_cli", *args],
         env=environment,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def failed_row(db: Database, reason: str, ago: timedelta = timedelta(hours=1), **kw: Any) -> str:
+    """A follow-up that send-due failed `ago` ago with `reason`, its token kept."""
+    token = kw.pop("device_token", TOKEN_A)
+    fid = app_row(db, device_token=token, **kw)
+    with db.engine.begin() as conn:
+        conn.execute(
+            update(follow_up_requests)
+            .where(follow_up_requests.c.id == fid)
+            .values(
+                status="failed",
+                failure_reason=reason,
+                failed_at=utcnow() - ago,
+                failed_device_token=token,
+            )
+        )
+    return fid
 
 
 def deliver(db: Database, settings: Settings, webhook: FakeWebhook | None = None) -> RunReport:

@@ -19,9 +19,10 @@ from followup_cli.db import (
     classify_error,
     describe_error,
 )
-from followup_cli.delivery import DATABASE_REJECTED, send_due
+from followup_cli.delivery import send_due
 from followup_cli.push.log import LogPusher
 from followup_cli.settings import Settings
+from followup_cli.vocabulary import FailureReason
 from tests.helpers import RUNTIME_ROLE, app_row, ensure_role, libpq, messages, row
 
 
@@ -244,6 +245,6 @@ def test_a_trigger_refusing_one_message_fails_only_that_row(
     assert [r.follow_up_id for r in report.refused] == [bad]
     assert all(row(db, fid).status == "sent" for fid in good)
     refused = row(db, bad)
-    assert (refused.status, refused.failure_reason) == ("failed", DATABASE_REJECTED)
+    assert (refused.status, refused.failure_reason) == ("failed", FailureReason.DATABASE_REJECTED)
     assert refused.failure_detail == expected
     assert messages(db, bad) == []

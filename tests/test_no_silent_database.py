@@ -5,27 +5,11 @@ missing directory is named."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def followups(cwd: Path, *args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUPS_")}
-    if url is not None:
-        env["FOLLOWUPS_DATABASE_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "followup_cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+from tests.helpers import followups
 
 
 @pytest.mark.parametrize(
@@ -42,7 +26,7 @@ def followups(cwd: Path, *args: str, url: str | None = None) -> subprocess.Compl
 def test_unset_url_and_no_file_is_exit_2_and_creates_nothing(
     tmp_path: Path, args: tuple[str, ...]
 ) -> None:
-    result = followups(tmp_path, *args)
+    result = followups(None, *args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.splitlines()
     expected = tmp_path / "followups.db"
@@ -51,24 +35,24 @@ def test_unset_url_and_no_file_is_exit_2_and_creates_nothing(
 
 
 def test_db_upgrade_creates_it_and_then_the_rest_works(tmp_path: Path) -> None:
-    assert followups(tmp_path, "db", "upgrade").returncode == 0
+    assert followups(None, "db", "upgrade", cwd=tmp_path).returncode == 0
     assert (tmp_path / "followups.db").exists()
-    assert followups(tmp_path, "send-due").returncode == 0
+    assert followups(None, "send-due", cwd=tmp_path).returncode == 0
     # Tables, and a run, but the run delivered nothing: the check still wants cron.
-    check = followups(tmp_path, "stats", "--check")
+    check = followups(None, "stats", "--check", cwd=tmp_path)
     assert check.returncode == 0, check.stdout
 
 
 def test_stats_check_fails_before_any_send_due_run(tmp_path: Path) -> None:
-    assert followups(tmp_path, "db", "upgrade").returncode == 0
-    check = followups(tmp_path, "stats", "--check")
+    assert followups(None, "db", "upgrade", cwd=tmp_path).returncode == 0
+    check = followups(None, "stats", "--check", cwd=tmp_path)
     assert check.returncode == 1
     assert "send-due has never run against this database" in check.stdout
 
 
 def test_a_missing_directory_is_named(tmp_path: Path) -> None:
     path = tmp_path / "nowhere" / "followups.db"
-    result = followups(tmp_path, "db", "upgrade", url=f"sqlite:///{path}")
+    result = followups(f"sqlite:///{path}", "db", "upgrade", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"Error: cannot create the SQLite database {path}: the directory {path.parent} "
@@ -79,7 +63,7 @@ def test_a_missing_directory_is_named(tmp_path: Path) -> None:
 def test_a_database_error_names_the_database(tmp_path: Path) -> None:
     path = tmp_path / "other.db"
     path.touch()  # a file, but not this tool's database
-    result = followups(tmp_path, "stats", url=f"sqlite:///{path}")
+    result = followups(f"sqlite:///{path}", "stats", cwd=tmp_path)
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith(f"Error: database error (SQLite {path}): ")

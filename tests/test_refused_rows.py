@@ -21,10 +21,10 @@ from sqlalchemy import func, insert, select, text, update
 
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.delivery import DATABASE_REJECTED
 from followup_cli.report import RunReport
 from followup_cli.settings import Settings
 from followup_cli.tables import follow_up_attempts, follow_up_messages, follow_up_requests
+from followup_cli.vocabulary import FailureReason
 from tests.fakes.apns import FakeAPNs
 from tests.fakes.webhook import FakeWebhook
 from tests.helpers import apns_token, deliver, due_rows, execute, messages, row
@@ -82,7 +82,7 @@ def check_outcome(
         assert len(messages(db, fid)) == 1
     bad = row(db, refused)
     assert bad.status == status
-    assert (bad.failure_reason, bad.claimed_by) == (DATABASE_REJECTED, None)
+    assert (bad.failure_reason, bad.claimed_by) == (FailureReason.DATABASE_REJECTED, None)
     if status == "scheduled":
         assert bad.held_at is not None
     assert detail_has in bad.failure_detail
@@ -180,7 +180,7 @@ def test_status_check_without_failed_holds_the_dead_token_and_sends_the_rest(
     from followup_cli.requeue import retry_failed
 
     execute(db, "ALTER TABLE follow_up_requests DROP CONSTRAINT follow_up_requests_status_check")
-    released = retry_failed(db, reason=DATABASE_REJECTED)
+    released = retry_failed(db, reason=FailureReason.DATABASE_REJECTED)
     assert ([f.id for f in released.requeued], released.already_pushed) == ([ids[5]], set())
     assert row(db, ids[5]).in_app_only is False
     again = run_three_times(db, apns_settings, webhook)[0]
@@ -332,7 +332,7 @@ def test_held_row_shows_in_stats_fails_the_check_and_retry_failed_releases_it(
         "ALTER TABLE follow_up_requests DROP CONSTRAINT follow_up_requests_status_check",
         "ALTER TABLE follow_up_messages ALTER COLUMN message_content TYPE text",
     )
-    retried = cli("retry-failed", "--reason", DATABASE_REJECTED)
+    retried = cli("retry-failed", "--reason", FailureReason.DATABASE_REJECTED)
     assert retried.exit_code == 0, retried.stdout
     assert "Requeued 1 failed or held follow-up(s)." in retried.stdout
     assert "already pushed, so in-app only" in retried.stdout

@@ -5,33 +5,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import update
 
-from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.tables import follow_up_requests
 from tests.fakes.apns import FakeAPNs
-from tests.helpers import TOKEN_A, TOKEN_B, apns_env, app_row, cli, messages, row
-
-
-def failed_row(db: Database, reason: str, ago: timedelta = timedelta(hours=1), **kw: Any) -> str:
-    """A follow-up that send-due failed `ago` ago with `reason`."""
-    token = kw.pop("device_token", TOKEN_A)
-    fid = app_row(db, device_token=token, **kw)
-    with db.engine.begin() as conn:
-        conn.execute(
-            update(follow_up_requests)
-            .where(follow_up_requests.c.id == fid)
-            .values(
-                status="failed",
-                failure_reason=reason,
-                failed_at=utcnow() - ago,
-                failed_device_token=token,
-            )
-        )
-    return fid
+from tests.helpers import TOKEN_A, TOKEN_B, apns_env, cli, failed_row, messages, row
 
 
 def test_transient_failures_are_requeued_and_delivered(

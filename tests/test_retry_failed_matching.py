@@ -5,36 +5,15 @@ as exit 1, and a notice when nothing matches."""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 
-from sqlalchemy import update
-
-from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.tables import follow_up_requests
-from tests.helpers import TOKEN_A, app_row, cli, fcm_token, row
-
-
-def failed(db: Database, reason: str, token: str | None = TOKEN_A) -> str:
-    fid = app_row(db, device_token=token)
-    with db.engine.begin() as conn:
-        conn.execute(
-            update(follow_up_requests)
-            .where(follow_up_requests.c.id == fid)
-            .values(
-                status="failed",
-                failure_reason=reason,
-                failed_at=utcnow() - timedelta(hours=1),
-                failed_device_token=token,
-            )
-        )
-    return fid
+from tests.helpers import cli, failed_row, fcm_token, row
 
 
 def test_a_reason_matches_both_services_whatever_its_case(db_url: str, db: Database) -> None:
-    apns = failed(db, "Unregistered")
-    fcm = failed(db, "UNREGISTERED", fcm_token(1))
-    other = failed(db, "ServiceUnavailable")
+    apns = failed_row(db, "Unregistered")
+    fcm = failed_row(db, "UNREGISTERED", device_token=fcm_token(1))
+    other = failed_row(db, "ServiceUnavailable")
     result = cli(db_url, "retry-failed", "--reason", "unregistered", "--in-app-only")
     assert result.exit_code == 0, result.output
     assert "Requeued 2 failed follow-up(s) (in-app only, no push)." in result.stdout
@@ -43,7 +22,7 @@ def test_a_reason_matches_both_services_whatever_its_case(db_url: str, db: Datab
 
 
 def test_held_back_names_no_single_service(db_url: str, db: Database) -> None:
-    failed(db, "UNREGISTERED", fcm_token(2))
+    failed_row(db, "UNREGISTERED", device_token=fcm_token(2))
     result = cli(db_url, "retry-failed")
     assert "Held back 1: the push service rejected their device token" in result.stdout
     assert "APNs" not in result.stdout
@@ -52,9 +31,9 @@ def test_held_back_names_no_single_service(db_url: str, db: Database) -> None:
 def test_rows_that_failed_on_themselves_are_left_alone_unless_named(
     db_url: str, db: Database
 ) -> None:
-    empty = failed(db, "empty_message")
-    nobody = failed(db, "missing_recipient")
-    transient = failed(db, "ServiceUnavailable")
+    empty = failed_row(db, "empty_message")
+    nobody = failed_row(db, "missing_recipient")
+    transient = failed_row(db, "ServiceUnavailable")
     bare = cli(db_url, "retry-failed")
     assert bare.exit_code == 0, bare.output
     assert "Requeued 1 failed follow-up(s)." in bare.stdout
@@ -74,7 +53,7 @@ def test_rows_that_failed_on_themselves_are_left_alone_unless_named(
 
 
 def test_an_unknown_id_is_exit_1_after_the_listing(db_url: str, db: Database) -> None:
-    known = failed(db, "ServiceUnavailable")
+    known = failed_row(db, "ServiceUnavailable")
     unknown = str(uuid.uuid4())
     result = cli(db_url, "retry-failed", "--id", known, "--id", unknown)
     assert result.exit_code == 1
@@ -86,8 +65,8 @@ def test_an_unknown_id_is_exit_1_after_the_listing(db_url: str, db: Database) ->
 
 
 def test_nothing_matched_says_so_with_the_reasons_on_record(db_url: str, db: Database) -> None:
-    failed(db, "ServiceUnavailable")
-    failed(db, "ServiceUnavailable")
+    failed_row(db, "ServiceUnavailable")
+    failed_row(db, "ServiceUnavailable")
     result = cli(db_url, "retry-failed", "--reason", "BadDeviceToken")
     assert result.exit_code == 0, result.output
     assert "Nothing matched; failed or held on record: ServiceUnavailable (2)." in result.stdout

@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 from followup_cli.cli import app
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
-from followup_cli.delivery import DATABASE_REJECTED
 from followup_cli.tables import follow_up_attempts, follow_up_requests
+from followup_cli.vocabulary import FailureReason
 from tests.fakes.apns import FakeAPNs
 from tests.fakes.webhook import FakeWebhook
 from tests.helpers import (
@@ -146,7 +146,7 @@ def run_twice_and_check(
     assert sorted(apns.collapse_ids()) == sorted(ids)  # each accepted once
     for fid in ids:
         stored = row(owner, fid)
-        assert stored.failure_reason == DATABASE_REJECTED
+        assert stored.failure_reason == FailureReason.DATABASE_REJECTED
         assert (stored.status == "failed") or (stored.held_at is not None)
         assert stored.claimed_by is None
         assert cause in stored.failure_detail
@@ -182,7 +182,7 @@ def test_invoker_trigger_writing_a_table_the_role_may_not_write_sets_rows_aside_
 
     # The fix named in the line, then retry-failed: in-app only, no second push.
     run_sql(runtime.owner_url, "ALTER FUNCTION app_review_answered() SECURITY DEFINER")
-    retried = followups(runtime.url, "retry-failed", "--reason", DATABASE_REJECTED)
+    retried = followups(runtime.url, "retry-failed", "--reason", FailureReason.DATABASE_REJECTED)
     assert retried.returncode == 0, retried.stderr
     after = send_due(runtime, owner, apns, webhook)
     assert after.returncode == 0, after.stderr
@@ -239,7 +239,7 @@ def test_insert_on_attempts_revoked_still_sets_rows_aside_once(
 
     # No attempt says they were pushed, yet the requeue does not push them again.
     run_sql(runtime.owner_url, runtime.grants)
-    retried = followups(runtime.url, "retry-failed", "--reason", DATABASE_REJECTED)
+    retried = followups(runtime.url, "retry-failed", "--reason", FailureReason.DATABASE_REJECTED)
     assert retried.returncode == 0, retried.stderr
     after = send_due(runtime, owner, apns, webhook)
     assert after.returncode == 0, after.stderr
@@ -275,7 +275,7 @@ def test_a_structural_refusal_stops_claiming_and_hands_back_what_was_claimed_ahe
         if send_due(runtime, owner, apns, webhook, FOLLOWUPS_BATCH_SIZE="3").returncode == 0:
             break
     assert pushes(apns, ids) == dict.fromkeys(ids, 1)
-    assert all(row(owner, fid).failure_reason == DATABASE_REJECTED for fid in ids)
+    assert all(row(owner, fid).failure_reason == FailureReason.DATABASE_REJECTED for fid in ids)
 
 
 # -- db check --role: the same causes, named before they bite --------------------------

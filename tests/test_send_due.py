@@ -201,7 +201,7 @@ def test_a_failed_lease_renewal_does_not_stop_the_renewals() -> None:
     batch keeps its leases and is never taken over by another run."""
     import asyncio
 
-    from followup_cli.delivery import _renew_periodically
+    from followup_cli.delivery import renew_periodically
 
     calls: list[int] = []
 
@@ -211,7 +211,7 @@ def test_a_failed_lease_renewal_does_not_stop_the_renewals() -> None:
             raise ConnectionError("connection reset")
 
     async def run_for_a_while() -> None:
-        renewer = asyncio.ensure_future(_renew_periodically(renew, 0.01))
+        renewer = asyncio.ensure_future(renew_periodically(renew, 0.01))
         while len(calls) < 3:
             await asyncio.sleep(0.01)
         renewer.cancel()

@@ -3,25 +3,10 @@ usage error is one `Error:` line and exit 2, `--version` prints the version."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from followup_cli import __version__
-
-
-def followups(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUPS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "followup_cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+from tests.helpers import followups
 
 
 @pytest.mark.parametrize(
@@ -34,7 +19,7 @@ def followups(*args: str) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_a_usage_error_is_one_error_line_and_exit_2(args: tuple[str, ...], said: str) -> None:
-    result = followups(*args)
+    result = followups(None, *args)
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert line.startswith("Error: ") and said in line, line
@@ -43,7 +28,7 @@ def test_a_usage_error_is_one_error_line_and_exit_2(args: tuple[str, ...], said:
 
 
 def test_version() -> None:
-    result = followups("--version")
+    result = followups(None, "--version")
     assert (result.returncode, result.stdout, result.stderr) == (
         0,
         f"followups {__version__}\n",

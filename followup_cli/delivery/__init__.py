@@ -29,9 +29,3 @@ __all__ = [
     "renew_periodically",
     "send_due",
 ]
-
-# Transitional names for the tests (removed once they import the new ones).
-from followup_cli.vocabulary import FailureReason as _FailureReason  # noqa: E402
-
-DATABASE_REJECTED = _FailureReason.DATABASE_REJECTED
-_renew_periodically = renew_periodically

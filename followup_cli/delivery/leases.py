@@ -46,10 +46,12 @@ class RunLeases:
         self._lock = threading.Lock()
         self._claims: deque[float] = deque()  # monotonic claim times of unfinished batches
         self._renewed_at = float("-inf")
+        self._claimed_any = False  # the database answered a claim: it was there
 
     def batch_claimed(self, at: float) -> None:
         with self._lock:
             self._claims.append(at)
+            self._claimed_any = True
 
     def batch_finished(self) -> None:
         with self._lock:
@@ -73,9 +75,11 @@ class RunLeases:
 
     def retry(self, work: Callable[[bool], T], what: str) -> T:
         """`work(retrying)` until it succeeds, retrying transient database errors while the
-        leases last, renewing them between tries. With nothing at stake (no lease held)
-        there is no retry: the run ends at once, as it would have to anyway. Any other
-        error, or the last transient one, is raised."""
+        leases last, renewing them between tries. Between batches, when the run holds no
+        lease but has already claimed some (a restart right after a batch was finished),
+        it waits as long as a lease would last. Before the first claim there is no retry:
+        a database that was never reached (a wrong URL, a server down) ends the run at
+        once. Any other error, or the last transient one, is raised."""
         delay = DB_RETRY_FIRST_SECONDS
         waited = 0.0
         retrying = False
@@ -84,9 +88,13 @@ class RunLeases:
                 result = work(retrying)
             except SQLAlchemyError as exc:
                 problem = classify_error(exc)
-                left = self.seconds_left() if problem.transient else None
-                if left is None:
+                if not problem.transient:
                     raise
+                left = self.seconds_left()
+                if left is None:
+                    if not self._claimed_any:
+                        raise
+                    left = float(self._lease_seconds)
                 # The sum of the waits bounds it too, should the clock stand still.
                 left = min(left, self._lease_seconds - waited)
                 if left <= 0:
