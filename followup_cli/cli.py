@@ -112,6 +112,10 @@ def cli_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# The most follow-ups one `send-due --limit` may ask for.
+MAX_LIMIT = 100_000_000
+
+
 def _print_version() -> None:
     from followup_cli import __version__
 
@@ -222,10 +226,14 @@ def send_due(
     """
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be at least 1, got {limit}")
+    if limit is not None and not 1 <= limit <= MAX_LIMIT:
+        raise ConfigError(f"--limit must be between 1 and {MAX_LIMIT:,}, got {limit}")
     settings = _settings(ctx).with_overrides(batch_size=batch_size)
     settings_mod.require_push_config(settings)
+    if metrics_file is not None:
+        from followup_cli.metrics import check_metrics_file
+
+        check_metrics_file(metrics_file)
 
     from followup_cli import render
     from followup_cli.alerts import make_alerter
@@ -570,6 +578,45 @@ def test_send(
     render.test_send_outcome(result)
     if result.outcome is None or result.outcome.kind != Outcome.SENT:
         raise typer.Exit(EXIT_FAILURE)
+
+
+# -- show -------------------------------------------------------------------------------
+
+
+@app.command(cls=_Command, name="show")
+@cli_errors
+def show(
+    ctx: typer.Context,
+    follow_up_id: Annotated[str, typer.Argument(help="The follow-up's id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print it as one JSON object.")] = False,
+) -> None:
+    """Show one follow-up's whole story, for support: did the parent get it?
+
+    Its status, due time and lateness, when it was sent or why it failed, whether it is
+    held, waiting to be retried or claimed by a run now, every push attempt with the
+    push service's answer and id, the in-app message's time, and the runs and hosts that
+    handled it. Never the message text, the child's name or age, or the whole device
+    token (masked as the logs show it). Reads only.
+
+    Exit 2 on a malformed id, 1 when not found.
+
+    Example:
+
+        followups show 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20
+        followups show 3f2b8c1e-7a4d-4e0f-9a51-2c8d7e6f1b20 --json
+    """
+    from followup_cli import render
+    from followup_cli.db import Database
+    from followup_cli.scheduling import parse_uuid
+    from followup_cli.story import gather
+
+    follow_up_id = parse_uuid(follow_up_id)
+    with Database(_settings(ctx).database_url, create=False) as db:
+        story = gather(db, follow_up_id)
+    if as_json:
+        render.show_story_json(story)
+    else:
+        render.show_story(story)
 
 
 # -- db ---------------------------------------------------------------------------------

@@ -72,26 +72,40 @@ class Carried:
     last_success: float | None = None
 
 
+def check_metrics_file(path: Path) -> None:
+    """--metrics-file, checked before a run claims anything: the directory it goes in
+    must exist (it is not created: a mistyped path would otherwise collect metrics where
+    nothing reads them). Raises ConfigError. Whether the file can be written is only
+    known when it is written, after the run; a failure there is a warning (publish)."""
+    directory = path.parent
+    if not directory.exists():
+        raise ConfigError(
+            f"--metrics-file {str(path)!r}: the directory {str(directory)!r} does not exist"
+        )
+    if not directory.is_dir():
+        raise ConfigError(f"--metrics-file {str(path)!r}: {str(directory)!r} is not a directory")
+
+
 def publish(run: RunMetrics, *, metrics_file: Path | None, pushgateway_url: str | None) -> None:
     """Write the metrics file (atomically) and/or push to the Pushgateway.
 
-    A Pushgateway failure is logged in one line and never fails the run. A metrics file
-    that cannot be written is a wrong --metrics-file: ConfigError, so the operator sees
-    it (the run's deliveries are already done and stay done)."""
+    Neither failure fails the run, whose deliveries are done: each is logged in one
+    warning line, and the run's summary and exit code stay as they are."""
     carried = read_carried(metrics_file) if metrics_file is not None else None
     registry = build_registry(run, carried)
     if pushgateway_url:
         push(pushgateway_url, registry, replace=run.ok)
     if metrics_file is not None:
         try:
-            metrics_file.parent.mkdir(parents=True, exist_ok=True)
             # A temporary file beside the target, then rename(2): the collector never
             # reads half a file, and the temporary name does not end in .prom.
             write_to_textfile(str(metrics_file), registry)
         except OSError as exc:
-            raise ConfigError(
-                f"--metrics-file {str(metrics_file)!r} cannot be written: {exc.strerror}"
-            ) from None
+            log.warning(
+                "metrics file %s cannot be written (%s): this run's metrics are lost",
+                metrics_file,
+                exc.strerror or type(exc).__name__,
+            )
 
 
 def read_carried(path: Path) -> Carried:

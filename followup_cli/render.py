@@ -6,10 +6,11 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from followup_cli.report import SERVICE_LABELS, RunReport
-from followup_cli.vocabulary import Outcome, Service
+from followup_cli.vocabulary import Outcome, Service, Status
 
 if TYPE_CHECKING:
     from followup_cli.cleanup import CleanupReport
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from followup_cli.requeue import RequeueReport
     from followup_cli.schemacheck import Finding
     from followup_cli.security import GrantScript
+    from followup_cli.story import Story
     from followup_cli.testsend import TestSendResult
 
 
@@ -324,3 +326,147 @@ def grant_script(script: GrantScript) -> None:
     """The statements on stdout, ready for psql."""
     for statement in script.statements:
         print(statement)
+
+
+# -- show -------------------------------------------------------------------------------
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _label(service: str | None) -> str | None:
+    return None if service is None else SERVICE_LABELS.get(service, service)
+
+
+def show_story(story: Story) -> None:
+    """One follow-up's story as aligned lines: its state, then its attempts and runs."""
+    f = story.follow_up
+    late = story.lateness
+    lines: list[tuple[str, str]] = [
+        ("status", f.status),
+        ("scheduled for", _when(f.scheduled_for)),
+    ]
+    if late is not None:
+        what = "late" if f.status == Status.SENT else "overdue"
+        lines.append((what, _seconds(late.total_seconds())))
+    if f.sent_at is not None:
+        lines.append(("sent at", _when(f.sent_at)))
+    if f.failure_reason is not None:
+        detail = f" ({f.failure_detail})" if f.failure_detail else ""
+        lines.append(("failure", f"{f.failure_reason}{detail}"))
+    if f.failed_at is not None:
+        lines.append(("failed at", _when(f.failed_at)))
+    lines.append(("in-app message", _when(story.message_at) if story.message_at else "none"))
+    lines.append(("in-app only", "yes" if f.in_app_only else "no"))
+    service = _label(story.service) or "no push service's"
+    lines.append(("device token", f"{story.token} ({service})" if story.token != "-" else "none"))
+    lines.append(("conversation", f.conversation_id or "-"))
+    lines.append(("held", f"since {_when(f.held_at)}" if f.held_at else "no"))
+    if f.retry_at is not None:
+        lines.append(
+            (
+                "retrying",
+                f"next at {_when(f.retry_at)}, since {_when(f.retrying_since)}, "
+                f"{f.retry_count or 0} run(s) tried it",
+            )
+        )
+    else:
+        lines.append(("retrying", "no"))
+    if f.claimed_by is None:
+        claim = "no"
+    elif story.claimed_now:
+        claim = f"by {f.claimed_by} until {_when(f.claim_expires_at)}"
+    else:
+        claim = (
+            f"lease of {f.claimed_by} ended {_when(f.claim_expires_at)} "
+            "(a run that died; the next run takes it over)"
+        )
+    lines.append(("claimed", claim))
+    print(f"follow-up {f.id}")
+    width = max(len(name) for name, _ in lines)
+    for name, value in lines:
+        print(f"  {name:<{width}}  {value}")
+    print(f"attempts: {len(story.attempts)}")
+    for a_story in story.attempts:
+        a = a_story.attempt
+        # APNs answers with an apns-id, FCM with the message's name.
+        id_label = {Service.APNS: "apns-id", Service.FCM: "message", None: "id"}[a_story.service]
+        parts = [
+            _when(a.attempted_at),
+            f"#{a.attempt}",
+            f"{a.outcome:<9}",
+            f"status {a.status_code if a.status_code is not None else '-'}",
+            f"reason {a.reason or '-'}",
+            _label(a_story.service) or "-",
+            f"{id_label} {a.apns_id or '-'}",
+            f"run {a.run_id or '-'}",
+        ]
+        if a.is_test:
+            parts.append("(test-send)")
+        print("  " + "  ".join(parts))
+    print(f"runs: {len(story.runs) + len(story.unrecorded_runs)}")
+    for run in story.runs:
+        print(
+            f"  {run.id}  host {run.host or '-'}  started {_when(run.started_at)}  "
+            f"{run.outcome or '-'}"
+        )
+    for run_id in story.unrecorded_runs:
+        print(f"  {run_id}  not recorded (still running, a test-send, or it died)")
+
+
+def show_story_json(story: Story) -> None:
+    """The same fields as show_story, as one JSON object (times ISO 8601, UTC)."""
+    f = story.follow_up
+    late = story.lateness
+    data = {
+        "id": f.id,
+        "status": f.status,
+        "scheduled_for": _iso(f.scheduled_for),
+        "lateness_seconds": None if late is None else late.total_seconds(),
+        "sent_at": _iso(f.sent_at),
+        "failed_at": _iso(f.failed_at),
+        "failure_reason": f.failure_reason,
+        "failure_detail": f.failure_detail,
+        "message_at": _iso(story.message_at),
+        "in_app_only": f.in_app_only,
+        "device_token": story.token if story.token != "-" else None,
+        "service": story.service,
+        "conversation_id": f.conversation_id,
+        "held_at": _iso(f.held_at),
+        "retry_at": _iso(f.retry_at),
+        "retrying_since": _iso(f.retrying_since),
+        "retry_count": f.retry_count,
+        "claimed_by": f.claimed_by,
+        "claim_expires_at": _iso(f.claim_expires_at),
+        "claimed_now": story.claimed_now,
+        "attempts": [
+            {
+                "attempted_at": _iso(a.attempt.attempted_at),
+                "attempt": a.attempt.attempt,
+                "outcome": a.attempt.outcome,
+                "reason": a.attempt.reason,
+                "status_code": a.attempt.status_code,
+                "provider_id": a.attempt.apns_id,
+                "service": a.service,
+                "is_test": a.attempt.is_test,
+                "run_id": a.attempt.run_id,
+            }
+            for a in story.attempts
+        ],
+        "runs": [
+            {
+                "id": run.id,
+                "host": run.host,
+                "started_at": _iso(run.started_at),
+                "outcome": run.outcome,
+            }
+            for run in story.runs
+        ],
+        "unrecorded_runs": story.unrecorded_runs,
+    }
+    print(json.dumps(data, indent=2, sort_keys=True))

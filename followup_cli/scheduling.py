@@ -48,6 +48,9 @@ def new_follow_up(
         raise ConfigError(f"--urgency must be routine or urgent, got {urgency!r}")
     if not text.strip():
         raise ConfigError("--text must not be empty")
+    # A follow-up without a recipient is written, then fails as missing_recipient.
+    if not user_id.strip():
+        raise ConfigError("--user must not be empty")
     when = utcnow()
     if due_in is not None:
         when += parse_duration(due_in, "--in")

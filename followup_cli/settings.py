@@ -6,6 +6,7 @@ code 2 before anything touches the database or APNs.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -300,12 +301,14 @@ def redact_url(url: str) -> str:
 @dataclass(frozen=True)
 class Variable:
     """One FOLLOWUPS_* variable: the Settings field it sets, how its text is read, and
-    the smallest value allowed. Its default is the field's default and nowhere else."""
+    the smallest and largest values allowed (numbers only; durations are bounded by
+    MAX_DURATION). Its default is the field's default and nowhere else."""
 
     name: str
     field: str
     kind: str = "text"  # text, lower (case folded), path, int, float, duration, duration_or_zero
     minimum: float = 0
+    maximum: float = math.inf
 
 
 VARIABLES = (
@@ -324,20 +327,20 @@ VARIABLES = (
     Variable("FOLLOWUPS_FCM_PROJECT_ID", "fcm_project_id"),
     Variable("FOLLOWUPS_FCM_URL", "fcm_url"),
     Variable("FOLLOWUPS_FCM_CA_FILE", "fcm_ca_file", "path"),
-    Variable("FOLLOWUPS_PUSH_CONCURRENCY", "push_concurrency", "int", 1),
-    Variable("FOLLOWUPS_PUSH_TIMEOUT", "push_timeout_seconds", "float", 0.1),
-    Variable("FOLLOWUPS_RETRY_BASE_SECONDS", "retry_base_seconds", "float", 0.0),
-    Variable("FOLLOWUPS_LEASE_SECONDS", "lease_seconds", "int", 10),
-    Variable("FOLLOWUPS_CANCEL_CHECK_SECONDS", "cancel_check_seconds", "float", 0.0),
-    Variable("FOLLOWUPS_BATCH_SIZE", "batch_size", "int", 1),
+    Variable("FOLLOWUPS_PUSH_CONCURRENCY", "push_concurrency", "int", 1, 1000),
+    Variable("FOLLOWUPS_PUSH_TIMEOUT", "push_timeout_seconds", "float", 0.1, 300),
+    Variable("FOLLOWUPS_RETRY_BASE_SECONDS", "retry_base_seconds", "float", 0.0, 60),
+    Variable("FOLLOWUPS_LEASE_SECONDS", "lease_seconds", "int", 10, 86400),
+    Variable("FOLLOWUPS_CANCEL_CHECK_SECONDS", "cancel_check_seconds", "float", 0.0, 60),
+    Variable("FOLLOWUPS_BATCH_SIZE", "batch_size", "int", 1, 10000),
     Variable("FOLLOWUPS_RETRY_PAUSE", "retry_pause", "duration"),
     Variable("FOLLOWUPS_GIVE_UP_AFTER", "give_up_after", "duration_or_zero"),
-    Variable("FOLLOWUPS_OUTAGE_THRESHOLD", "outage_threshold", "int", 1),
+    Variable("FOLLOWUPS_OUTAGE_THRESHOLD", "outage_threshold", "int", 1, 1000),
     Variable("FOLLOWUPS_ALERT_WEBHOOK_URL", "alert_webhook_url"),
     Variable("FOLLOWUPS_HEARTBEAT_URL", "heartbeat_url"),
     Variable("FOLLOWUPS_PUSHGATEWAY_URL", "pushgateway_url"),
-    Variable("FOLLOWUPS_CHECK_MIN_SUCCESS_RATE", "check_min_success_rate", "float", 0.0),
-    Variable("FOLLOWUPS_CHECK_MIN_ATTEMPTS", "check_min_attempts", "int", 1),
+    Variable("FOLLOWUPS_CHECK_MIN_SUCCESS_RATE", "check_min_success_rate", "float", 0.0, 100),
+    Variable("FOLLOWUPS_CHECK_MIN_ATTEMPTS", "check_min_attempts", "int", 1, 1_000_000),
     Variable("FOLLOWUPS_CHECK_MAX_RUN_AGE", "check_max_run_age", "duration"),
     Variable("FOLLOWUPS_CHECK_MAX_OVERDUE", "check_max_overdue", "duration"),
     Variable("FOLLOWUPS_LOG_FORMAT", "log_format", "lower"),
@@ -374,13 +377,24 @@ def _read(var: Variable, raw: str) -> object:
         try:
             number: float = int(text) if var.kind == "int" else float(text)
         except ValueError:
+            number = math.nan
+        if math.isnan(number):  # inf is refused by the maximum
             what = "a whole number" if var.kind == "int" else "a number"
             raise ConfigError(f"{var.name} must be {what}, got {raw!r}") from None
-        if number < var.minimum:
-            bound = int(var.minimum) if var.kind == "int" else var.minimum
-            raise ConfigError(f"{var.name} must be at least {bound}, got {number}")
+        _check_range(var, number)
         return number
     return text
+
+
+def _check_range(var: Variable, number: float) -> None:
+    """Numbers outside [minimum, maximum] are refused, a huge one before any timedelta or
+    SQL LIMIT overflows on it."""
+    if number < var.minimum:
+        raise ConfigError(f"{var.name} must be at least {show_default(var.minimum)}, got {number}")
+    if number > var.maximum:
+        # A 30-digit number is not echoed whole.
+        got = str(number) if len(str(number)) <= 15 else "a larger number"
+        raise ConfigError(f"{var.name} must be at most {show_default(var.maximum)}, got {got}")
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
@@ -437,6 +451,10 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(
             f"FOLLOWUPS_CHECK_MIN_SUCCESS_RATE must be a percentage, got {s.check_min_success_rate}"
         )
+    # The numbers again, as command-line overrides (send-due --batch-size) set them too.
+    for var in VARIABLES:
+        if var.kind in ("int", "float"):
+            _check_range(var, getattr(s, var.field))
     return s
 
 
@@ -521,6 +539,10 @@ def _check_apns(s: Settings, load_key: bool) -> None:
 
 
 _DURATION_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+# The longest duration taken anywhere: now minus (or plus) it is still a valid time, and
+# no window, pause or age a person means is longer.
+MAX_DURATION_YEARS = 100
+MAX_DURATION = timedelta(days=365 * MAX_DURATION_YEARS + MAX_DURATION_YEARS // 4)
 
 
 def format_duration(value: timedelta) -> str:
@@ -545,4 +567,6 @@ def parse_duration(text: str, option: str = "duration", *, allow_zero: bool = Fa
     seconds = _DURATION_UNITS[unit]
     if amount < 0 or (amount == 0 and not allow_zero):
         raise ConfigError(f"{option} must be greater than zero, got {text!r}")
+    if amount * seconds > MAX_DURATION.total_seconds():
+        raise ConfigError(f"{option} is too long (at most {MAX_DURATION_YEARS} years)")
     return timedelta(seconds=amount * seconds)

@@ -118,7 +118,7 @@ def test_cancel_then_send_due_delivers_nothing(db_url: str, db: Database) -> Non
             "Error: --token must be an APNs device token (64 hexadecimal characters) or an "
             "FCM registration token",
         ),
-        (["send-due", "--limit", "-1"], "Error: --limit must be at least 1"),
+        (["send-due", "--limit", "-1"], "Error: --limit must be between 1 and 100,000,000, got -1"),
         (["send-due", "--batch-size", "0"], "Error: --batch-size must be at least 1"),
     ],
 )
@@ -207,6 +207,7 @@ def test_every_command_is_documented() -> None:
         ["stats"],
         ["cleanup"],
         ["test-send"],
+        ["show"],
         ["db", "upgrade"],
         ["db", "grants"],
         ["db", "check"],

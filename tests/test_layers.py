@@ -18,6 +18,7 @@ SERVICES = {
     "followup_cli.delivery",
     "followup_cli.requeue",
     "followup_cli.testsend",
+    "followup_cli.story",
     "followup_cli.scheduling",
     "followup_cli.monitoring",
     "followup_cli.metrics",

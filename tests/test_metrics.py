@@ -73,6 +73,7 @@ def test_metrics_file_is_prometheus_text_and_counters_accumulate(
 ) -> None:
     """send-due --metrics-file: counters by outcome across runs, the last run's gauges."""
     metrics = tmp_path / "textfile" / "followups.prom"
+    metrics.parent.mkdir()  # node_exporter's textfile directory exists; the tool never makes it
     app_row(db)
     app_row(db, device_token=None)
     assert cli(db_url, "send-due", "--metrics-file", str(metrics)).exit_code == 0
@@ -184,20 +185,21 @@ def test_a_file_that_is_not_prometheus_text_restarts_the_counters(
     assert warnings == [f"metrics file {metrics} is not Prometheus text: counters start again"]
 
 
-def test_an_unwritable_metrics_path_is_an_error_line(
+def test_a_metrics_path_under_a_file_is_refused_before_the_run(
     db_url: str, db: Database, tmp_path: Path
 ) -> None:
-    """A metrics path under a regular file: one `Error:` line, exit 2; delivery stays done."""
+    """A metrics path under a regular file: one `Error:` line, exit 2, before anything is
+    claimed."""
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     target = blocker / "followups.prom"
     fid = app_row(db)
     result = cli(db_url, "send-due", "--metrics-file", str(target))
     assert result.exit_code == 2
-    last = result.stderr.splitlines()[-1]
-    assert last.startswith(f"Error: --metrics-file {str(target)!r} cannot be written: ")
-    assert "Traceback" not in result.stderr
-    assert row(db, fid).status == "sent"
+    assert result.stderr.splitlines() == [
+        f"Error: --metrics-file {str(target)!r}: {str(blocker)!r} is not a directory"
+    ]
+    assert row(db, fid).status == "scheduled"
 
 
 # -- the Pushgateway --------------------------------------------------------------------

@@ -44,7 +44,7 @@ class LogPusher(EventLoopOwner):
         stopped = await withheld(gate, request, [])
         if stopped is not None:
             return stopped
-        body = fit_body(request)
+        headers, body = _as_sent(request)
         log.info(
             "push (log backend, not sent): service=%s follow_up=%s conversation=%s token=%s "
             "title=%r headers=%s body_length=%d",
@@ -53,7 +53,18 @@ class LogPusher(EventLoopOwner):
             request.conversation_id,
             mask_token(request.device_token),
             request.title,
-            json.dumps(headers_for(request, None), sort_keys=True),
+            json.dumps(headers, sort_keys=True),
             len(body),
         )
         return PushOutcome(Outcome.SENT, [Attempt(utcnow(), 1, Outcome.SENT, None, None, None)])
+
+
+def _as_sent(request: PushRequest) -> tuple[dict[str, str], str]:
+    """The request headers and the alert body that the token's service would get: each
+    service's own message (there is no APNs topic without APNs settings)."""
+    if request.service == Service.FCM:
+        from followup_cli.push.fcm.message import describe
+
+        view = describe(request)
+        return view.headers, view.payload["message"]["notification"]["body"]
+    return headers_for(request, None), fit_body(request)

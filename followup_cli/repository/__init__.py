@@ -14,6 +14,7 @@ and facts they take and return:
     catalog.py      db check: what the app's schema allows
     access.py       security checks over PostgreSQL's catalogs
     app.py          schedule and cancel, as the app does
+    story.py        show: one follow-up's row, attempts, message time and runs
 """
 
 from __future__ import annotations
@@ -42,12 +43,16 @@ from followup_cli.repository.rows import (
     RoleFacts,
     RowSecurityFacts,
     RunRecord,
+    StoredAttempt,
     StoredCredential,
+    StoredFollowUp,
+    StoredRun,
     TableAccess,
     TableOwner,
     TriggerFunction,
 )
 from followup_cli.repository.stats import StatsStatements
+from followup_cli.repository.story import StoryStatements
 
 __all__ = [
     "CLAIM_LOCK_KEY",
@@ -67,7 +72,10 @@ __all__ = [
     "RoleFacts",
     "RowSecurityFacts",
     "RunRecord",
+    "StoredAttempt",
     "StoredCredential",
+    "StoredFollowUp",
+    "StoredRun",
     "TableAccess",
     "TableOwner",
     "TriggerFunction",
@@ -84,5 +92,6 @@ class Repository(
     CatalogStatements,
     AppStatements,
     AccessStatements,
+    StoryStatements,
 ):
     """Every statement of the tool, over one connection inside one transaction."""

@@ -211,3 +211,50 @@ class TriggerFunction:
     trigger: str
     function: str  # with its argument types, e.g. public.app_review_answered()
     security_definer: bool
+
+
+@dataclass(frozen=True)
+class StoredFollowUp:
+    """`show`: what support may see of one follow-up; never its text, the child's name or
+    age, and the device token only for the service to mask it."""
+
+    id: str
+    conversation_id: str | None
+    status: str
+    scheduled_for: datetime | None
+    device_token: str | None
+    in_app_only: bool
+    sent_at: datetime | None
+    failed_at: datetime | None
+    failure_reason: str | None
+    failure_detail: str | None
+    held_at: datetime | None
+    retry_at: datetime | None
+    retrying_since: datetime | None
+    retry_count: int | None
+    claimed_by: str | None
+    claim_expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StoredAttempt:
+    """`show`: one row of follow_up_attempts, with the run that made it."""
+
+    run_id: str | None
+    attempted_at: datetime
+    attempt: int
+    outcome: str
+    reason: str | None
+    status_code: int | None
+    apns_id: str | None  # the provider's id: APNs' apns-id or FCM's message name
+    is_test: bool
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """`show`: the part of a follow_up_runs row that says where and how a run went."""
+
+    id: str
+    host: str | None
+    started_at: datetime
+    outcome: str | None
