@@ -42,7 +42,10 @@ class _FlagsWithoutMetavar:
 
 
 class _Command(_FlagsWithoutMetavar, TyperCommand):
-    pass
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """A required argument as `ID`, as usage lines usually name it (not `{ID}`)."""
+        pieces: list[str] = super().collect_usage_pieces(ctx)
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
 
 
 class _Group(_FlagsWithoutMetavar, TyperGroup):
@@ -299,7 +302,8 @@ def _stop_on_signals(stop: RunStop) -> Iterator[None]:
 def retry_failed(
     ctx: typer.Context,
     ids: Annotated[
-        list[str] | None, typer.Option("--id", help="Only this follow-up (repeatable).")
+        list[str] | None,
+        typer.Option("--id", help="Only this follow-up (repeatable).", metavar="ID"),
     ] = None,
     since: Annotated[
         str | None, typer.Option("--since", help="Only those that failed within: 30m, 24h, 7d.")
@@ -472,7 +476,10 @@ def stats(
 def cleanup(
     ctx: typer.Context,
     older_than: Annotated[
-        str, typer.Option("--older-than", help="Age after which sent/cancelled go: 90d.")
+        str,
+        typer.Option(
+            "--older-than", help="Age after which sent and cancelled follow-ups go (30d, 2w)."
+        ),
     ] = "90d",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the counts it would remove.")
@@ -521,7 +528,7 @@ def cleanup(
 @cli_errors
 def test_send(
     ctx: typer.Context,
-    follow_up_id: Annotated[str, typer.Argument(help="The follow-up's id.")],
+    follow_up_id: Annotated[str, typer.Argument(help="The follow-up's id.", metavar="ID")],
     to: Annotated[
         str | None, typer.Option("--to", help="Push to this device token instead.")
     ] = None,
@@ -587,7 +594,7 @@ def test_send(
 @cli_errors
 def show(
     ctx: typer.Context,
-    follow_up_id: Annotated[str, typer.Argument(help="The follow-up's id.")],
+    follow_up_id: Annotated[str, typer.Argument(help="The follow-up's id.", metavar="ID")],
     as_json: Annotated[bool, typer.Option("--json", help="Print it as one JSON object.")] = False,
 ) -> None:
     """Show one follow-up's whole story, for support: did the parent get it?
@@ -672,7 +679,9 @@ def db_upgrade(
 @cli_errors
 def db_grants(
     ctx: typer.Context,
-    role: Annotated[str, typer.Argument(help="The role cron connects as (as \\du shows it).")],
+    role: Annotated[
+        str, typer.Argument(help="The role cron connects as (as \\du shows it).", metavar="ROLE")
+    ],
     create: Annotated[
         bool,
         typer.Option("--create", help="Create the role first when it does not exist."),
@@ -803,7 +812,7 @@ def schedule(
 @cli_errors
 def cancel(
     ctx: typer.Context,
-    follow_up_id: Annotated[str, typer.Argument(help="The follow-up's id.")],
+    follow_up_id: Annotated[str, typer.Argument(help="The follow-up's id.", metavar="ID")],
 ) -> None:
     """Cancel a scheduled follow-up, as the app's cancel does.
 

@@ -34,3 +34,25 @@ def test_version() -> None:
         f"followups {__version__}\n",
         "",
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "usage"),
+    [
+        (("cancel", "--help"), "cancel [OPTIONS] ID"),
+        (("test-send", "--help"), "test-send [OPTIONS] ID"),
+        (("db", "grants", "--help"), "db grants [OPTIONS] ROLE"),
+    ],
+)
+def test_help_names_arguments_plainly(args: tuple[str, ...], usage: str) -> None:
+    result = followups(None, *args, env={"COLUMNS": "100"})
+    assert result.returncode == 0
+    assert usage in result.stdout
+    assert "{" not in result.stdout.split("Usage:")[1].splitlines()[0]
+
+
+def test_help_shows_an_id_option_and_a_default_once() -> None:
+    retry = followups(None, "retry-failed", "--help", env={"COLUMNS": "100"}).stdout
+    assert "<list[str]>" not in retry and "--id" in retry
+    cleanup = followups(None, "cleanup", "--help", env={"COLUMNS": "100"}).stdout
+    assert "90d. [default: 90d]" not in cleanup and "[default: 90d]" in cleanup
