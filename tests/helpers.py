@@ -235,6 +235,16 @@ def followups(
     )
 
 
+def due_again(db: Database) -> None:
+    """Moves every retry time into the past: what the passage of the pause does to them."""
+    with db.engine.begin() as conn:
+        conn.execute(
+            update(follow_up_requests)
+            .where(follow_up_requests.c.retry_at.is_not(None))
+            .values(retry_at=utcnow() - timedelta(seconds=1))
+        )
+
+
 def failed_row(db: Database, reason: str, ago: timedelta = timedelta(hours=1), **kw: Any) -> str:
     """A follow-up that send-due failed `ago` ago with `reason`, its token kept."""
     token = kw.pop("device_token", TOKEN_A)

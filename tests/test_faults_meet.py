@@ -23,7 +23,7 @@ from followup_cli.tables import follow_up_requests
 from tests.fakes.apns import FakeAPNs
 from tests.fakes.fcm import FakeFCM
 from tests.fakes.webhook import FakeWebhook
-from tests.helpers import TOKEN_A, app_row, attempts, deliver, fcm_token, messages, row
+from tests.helpers import TOKEN_A, app_row, attempts, deliver, due_again, fcm_token, messages, row
 
 r = follow_up_requests.c
 
@@ -48,16 +48,6 @@ def when(condition: Callable[[], bool], action: Callable[[], None]) -> threading
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
-
-
-def due_again(db: Database) -> None:
-    """Moves every retry time into the past: what the passage of the pause does to them."""
-    with db.engine.begin() as conn:
-        conn.execute(
-            update(follow_up_requests)
-            .where(r.retry_at.is_not(None))
-            .values(retry_at=utcnow() - timedelta(seconds=1))
-        )
 
 
 # -- a cancel is honoured before every request ---------------------------------------------

@@ -34,6 +34,7 @@ from followup_cli.tables import APP_TABLES, TOOL_TABLES
 from tests.fakes.apns import FakeAPNs
 from tests.fakes.fcm import FakeFCM
 from tests.helpers import (
+    APP_DDL,
     INSUFFICIENT_PRIVILEGE,
     RUNTIME_ROLE,
     SECURITY_DOC,
@@ -237,7 +238,9 @@ def test_db_check_reports_what_the_api_roles_and_public_can_read(supabase_url: s
 
 
 def test_sql_output_closes_the_tables_too(supabase_url: str) -> None:
-    """The DBA's path: db upgrade --sql, applied by hand, closes the tables the same way."""
+    """The DBA's path: db upgrade --sql, applied by hand, closes the tables the same way,
+    the app's tables it creates included; applied to a database whose app tables exist,
+    it leaves their grants alone."""
     out = io.StringIO()
     migrate.upgrade_sql(supabase_url, out)
     script = out.getvalue()
@@ -246,7 +249,23 @@ def test_sql_output_closes_the_tables_too(supabase_url: str) -> None:
     tool_tables = tables_in_public(supabase_url) - set(APP_TABLES)
     assert tool_tables == set(TOOL_TABLES)
     for role in API_ROLES:
-        assert_closed_to(supabase_url, role, tool_tables)
+        assert_closed_to(supabase_url, role, tool_tables | set(APP_TABLES))
+
+
+def test_sql_output_leaves_the_apps_own_tables_alone(empty_pg_url: str) -> None:
+    """The app's tables made before the script (grants of the app's own): untouched."""
+    for statement in APP_DDL:
+        run_sql(empty_pg_url, statement)
+    run_sql(empty_pg_url, "GRANT SELECT ON follow_up_messages TO PUBLIC")
+    out = io.StringIO()
+    migrate.upgrade_sql(empty_pg_url, out)
+    run_sql(empty_pg_url, out.getvalue())
+    [(secured, public)] = run_sql(
+        empty_pg_url,
+        "SELECT relrowsecurity, EXISTS (SELECT 1 FROM aclexplode(relacl) a WHERE a.grantee = 0) "
+        "FROM pg_class WHERE relname = 'follow_up_messages'",
+    )
+    assert (secured, public) == (False, True)
 
 
 def test_no_warning_when_the_app_tables_are_protected(supabase_url: str) -> None:

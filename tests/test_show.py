@@ -14,7 +14,7 @@ from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.tables import follow_up_requests
 from tests.fakes.apns import FakeAPNs
-from tests.helpers import TOKEN_A, apns_env, app_row, attempts, cli, row
+from tests.helpers import TOKEN_A, apns_env, app_row, attempts, cli, due_again, row
 
 r = follow_up_requests.c
 TEXT = "How is Maya's fever today?"
@@ -26,16 +26,6 @@ def show(db_url: str, follow_up_id: str, *more: str) -> Any:
     for secret in (TEXT, "Maya", TOKEN_A):
         assert secret not in result.output
     return result
-
-
-def due_again(db: Database) -> None:
-    """Every retry time moved into the past: what the passage of the pause does to them."""
-    with db.engine.begin() as conn:
-        conn.execute(
-            update(follow_up_requests)
-            .where(r.retry_at.is_not(None))
-            .values(retry_at=utcnow() - timedelta(seconds=1))
-        )
 
 
 def test_a_follow_up_that_failed_twice_then_was_sent(
