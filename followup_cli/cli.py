@@ -9,6 +9,7 @@ it), and never contain message text, child data or secrets.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import signal
@@ -41,7 +42,29 @@ class _FlagsWithoutMetavar:
         return params
 
 
+def _examples_as_lines(help_text: str) -> str:
+    """An indented example block as plain lines under its "Example:" heading. The help
+    is Markdown, where such a block is a code block that rich pads with blank lines; as
+    code spans with hard line breaks it prints as typed, one command per line."""
+    paragraphs: list[str] = []
+    for paragraph in inspect.cleandoc(help_text).split("\n\n"):
+        lines = paragraph.split("\n")
+        if paragraphs and all(line.startswith("    ") for line in lines):
+            commands = "  \n".join(f"`{line.strip()}`" for line in lines)
+            if paragraphs[-1].endswith(":"):
+                paragraphs[-1] += "  \n" + commands
+                continue
+            paragraph = commands
+        paragraphs.append(paragraph)
+    return "\n\n".join(paragraphs)
+
+
 class _Command(_FlagsWithoutMetavar, TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help:
+            self.help = _examples_as_lines(self.help)
+
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         """A required argument as `ID`, as usage lines usually name it (not `{ID}`)."""
         pieces: list[str] = super().collect_usage_pieces(ctx)
@@ -257,7 +280,7 @@ def send_due(
                 report = run_send_due(
                     db, pusher, settings, alerter, limit=limit, progress=advance, stop=stop
                 )
-            after_send_due(db, report, settings, alerter, metrics_file)
+            after_send_due(db, report, settings, metrics_file)
         finally:
             pusher.close()
     render.send_due_summary(report)

@@ -1,4 +1,5 @@
-"""stats, stats --check, the success-rate alert, the heartbeat, and when to publish metrics."""
+"""stats, stats --check, the success-rate alert's condition, the heartbeat, and when to
+publish metrics."""
 
 from __future__ import annotations
 
@@ -8,16 +9,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from followup_cli.alerts import Alerter, ping_heartbeat
+from followup_cli.alerting import Finding, Fingerprint
+from followup_cli.alerts import ping_heartbeat
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
 from followup_cli.report import RunReport
-from followup_cli.repository import LastRun, Repository
+from followup_cli.repository import AlertState, LastRun, Repository
 from followup_cli.settings import Settings, default
 
 log = logging.getLogger("followups.monitoring")
-
-SUCCESS_RATE_ALERT = "success_rate"
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class Stats:
     # App tables whose row level security hides follow-ups from, or refuses the writes
     # of, the role these figures were read as (PostgreSQL): "table (missing commands)".
     hidden: tuple[str, ...] = ()
+    # The admin alerts firing now (alerting.py), oldest first.
+    alerts_firing: list[AlertState] = field(default_factory=list)
 
     @property
     def in_app_only(self) -> int:
@@ -132,6 +134,14 @@ class Stats:
             },
             "cron_alive": self.cron_alive(rules),
             "sent_per_hour": [{"hour": h, "sent": n} for h, n in self.sent_per_hour],
+            "alerts_firing": [
+                {
+                    "fingerprint": a.fingerprint,
+                    "since": a.changed_at.isoformat() if a.changed_at else None,
+                    "last_posted_at": a.last_alert_at.isoformat() if a.last_alert_at else None,
+                }
+                for a in self.alerts_firing
+            ],
         }
 
 
@@ -161,6 +171,7 @@ def gather(db: Database, window: timedelta, *, per_hour: bool = True) -> Stats:
             oldest_retrying_since=oldest_retrying,
             no_push_by_reason=repo.skipped_by_reason_since(since),
             hidden=_hidden(repo),
+            alerts_firing=repo.firing_alerts(),
         )
 
 
@@ -239,54 +250,42 @@ def backlog_size(db: Database, limit: int | None) -> int:
     return overdue if limit is None else min(overdue, limit)
 
 
-def alert_on_success_rate(
-    db: Database,
-    alerter: Alerter,
-    rules: CheckRules,
-    window: timedelta = timedelta(hours=1),
-    cooldown: timedelta = timedelta(hours=1),
-) -> str | None:
-    """After a run: alert when the last hour's success rate is low (at most once per
-    cooldown while it stays low) and once when it recovers. Returns the alert sent."""
-    now = utcnow()
-    since = now - window
+def success_rate_finding(
+    db: Database, rules: CheckRules, window: timedelta = timedelta(hours=1)
+) -> Finding | None:
+    """The success-rate alert's condition after a run: the last hour's rate below the
+    minimum (present) or not (gone); None when too few follow-ups were attempted to say."""
+    since = utcnow() - window
     with db.transaction() as repo:
         sent = repo.count_sent_since(since)
         failed = sum(repo.failures_by_reason_since(since).values())
-        attempted = sent + failed
-        if attempted < rules.min_attempts:
-            return None
-        rate = 100.0 * sent / attempted
-        low = rate < rules.min_success_rate
-        if not repo.transition_alert(SUCCESS_RATE_ALERT, low, now, now - cooldown):
-            return None
-    if low:
-        text = (
-            f"followups: success rate over the last hour is {rate:.1f}% "
-            f"({sent} sent, {failed} failed), below {rules.min_success_rate:g}%. "
-            "Run `followups stats --since 1h` for the reasons."
+    attempted = sent + failed
+    if attempted < rules.min_attempts:
+        return None
+    rate = 100.0 * sent / attempted
+    counts = f"({sent} sent, {failed} failed)"
+    if rate < rules.min_success_rate:
+        return Finding(
+            Fingerprint.SUCCESS_RATE,
+            True,
+            f"success rate over the last hour is {rate:.1f}% {counts}, below "
+            f"{rules.min_success_rate:g}%. Run `followups stats --since 1h` for the reasons.",
         )
-    else:
-        text = (
-            f"followups: success rate recovered to {rate:.1f}% over the last hour "
-            f"({sent} sent, {failed} failed)."
-        )
-    alerter.alert(text)
-    return text
+    return Finding(
+        Fingerprint.SUCCESS_RATE,
+        False,
+        f"success rate over the last hour is {rate:.1f}% {counts}.",
+    )
 
 
 def after_send_due(
     db: Database,
     report: RunReport,
     settings: Settings,
-    alerter: Alerter,
     metrics_file: Path | None = None,
 ) -> None:
-    """What follows a send-due run: the success-rate alert (only when the run did work,
-    so the idle minute stays cheap), the metrics (file and/or Pushgateway), and the
+    """What follows a send-due run: the metrics (file and/or Pushgateway), and the
     heartbeat on success."""
-    if report.claimed:
-        alert_on_success_rate(db, alerter, CheckRules.from_settings(settings))
     if metrics_file is not None or settings.pushgateway_url:
         from followup_cli import metrics
 

@@ -150,8 +150,6 @@ def _stats_rows(stats: Stats, rules: CheckRules) -> list[tuple[str, str]]:
                 else str(stats.retrying),
             ),
         )
-    if stats.hidden:
-        rows.append(("hidden by row level security", ", ".join(stats.hidden)))
     if stats.held:
         since = stats.oldest_held_since
         rows.insert(
@@ -163,6 +161,17 @@ def _stats_rows(stats: Stats, rules: CheckRules) -> list[tuple[str, str]]:
                 else str(stats.held),
             ),
         )
+    if stats.hidden:
+        rows.append(("hidden by row level security", ", ".join(stats.hidden)))
+    rows += [
+        (
+            "alerts firing" if i == 0 else "",
+            f"{a.fingerprint} since {a.changed_at:%Y-%m-%d %H:%M} UTC"
+            if a.changed_at
+            else a.fingerprint,
+        )
+        for i, a in enumerate(stats.alerts_firing)
+    ]
     return rows
 
 

@@ -42,6 +42,18 @@ class ServiceStop:
         return SERVICE_LABELS.get(self.service, self.service)
 
 
+@dataclass(frozen=True)
+class ServiceHealth:
+    """What a run learned about a push service it pushed to, for the alerts' resolve rule:
+    `answered` (some request got an answer: the service is reachable), `judged` (some
+    notification was judged on its own merits, accepted or refused for its token: our
+    configuration works). A service this run never reached says neither."""
+
+    service: str
+    answered: bool
+    judged: bool
+
+
 @dataclass
 class RunReport:
     run_id: str
@@ -66,6 +78,8 @@ class RunReport:
     signal: int | None = None
     # The first refusal of the database that every row meets; the run stopped claiming.
     database_stop: DatabaseStop | None = None
+    # One per push service of the run's pusher (none for the log backend).
+    health: list[ServiceHealth] = field(default_factory=list)
 
     @property
     def services_that_went_on(self) -> list[str]:

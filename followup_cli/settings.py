@@ -80,6 +80,9 @@ class Settings:
     push_body: str = "full"
     push_generic_text: str = DEFAULT_GENERIC_TEXT
     alert_webhook_url: str | None = None
+    # An alert that lasts is posted again (a reminder) once this long has passed since
+    # its last post; its end is posted once ("resolved").
+    alert_repeat_interval: timedelta = timedelta(hours=4)
     heartbeat_url: str | None = None
     pushgateway_url: str | None = None
     # stats --check and the success-rate alert.
@@ -337,6 +340,7 @@ VARIABLES = (
     Variable("FOLLOWUPS_GIVE_UP_AFTER", "give_up_after", "duration_or_zero"),
     Variable("FOLLOWUPS_OUTAGE_THRESHOLD", "outage_threshold", "int", 1, 1000),
     Variable("FOLLOWUPS_ALERT_WEBHOOK_URL", "alert_webhook_url"),
+    Variable("FOLLOWUPS_ALERT_REPEAT_INTERVAL", "alert_repeat_interval", "duration"),
     Variable("FOLLOWUPS_HEARTBEAT_URL", "heartbeat_url"),
     Variable("FOLLOWUPS_PUSHGATEWAY_URL", "pushgateway_url"),
     Variable("FOLLOWUPS_CHECK_MIN_SUCCESS_RATE", "check_min_success_rate", "float", 0.0, 100),

@@ -1,4 +1,5 @@
-"""Help screens: no value shown for flags, paragraphs that wrap, examples at the end."""
+"""Help screens: no value shown for flags, paragraphs that wrap, examples at the end,
+printed as typed, right under their heading."""
 
 from __future__ import annotations
 
@@ -51,6 +52,10 @@ def test_help_at_80_columns_shows_no_bool_and_ends_with_examples(command: list[s
     assert examples, command
     assert all(re.match(r"(FOLLOWUPS_\w+=\S+ )?followups ", e) for e in examples), examples
     assert all(" ".join(command) in e for e in examples), examples
+    # Right under "Example:", one per line, no blank lines among or around them.
+    assert [line.strip() for line in lines[example + 1 : example + 1 + len(examples)]] == examples
+    assert all(not line.strip() for line in lines[example + 1 + len(examples) : text_end])
+    assert text_end - (example + 1 + len(examples)) <= 1
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

@@ -1,5 +1,5 @@
-"""Operator commands: stats (table, --json, --check), the success-rate alert with its
-cooldown, the heartbeat, cleanup and test-send, on both backends (metrics: test_metrics)."""
+"""Operator commands: stats (table, --json, --check), the success-rate alert's
+condition, the heartbeat, cleanup and test-send, on both backends (metrics: test_metrics)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import func, insert, select
 
+from followup_cli.alerting import raise_alerts
 from followup_cli.alerts import WebhookAlerter
 from followup_cli.cleanup import cleanup
 from followup_cli.db import Database
 from followup_cli.delivery import send_due
-from followup_cli.monitoring import CheckRules, after_send_due, alert_on_success_rate
+from followup_cli.monitoring import CheckRules, after_send_due, success_rate_finding
 from followup_cli.push.log import LogPusher
 from followup_cli.repository import AttemptRecord
 from followup_cli.settings import Settings
@@ -195,28 +196,43 @@ def outcomes_at(db: Database, at: datetime, sent: int, failed: int) -> None:
     )
 
 
-def test_success_rate_alert_once_an_hour_then_recovery(db: Database, webhook: FakeWebhook) -> None:
-    """Below 95 %: one alert, silence for an hour, again after it; one recovery alert."""
+def test_success_rate_alert_fires_reminds_after_the_interval_and_resolves_once(
+    db: Database, webhook: FakeWebhook
+) -> None:
+    """Below 95 %: one alert, silence until the repeat interval has passed, a reminder;
+    one "resolved" when it is back; nothing while it is judged on too few attempts."""
     rules = CheckRules(min_attempts=10)
     alerter = WebhookAlerter(webhook.url)
+
+    def after_a_run() -> str | None:
+        finding = success_rate_finding(db, rules)
+        return raise_alerts(db, alerter, [finding] if finding else [], [], timedelta(hours=4))
+
+    with freeze_time(NOW):
+        assert after_a_run() is None  # nothing attempted yet: not judged
     outcomes_at(db, NOW - timedelta(minutes=5), sent=18, failed=2)
     with freeze_time(NOW):
-        assert alert_on_success_rate(db, alerter, rules) is not None
-    with freeze_time(NOW + timedelta(minutes=30)):
-        assert alert_on_success_rate(db, alerter, rules) is None  # still low: cooldown
-    outcomes_at(db, NOW + timedelta(minutes=59), sent=9, failed=1)
-    with freeze_time(NOW + timedelta(minutes=61)):
-        assert alert_on_success_rate(db, alerter, rules) is not None  # an hour later
-    outcomes_at(db, NOW + timedelta(minutes=61), sent=100, failed=0)
-    with freeze_time(NOW + timedelta(minutes=62)):
-        assert alert_on_success_rate(db, alerter, rules) is not None  # recovered
-    with freeze_time(NOW + timedelta(minutes=63)):
-        assert alert_on_success_rate(db, alerter, rules) is None  # and only once
+        assert after_a_run() is not None
+    for minutes in (30, 61, 239):
+        outcomes_at(db, NOW + timedelta(minutes=minutes - 1), sent=9, failed=1)
+        with freeze_time(NOW + timedelta(minutes=minutes)):
+            assert after_a_run() is None  # still low: within the repeat interval
+    outcomes_at(db, NOW + timedelta(minutes=239), sent=9, failed=1)
+    with freeze_time(NOW + timedelta(minutes=241)):
+        assert after_a_run() is not None  # four hours on: a reminder
+    outcomes_at(db, NOW + timedelta(minutes=241), sent=100, failed=0)
+    with freeze_time(NOW + timedelta(minutes=242)):
+        assert after_a_run() is not None  # resolved
+    with freeze_time(NOW + timedelta(minutes=243)):
+        assert after_a_run() is None  # and only once
     texts = webhook.texts()
     assert len(texts) == 3
+    assert texts[0].startswith("followups [FIRING success-rate] ")
     assert "is 90.0% (18 sent, 2 failed), below 95%" in texts[0]
+    assert texts[1].startswith("followups [STILL FIRING success-rate, for 4h 1m] ")
     assert "below 95%" in texts[1]
-    assert "recovered to 99.1%" in texts[2]
+    assert texts[2].startswith("followups [RESOLVED success-rate after 4h 2m] ")
+    assert "is 98.3% (118 sent, 2 failed)" in texts[2]
 
 
 def test_heartbeat_is_pinged_after_a_successful_run_only(
@@ -225,10 +241,10 @@ def test_heartbeat_is_pinged_after_a_successful_run_only(
     """The dead-man's switch hears from every completed run (GET), not from stopped ones."""
     hb = replace(settings, heartbeat_url=webhook.url + "/ping")
     report = send_due(db, LogPusher(), hb, WebhookAlerter(webhook.url))
-    after_send_due(db, report, hb, WebhookAlerter(webhook.url))
+    after_send_due(db, report, hb)
     assert len(webhook.gets) == 1 and webhook.gets[0].endswith("/ping")
     report.stop = RunEnd.OUTAGE
-    after_send_due(db, report, hb, WebhookAlerter(webhook.url))
+    after_send_due(db, report, hb)
     assert len(webhook.gets) == 1
 
 

@@ -8,7 +8,7 @@ batch, pipelined. Each promise has its own owner, and this module only wires the
 - the push round (round.py): one batch pushed within the services' limits;
 - the lease keeper (leases.py): leases renewed, database work retried while they last;
 - the finisher (decisions.py, finish.py): exactly once, refused rows set aside;
-- the run's texts (texts.py): its alerts and its one line.
+- the run's texts (texts.py): what it found for the alerts (alerting.py) and its one line.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
+from followup_cli.alerting import raise_alerts
 from followup_cli.alerts import Alerter
 from followup_cli.clock import utcnow
 from followup_cli.db import Database
@@ -34,7 +35,8 @@ from followup_cli.delivery.leases import RunLeases
 from followup_cli.delivery.plan import make_plan
 from followup_cli.delivery.round import PushRound
 from followup_cli.delivery.stop import RunStop
-from followup_cli.delivery.texts import alert_run
+from followup_cli.delivery.texts import run_findings, run_notices
+from followup_cli.monitoring import CheckRules, success_rate_finding
 from followup_cli.push.protocol import Pusher
 from followup_cli.report import RunReport, ServiceStop
 from followup_cli.repository import DueFollowUp, RunRecord
@@ -175,9 +177,21 @@ def send_due(
         if unanswered is not None:
             report.note_stop(unanswered)
     report.signal = stop.signal
-    alert_run(alerter, report)
+    report.health = [h for s in sorted(pusher.services) if (h := pusher.health(s)) is not None]
+    _alert(db, alerter, settings, report)
     _record_run(db, report)
     return report
+
+
+def _alert(db: Database, alerter: Alerter, settings: Settings, report: RunReport) -> None:
+    """The run's one post: what it found of each alert condition (the success rate only
+    when it did work, so that the idle minute stays cheap) and its new failures."""
+    findings = run_findings(report)
+    if report.claimed:
+        rate = success_rate_finding(db, CheckRules.from_settings(settings))
+        if rate is not None:
+            findings.append(rate)
+    raise_alerts(db, alerter, findings, run_notices(report), settings.alert_repeat_interval)
 
 
 def _record_run(db: Database, report: RunReport) -> None:

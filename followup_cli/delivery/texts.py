@@ -1,13 +1,13 @@
-"""The run's texts: the alerts a run posts, and the one line the command prints when it
-did not complete. Names, ids, reasons and counts only: never message text, child data or
-a whole device token."""
+"""The run's texts: what it found for the alerts (alerting.py) and its notices, and the
+one line the command prints when it did not complete. Names, ids, reasons and counts
+only: never message text, child data or a whole device token."""
 
 from __future__ import annotations
 
-from followup_cli.alerts import Alerter
+from followup_cli.alerting import Finding, Fingerprint
 from followup_cli.push.protocol import config_hint
-from followup_cli.report import RunReport, ServiceStop
-from followup_cli.vocabulary import FailureReason, Refusal, RunEnd
+from followup_cli.report import SERVICE_LABELS, RunReport, ServiceStop
+from followup_cli.vocabulary import FailureReason, Refusal, RunEnd, Service
 
 REFUSED_AS = {
     Refusal.FAILED: "marked failed",
@@ -16,42 +16,78 @@ REFUSED_AS = {
 }
 
 
-def alert_run(alerter: Alerter, report: RunReport) -> None:
-    """One alert per run for new failures, one for rows the database refused (with the
-    refusal that stopped the run's claims, if one did), and one per stopped push
-    service. Ids, reasons and the database's constraint, table or function names only."""
+def run_findings(report: RunReport) -> list[Finding]:
+    """What the run saw of each alert condition it has evidence about (alerting.py):
+    each push service's configuration and outage, and the database's refusals."""
+    stops = {stop.service: stop for stop in report.stops}
+    findings: list[Finding] = []
+    for health in report.health:
+        stop = stops.get(health.service)
+        label = SERVICE_LABELS.get(health.service, health.service)
+        configuration, outage = _SERVICE_FINGERPRINTS[health.service]
+        if stop is not None and stop.kind == RunEnd.CONFIG_ERROR:
+            findings.append(Finding(configuration, True, stop_alert(stop, report)))
+        elif health.judged:
+            findings.append(Finding(configuration, False, f"{label} accepts our configuration."))
+        if stop is not None and stop.kind == RunEnd.OUTAGE:
+            findings.append(Finding(outage, True, stop_alert(stop, report)))
+        elif health.answered:
+            findings.append(Finding(outage, False, f"{label} answers again."))
+    if report.refused or report.database_stop is not None:
+        findings.append(Finding(Fingerprint.DATABASE_REFUSAL, True, _refusal_alert(report)))
+    elif report.sent or report.failed or report.held:
+        findings.append(
+            Finding(Fingerprint.DATABASE_REFUSAL, False, "the database records deliveries.")
+        )
+    return findings
+
+
+def run_notices(report: RunReport) -> list[str]:
+    """The run's events that are not conditions: the follow-ups it marked failed for
+    good (each id is marked failed by one run only, so each is reported once)."""
+    if not report.failures:
+        return []
+    shown = ", ".join(f"{fid} ({reason})" for fid, reason in report.failures[:20])
+    more = len(report.failures) - 20
+    return [
+        f"{len(report.failures)} follow-up(s) could not be delivered "
+        f"and are marked failed: {shown}{f' and {more} more' if more > 0 else ''}. "
+        "See docs/reliability.md; requeue with `followups retry-failed`."
+    ]
+
+
+_SERVICE_FINGERPRINTS: dict[str, tuple[Fingerprint, Fingerprint]] = {
+    Service.APNS: (Fingerprint.APNS_CONFIGURATION, Fingerprint.APNS_OUTAGE),
+    Service.FCM: (Fingerprint.FCM_CONFIGURATION, Fingerprint.FCM_OUTAGE),
+}
+
+
+def _refusal_alert(report: RunReport) -> str:
+    """The rows the database refused (with the refusal that stopped the run's claims, if
+    one did): ids, and the database's constraint, table or function names only."""
     refusing = report.database_stop
-    if report.refused or refusing is not None:
+    refused = ""
+    if report.refused:
         shown = ", ".join(
             f"{r.follow_up_id} {REFUSED_AS[r.outcome]} ({r.detail})" for r in report.refused[:20]
         )
         more = len(report.refused) - 20
         refused = (
-            f" The database refused to record {len(report.refused)} delivered follow-up(s): "
+            f"The database refused to record {len(report.refused)} delivered follow-up(s): "
             f"{shown}{f' and {more} more' if more > 0 else ''}. Each was pushed at most once "
-            "and is not pushed again automatically."
-            if report.refused
-            else ""
+            "and is not pushed again automatically. "
         )
-        retry = f"`followups retry-failed --reason {FailureReason.DATABASE_REJECTED}`"
-        fix = (
-            f" send-due stopped claiming: the database refuses every row ({refusing.cause}). "
-            f"Fix: {refusing.fix or 'see `followups db check --role ROLE`'}; then {retry}."
-            if refusing is not None
-            else " Fix the cause (`followups db check --role ROLE` lists what the schema and "
-            f"the role's grants and policies refuse), then {retry}."
+    retry = f"`followups retry-failed --reason {FailureReason.DATABASE_REJECTED}`"
+    if refusing is not None:
+        return (
+            f"{refused}send-due stopped claiming: the database refuses every row "
+            f"({refusing.cause}). Fix: {refusing.fix or 'see `followups db check --role ROLE`'}"
+            f"; then {retry}."
         )
-        alerter.alert(f"followups:{refused}{fix}")
-    if report.failures:
-        shown = ", ".join(f"{fid} ({reason})" for fid, reason in report.failures[:20])
-        more = len(report.failures) - 20
-        alerter.alert(
-            f"followups: {len(report.failures)} follow-up(s) could not be delivered "
-            f"and are marked failed: {shown}{f' and {more} more' if more > 0 else ''}. "
-            "See docs/reliability.md; requeue with `followups retry-failed`."
-        )
-    for stop in report.stops:
-        alerter.alert(f"followups: {stop_alert(stop, report)}")
+    return (
+        f"{refused}Fix the cause (`followups db check --role ROLE` lists what the schema "
+        f"and the role's grants and policies refuse), then {retry}."
+    )
 
 
 def stop_alert(stop: ServiceStop, report: RunReport) -> str:

@@ -17,7 +17,7 @@ from followup_cli.push.protocol import (
     withheld,
 )
 from followup_cli.push.tokens import mask_token
-from followup_cli.report import ServiceStop
+from followup_cli.report import ServiceHealth, ServiceStop
 from followup_cli.vocabulary import Outcome, Service
 
 log = logging.getLogger("followups.push")
@@ -39,6 +39,9 @@ class LogPusher(EventLoopOwner):
 
     def unanswered(self, service: str) -> ServiceStop | None:
         return None
+
+    def health(self, service: str) -> ServiceHealth | None:
+        return None  # it reaches no service: no evidence about one
 
     async def push(self, request: PushRequest, gate: PushGate | None = None) -> PushOutcome:
         stopped = await withheld(gate, request, [])

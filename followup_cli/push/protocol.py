@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from followup_cli.push.apns import reasons as apns_reasons
 from followup_cli.push.fcm import reasons as fcm_reasons
-from followup_cli.report import ServiceStop
+from followup_cli.report import ServiceHealth, ServiceStop
 from followup_cli.vocabulary import Outcome, Service
 
 T = TypeVar("T")
@@ -106,9 +106,11 @@ class OutageBreaker:
         self.threshold = max(1, threshold)
         self.failures = 0
         self.reason: str | None = None
-        # For the whole run: did any attempt fail, and did any get an answer?
+        # For the whole run: did any attempt fail, did any get an answer, and was any
+        # notification judged on its own merits (not a configuration refusal)?
         self.failed_attempts = 0
         self.answers = 0
+        self.judged = 0
 
     @property
     def tripped(self) -> bool:
@@ -125,8 +127,10 @@ class OutageBreaker:
             self.failures += 1
             self.reason = reason
 
-    def answered(self) -> None:
+    def answered(self, *, judged: bool = True) -> None:
         self.answers += 1
+        if judged:
+            self.judged += 1
         if not self.tripped:
             self.failures = 0
 
@@ -194,6 +198,10 @@ class Pusher(Protocol):
     def unanswered(self, service: str) -> ServiceStop | None:
         """An outage seen although the service never stopped: this run's attempts to it
         all failed for transient reasons, and none got an answer."""
+        ...
+
+    def health(self, service: str) -> ServiceHealth | None:
+        """What this run learned of the service; None for a backend that sends nothing."""
         ...
 
     async def push(self, request: PushRequest, gate: PushGate | None = None) -> PushOutcome: ...

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from followup_cli.push.protocol import EventLoopOwner, PushGate, PushOutcome, PushRequest
 from followup_cli.push.service import ServicePusher
-from followup_cli.report import ServiceStop
+from followup_cli.report import ServiceHealth, ServiceStop
 
 
 class PushRouter(EventLoopOwner):
@@ -28,6 +28,10 @@ class PushRouter(EventLoopOwner):
     def unanswered(self, service: str) -> ServiceStop | None:
         pusher = self._pushers.get(service)
         return None if pusher is None else pusher.unanswered(service)
+
+    def health(self, service: str) -> ServiceHealth | None:
+        pusher = self._pushers.get(service)
+        return None if pusher is None else pusher.health(service)
 
     async def push(self, request: PushRequest, gate: PushGate | None = None) -> PushOutcome:
         pusher = self._pushers.get(request.service)

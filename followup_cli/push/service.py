@@ -68,7 +68,7 @@ from followup_cli.push.protocol import (
     PushRequest,
     withheld,
 )
-from followup_cli.report import ServiceStop
+from followup_cli.report import ServiceHealth, ServiceStop
 from followup_cli.settings import Settings
 from followup_cli.vocabulary import Outcome, RunEnd
 
@@ -242,6 +242,11 @@ class ServicePusher(EventLoopOwner):
             return ServiceStop(self.service, RunEnd.OUTAGE, self.breaker.reason)
         return None
 
+    def health(self, service: str) -> ServiceHealth:
+        return ServiceHealth(
+            self.service, answered=self.breaker.answers > 0, judged=self.breaker.judged > 0
+        )
+
     async def push(self, request: PushRequest, gate: PushGate | None = None) -> PushOutcome:
         attempts: list[Attempt] = []
         outcome = await self._push_with_retries(request, attempts, gate)
@@ -384,7 +389,9 @@ class ServicePusher(EventLoopOwner):
             Attempt(at, len(attempts) + 1, kind, reason, verdict.status, verdict.provider_id)
         )
         if kind != Outcome.TRANSIENT:
-            self.breaker.answered()  # the service answered: it is up
+            # The service answered: it is up (and, unless it refused our configuration,
+            # our configuration works).
+            self.breaker.answered(judged=kind != Outcome.CONFIG)
             if kind == Outcome.CONFIG and self._config_stop is None:
                 # No new request starts: the answer would be the same.
                 self._config_stop = reason or "-"

@@ -20,7 +20,7 @@ and facts they take and return:
 from __future__ import annotations
 
 from followup_cli.repository.access import AccessStatements
-from followup_cli.repository.alerts import AlertStatements
+from followup_cli.repository.alerts import AlertState, AlertStatements
 from followup_cli.repository.app import AppStatements
 from followup_cli.repository.base import RepositoryBase
 from followup_cli.repository.catalog import CatalogStatements
@@ -56,6 +56,7 @@ from followup_cli.repository.story import StoryStatements
 
 __all__ = [
     "CLAIM_LOCK_KEY",
+    "AlertState",
     "AttemptRecord",
     "CheckFacts",
     "ColumnFacts",

@@ -1,54 +1,78 @@
-"""The statement behind the alerts: one compare-and-set on an alert's state."""
+"""The statements behind the alerts: each alert's state, read under a row lock and
+written back in the same transaction."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 
-from followup_cli.repository.base import RepositoryBase, _insert_ignore
+from followup_cli.repository.base import RepositoryBase, _aware, _insert_ignore
 from followup_cli.tables import followups_alert_state
+
+# The state of an alert whose condition does not hold. Any other value means it is firing
+# ("firing"; "low" in rows written before alerts had a lifecycle).
+ALERT_OK = "ok"
+ALERT_FIRING = "firing"
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """One alert's row: firing or not, since when (the last change), and when it was
+    last posted."""
+
+    fingerprint: str
+    firing: bool
+    changed_at: datetime | None
+    last_alert_at: datetime | None
 
 
 class AlertStatements(RepositoryBase):
-    """Each alert's state, shared by concurrent runs."""
+    """Each alert's state, shared by every run and host."""
 
-    def transition_alert(
-        self, name: str, low: bool, now: datetime, cooldown_until: datetime
-    ) -> bool:
-        """Compare-and-set on an alert's state; True means this caller should alert.
+    def lock_alert(self, fingerprint: str, now: datetime) -> AlertState:
+        """The alert's state, its row created if missing (not firing) and locked until the
+        transaction ends (SELECT ... FOR UPDATE; SQLite's BEGIN IMMEDIATE already holds
+        the database), so that overlapping runs decide one after the other."""
+        state = followups_alert_state.c
+        self.conn.execute(
+            _insert_ignore(self.dialect, followups_alert_state).values(
+                name=fingerprint, state=ALERT_OK, last_alert_at=None, changed_at=now
+            )
+        )
+        row = self.conn.execute(
+            select(state.state, state.changed_at, state.last_alert_at)
+            .where(state.name == fingerprint)
+            .with_for_update()
+        ).one()
+        return AlertState(
+            fingerprint,
+            firing=row.state != ALERT_OK,
+            changed_at=_aware(row.changed_at),
+            last_alert_at=_aware(row.last_alert_at),
+        )
 
-        low=True alerts when the state was ok, or was low and its last alert is older than
-        the cooldown; low=False alerts (recovery) only when the state was low. Concurrent
-        runs race on one UPDATE, so only one of them alerts.
-        """
-        alert_state = followups_alert_state.c
-        if (
-            self.conn.execute(select(alert_state.name).where(alert_state.name == name)).first()
-            is None
-        ):
-            self.conn.execute(
-                _insert_ignore(self.dialect, followups_alert_state).values(
-                    name=name, state="ok", last_alert_at=None, changed_at=now
-                )
+    def save_alert(self, state: AlertState) -> None:
+        """Write back a state read with lock_alert in this transaction."""
+        self.conn.execute(
+            update(followups_alert_state)
+            .where(followups_alert_state.c.name == state.fingerprint)
+            .values(
+                state=ALERT_FIRING if state.firing else ALERT_OK,
+                changed_at=state.changed_at,
+                last_alert_at=state.last_alert_at,
             )
-        if low:
-            stmt = (
-                update(followups_alert_state)
-                .where(
-                    alert_state.name == name,
-                    or_(
-                        alert_state.state != "low",
-                        alert_state.last_alert_at.is_(None),
-                        alert_state.last_alert_at <= cooldown_until,
-                    ),
-                )
-                .values(state="low", last_alert_at=now, changed_at=now)
-            )
-        else:
-            stmt = (
-                update(followups_alert_state)
-                .where(alert_state.name == name, alert_state.state == "low")
-                .values(state="ok", changed_at=now)
-            )
-        return self.conn.execute(stmt).rowcount == 1
+        )
+
+    def firing_alerts(self) -> list[AlertState]:
+        """The alerts firing now, oldest first (for stats)."""
+        state = followups_alert_state.c
+        rows = self.conn.execute(
+            select(state.name, state.changed_at, state.last_alert_at)
+            .where(state.state != ALERT_OK)
+            .order_by(state.changed_at, state.name)
+        ).all()
+        return [
+            AlertState(r.name, True, _aware(r.changed_at), _aware(r.last_alert_at)) for r in rows
+        ]

@@ -8,7 +8,8 @@ POSTs to ``url`` are answered with ``status`` (default 200; set 500 to simulate 
 webhook) and their JSON bodies recorded in ``posts`` (None for a body that is not JSON).
 PUTs to ``url`` are answered the same way (a Pushgateway replacing a group); only
 ``requests`` records them. POSTs and PUTs to any other path get 404 (a wrong webhook
-secret, a wrong Pushgateway group). GETs to any path are answered
+secret, a wrong Pushgateway group). ``delay`` seconds (default 0) pass before each POST
+is recorded and answered: a slow chat service. GETs to any path are answered
 with ``get_status`` (default: ``status``) and their paths recorded in ``gets``, for
 heartbeat-style pings. Every request, whatever its fate, is also in ``requests``.
 Records are written before the answer, so once a client has its response it is recorded.
@@ -95,6 +96,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _receive(self, method: str) -> None:
         hook = self.server.hook
         body = self._read_body()
+        if hook.delay:
+            threading.Event().wait(hook.delay)  # real time, whatever freezegun does
         path = self.path
         if path.split("?", 1)[0] != hook.path:
             hook._record(WebhookRequest(method, path, self._headers(), body, 404), None, False)
@@ -133,6 +136,7 @@ class FakeWebhook:
     def __init__(self, *, path: str = "/hook/SECRET123", port: int = 0) -> None:
         self.path = path
         self.status = 200
+        self.delay = 0.0
         self.get_status: int | None = None
         self.posts: list[Any] = []
         self.gets: list[str] = []
