@@ -313,3 +313,20 @@ def test_each_service_gets_its_headers_in_the_order_it_always_had(side: Side) ->
         else ["authorization", "content-type"]
     )
     assert list(record.headers) == expected
+
+
+def test_unique_and_secret_headers_stay_out_of_the_compression_table(side: Side) -> None:
+    """HPACK: the authorization header, and the headers whose value is new with every
+    request (APNs' path with the device token, its collapse id), come as "never
+    indexed" literals; the headers that repeat may be indexed."""
+    side.fake.reset_records()
+    with pusher_for(side.settings) as pusher:
+        push_all(pusher, [side.request(n) for n in range(3)])
+    fake = side.fake
+    if side.name == "apns":
+        assert {"authorization", ":path", "apns-collapse-id"} <= fake.never_indexed
+        assert {"apns-topic", "apns-push-type", ":method", ":authority"} <= fake.indexable
+        assert not fake.never_indexed & {"apns-topic", "apns-push-type", ":method"}
+    else:
+        assert fake.never_indexed == {"authorization"}
+        assert {":path", "content-type", ":authority"} <= fake.indexable

@@ -36,6 +36,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
 log = logging.getLogger("followups.push")
 
@@ -71,6 +72,10 @@ def goaway_reason(data: bytes | None) -> str:
     except (ValueError, AttributeError):
         return "-"
     return reason if isinstance(reason, str) and _SAFE_REASON.fullmatch(reason) else "-"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 class Answer:
@@ -124,15 +129,21 @@ class H2Connection(asyncio.Protocol):
         authority: str,
         label: str = "APNs",
         one_at_a_time: Callable[[], bool] | None = None,
+        unique_headers: frozenset[str] = frozenset(),
     ) -> None:
         self._authority = authority
         self._label = label
         self._one_at_a_time = one_at_a_time
-        # Our headers are built valid, so h2's per-header validation (a large share of the
-        # CPU per request) is skipped; normalising stays (it lower-cases and encodes them).
+        # Our headers are built valid, lower-case and as bytes (_header_block), so h2's
+        # per-header normalising and validation (a large share of the CPU per request)
+        # are skipped; what normalising did for safety, keeping the authorization header
+        # out of the compression table, _header_block does itself.
         self._h2 = h2.connection.H2Connection(
             config=h2.config.H2Configuration(
-                client_side=True, header_encoding="utf-8", validate_outbound_headers=False
+                client_side=True,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
             )
         )
         self._h2.state_machine = _DrainingStateMachine()
@@ -140,6 +151,15 @@ class H2Connection(asyncio.Protocol):
         # few bytes it saves on a local link to the service.
         encode = self._h2.encoder.encode
         self._h2.encoder.encode = lambda headers, huffman=True: encode(headers, huffman=False)  # type: ignore[method-assign]
+        self._fixed = [
+            HeaderTuple(b":method", b"POST"),
+            HeaderTuple(b":scheme", b"https"),
+            HeaderTuple(b":authority", authority.encode()),
+        ]
+        # Headers whose value is new with every request (APNs' path holds the device
+        # token): never put in the compression table, where each would push out the
+        # headers that do repeat and make every later lookup longer.
+        self._unique = frozenset(name.encode() for name in unique_headers)
         self._flush_scheduled = False
         self._transport: asyncio.Transport | None = None
         self._answers: dict[int, Answer] = {}
@@ -206,27 +226,16 @@ class H2Connection(asyncio.Protocol):
             raise Halted()
         if not self.accepting:
             raise NotProcessed()
-        if authorization is not None:
-            if authorization_first:
-                headers = {"authorization": authorization(), **headers}
-            else:
-                headers = {**headers, "authorization": authorization()}
+        token = authorization() if authorization is not None else None
         stream_id = self._h2.get_next_available_stream_id()
         waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiters[stream_id] = waiter
         self._answers[stream_id] = Answer()
         self._h2.send_headers(
-            stream_id,
-            [
-                (":method", "POST"),
-                (":scheme", "https"),
-                (":authority", self._authority),
-                (":path", path),
-                *headers.items(),
-            ],
+            stream_id, self._header_block(path, headers, token, first=authorization_first)
         )
         self._unsent[stream_id] = memoryview(body)
-        self._send_pending()
+        self._send_body(stream_id)
         self._flush_soon()
         # A timer instead of asyncio.wait_for: this runs for every request and must be cheap.
         timer = asyncio.get_running_loop().call_later(timeout, self._time_out, stream_id)
@@ -243,6 +252,27 @@ class H2Connection(asyncio.Protocol):
             self._answers.pop(stream_id, None)
             self._notify_capacity()
             self._close_if_drained()
+
+    def _header_block(
+        self, path: str, headers: dict[str, str], token: str | None, *, first: bool
+    ) -> list[HeaderTuple]:
+        """The request's header list as h2 sends it without normalising: names lower-case,
+        bytes; the authorization header never indexed (as h2 would mark it), before or
+        after the others."""
+        unique = self._unique
+        block = [*self._fixed, self._header(b":path", path, unique)]
+        auth = [] if token is None else [NeverIndexedHeaderTuple(b"authorization", token.encode())]
+        if first:
+            block += auth
+        block += [self._header(name.lower().encode(), v, unique) for name, v in headers.items()]
+        if not first:
+            block += auth
+        return block
+
+    @staticmethod
+    def _header(name: bytes, value: str, unique: frozenset[bytes]) -> HeaderTuple:
+        kind = NeverIndexedHeaderTuple if name in unique else HeaderTuple
+        return kind(name, value.encode())
 
     def _time_out(self, stream_id: int) -> None:
         waiter = self._waiters.get(stream_id)
@@ -283,7 +313,7 @@ class H2Connection(asyncio.Protocol):
         if isinstance(event, h2.events.ResponseReceived):
             answer = self._answers.get(event.stream_id)
             if answer is not None:
-                headers = {str(k): str(v) for k, v in event.headers}
+                headers = {_text(k): _text(v) for k, v in event.headers}
                 answer.status = int(headers.get(":status", "0"))
                 answer.headers = headers
         elif isinstance(event, h2.events.DataReceived):
@@ -348,32 +378,40 @@ class H2Connection(asyncio.Protocol):
         self._notify_capacity()
 
     def _send_pending(self) -> None:
+        """Send what the flow-control windows now allow of every body still waiting."""
         for stream_id in list(self._unsent):
-            data = self._unsent[stream_id]
-            try:
-                window = self._h2.local_flow_control_window(stream_id)
-            except h2.exceptions.StreamClosedError:
-                self._unsent.pop(stream_id, None)
-                continue
-            size = min(window, self._h2.max_outbound_frame_size, len(data))
-            try:
-                while size > 0:
-                    self._h2.send_data(stream_id, data[:size].tobytes())
-                    data = data[size:]
-                    window -= size
-                    size = min(window, self._h2.max_outbound_frame_size, len(data))
-                if len(data) == 0:
-                    self._h2.end_stream(stream_id)
-            except h2.exceptions.StreamClosedError:
-                # The server reset it in the frames being read right now (h2 has closed
-                # it; its StreamReset event comes after this one): nothing more to send,
-                # and that event tells the waiter.
-                self._unsent.pop(stream_id, None)
-                continue
+            self._send_body(stream_id)
+
+    def _send_body(self, stream_id: int) -> None:
+        """Send what the windows allow of one stream's body, and end the stream once it
+        is all out."""
+        data = self._unsent.get(stream_id)
+        if data is None:
+            return
+        try:
+            window = self._h2.local_flow_control_window(stream_id)
+        except h2.exceptions.StreamClosedError:
+            self._unsent.pop(stream_id, None)
+            return
+        size = min(window, self._h2.max_outbound_frame_size, len(data))
+        try:
+            while size > 0:
+                self._h2.send_data(stream_id, data[:size].tobytes())
+                data = data[size:]
+                window -= size
+                size = min(window, self._h2.max_outbound_frame_size, len(data))
             if len(data) == 0:
-                del self._unsent[stream_id]
-            else:
-                self._unsent[stream_id] = data
+                self._h2.end_stream(stream_id)
+        except h2.exceptions.StreamClosedError:
+            # The server reset it in the frames being read right now (h2 has closed
+            # it; its StreamReset event comes after this one): nothing more to send,
+            # and that event tells the waiter.
+            self._unsent.pop(stream_id, None)
+            return
+        if len(data) == 0:
+            del self._unsent[stream_id]
+        else:
+            self._unsent[stream_id] = data
 
     def _flush_soon(self) -> None:
         """One TLS write for all the requests made in this turn of the event loop."""
@@ -417,6 +455,7 @@ class H2Endpoint:
         connect_timeout: float,
         label: str,
         one_at_a_time: Callable[[], bool] | None = None,
+        unique_headers: frozenset[str] = frozenset(),
     ) -> None:
         base = urlsplit(url)
         self.host = base.hostname or ""
@@ -426,6 +465,7 @@ class H2Endpoint:
         self._connect_timeout = connect_timeout
         self._label = label
         self._one_at_a_time = one_at_a_time
+        self._unique_headers = unique_headers
         self._conn: H2Connection | None = None
         self._connections: list[H2Connection] = []
         self._connecting: asyncio.Lock | None = None
@@ -470,7 +510,9 @@ class H2Endpoint:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: H2Connection(self.authority, self._label, self._one_at_a_time),
+                    lambda: H2Connection(
+                        self.authority, self._label, self._one_at_a_time, self._unique_headers
+                    ),
                     self.host,
                     self.port,
                     ssl=context,

@@ -158,6 +158,9 @@ class ServiceStrategy(ABC):
     # Streams go one at a time while the breaker is suspect, even on a connection whose
     # limit is high (FCM keeps its limit through an outage; APNs drops to one by itself).
     one_stream_while_suspect = False
+    # Request headers whose value differs with every request (kept out of HTTP/2's
+    # header compression table).
+    unique_headers: frozenset[str] = frozenset()
 
     @abstractmethod
     def build(self, request: PushRequest) -> Outgoing:
@@ -213,6 +216,7 @@ class ServicePusher(EventLoopOwner):
             one_at_a_time=(lambda: self.breaker.suspect)
             if strategy.one_stream_while_suspect
             else None,
+            unique_headers=strategy.unique_headers,
         )
         self._probing: asyncio.Lock | None = None
         self._config_stop: str | None = None  # the service refused our configuration

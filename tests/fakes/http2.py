@@ -64,6 +64,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hpack import NeverIndexedHeaderTuple
 
 from tests.fakes.clock import REAL_CLOCK, wait_until
 from tests.fakes.pki import Pki, make_pki, server_context
@@ -353,8 +354,9 @@ class _Connection(asyncio.Protocol):
     def _request_received(self, event: h2.events.RequestReceived) -> None:
         assert event.stream_id is not None
         stream = Stream(event.stream_id, self.serial, arrived=REAL_CLOCK["monotonic"]())
-        for name_raw, value_raw in event.headers or []:
-            name, value = _text(name_raw), _text(value_raw)
+        for header in event.headers or []:
+            name, value = _text(header[0]), _text(header[1])
+            self._fake._header_seen(name, never_indexed=isinstance(header, NeverIndexedHeaderTuple))
             if name == ":method":
                 stream.method = value
             elif name == ":path":
@@ -479,6 +481,11 @@ class H2Fake(abc.ABC, Generic[AnswerT, RecordT]):
         self.connections_opened = 0
         self.goaways_sent = 0
         self.max_streams_in_flight = 0  # on one connection, since the last reset_records()
+        # How each header name arrived, since the last reset_records(): the names that
+        # came as HPACK "never indexed" literals (kept out of the compression table),
+        # and those that came any other way.
+        self.never_indexed: set[str] = set()
+        self.indexable: set[str] = set()
         self.connections_cut: dict[int, float] = {}  # connection -> when the fake cut it
 
         self._requested_port = port
@@ -620,6 +627,12 @@ class H2Fake(abc.ABC, Generic[AnswerT, RecordT]):
             self.goaways_sent = 0
             self.max_streams_in_flight = 0
             self.connections_cut.clear()
+            self.never_indexed.clear()
+            self.indexable.clear()
+
+    def _header_seen(self, name: str, *, never_indexed: bool) -> None:
+        with self._lock:
+            (self.never_indexed if never_indexed else self.indexable).add(name)
 
     # -- transport events and scripting
 

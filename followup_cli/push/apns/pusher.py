@@ -51,6 +51,8 @@ class APNsStrategy(ServiceStrategy):
     """APNs' request, provider token and verdicts."""
 
     label = "APNs"
+    # The path holds the device token; the collapse id is the follow-up's id.
+    unique_headers = frozenset({":path", "apns-collapse-id"})
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
