@@ -330,3 +330,30 @@ def test_unique_and_secret_headers_stay_out_of_the_compression_table(side: Side)
     else:
         assert fake.never_indexed == {"authorization"}
         assert {":path", "content-type", ":authority"} <= fake.indexable
+
+
+def test_the_static_encoder_round_trips_through_hpack_and_follows_table_size_updates() -> None:
+    """The request headers as hpack's own decoder reads them, kinds kept, block after
+    block; a table size the server set is announced first, as HPACK requires."""
+    from hpack import Decoder, HeaderTuple, NeverIndexedHeaderTuple
+
+    from followup_cli.push.h2client import _StaticEncoder
+
+    encoder, decoder = _StaticEncoder(), Decoder()
+    for n in range(3):
+        headers = [
+            HeaderTuple(b":method", b"POST"),
+            HeaderTuple(b":authority", b"api.push.apple.com"),
+            NeverIndexedHeaderTuple(b":path", f"/3/device/{apns_token(n)}".encode()),
+            HeaderTuple(b"content-type", b"application/json"),
+            HeaderTuple(b"apns-topic", b"com.example.parent"),
+            NeverIndexedHeaderTuple(b"authorization", b"bearer " + b"j" * 300),
+        ]
+        if n == 2:
+            encoder.header_table_size = 100
+        block = encoder.encode(headers)
+        if n == 2:
+            assert block[0] & 0xE0 == 0x20  # a dynamic table size update comes first
+        decoded = decoder.decode(block, raw=True)
+        assert [(type(h), h[0], h[1]) for h in decoded] == [(type(h), h[0], h[1]) for h in headers]
+    assert decoder.header_table_size == 100

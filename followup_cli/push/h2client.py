@@ -29,6 +29,7 @@ import re
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import h2.config
@@ -36,7 +37,9 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
-from hpack import HeaderTuple, NeverIndexedHeaderTuple
+from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
+from hpack.hpack import encode_integer
+from hpack.table import HeaderTable
 
 log = logging.getLogger("followups.push")
 
@@ -85,6 +88,93 @@ class Answer:
         self.status = 0
         self.headers: dict[str, str] = {}
         self.body = bytearray()
+
+
+class _StaticEncoder(Encoder):
+    """HPACK without a compression table of our own: each header goes as an index into
+    the static table when it is there whole, otherwise as a literal (never indexed for a
+    NeverIndexedHeaderTuple, "without indexing" for the others), and the bytes of a
+    header that repeats are computed once. hpack's encoder looks every header up in its
+    table and adds the new ones, a large share of the CPU per request; the bytes this
+    saves are few on a connection that carries one service's few repeating headers.
+    Table size updates the server asks for are still sent first, as HPACK requires."""
+
+    MEMO_LIMIT = 256  # distinct repeating headers remembered (a few are expected)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._memo: dict[tuple[bytes, bytes], bytes] = {}
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        block = []
+        if self.header_table.resized:
+            block.append(self._encode_table_size_change())
+            self.header_table.resized = False
+        memo = self._memo
+        for header in headers:
+            name, value = header[0], header[1]
+            if isinstance(header, NeverIndexedHeaderTuple):
+                block.append(_literal(name, value, never_indexed=True))
+                continue
+            encoded = memo.get((name, value))
+            if encoded is None:
+                encoded = _literal(name, value, never_indexed=False)
+                if len(memo) >= self.MEMO_LIMIT:
+                    memo.clear()
+                memo[(name, value)] = encoded
+            block.append(encoded)
+        return b"".join(block)
+
+
+def _literal(name: bytes, value: bytes, *, never_indexed: bool) -> bytes:
+    """One header field without the dynamic table (RFC 7541, 6.1 and 6.2.2-6.2.3)."""
+    static = HeaderTable.STATIC_TABLE_MAPPING.get(name)
+    if static is not None and not never_indexed:
+        index = static[1].get(value)
+        if index is not None:
+            field = encode_integer(index, 7)
+            field[0] |= 0x80
+            return bytes(field)
+    if static is not None:
+        field = encode_integer(static[0], 4)
+    else:
+        field = bytearray(b"\x00") + _string(name)
+    if never_indexed:
+        field[0] |= 0x10
+    return bytes(field + _string(value))
+
+
+def _string(data: bytes) -> bytearray:
+    """An HPACK string literal, not Huffman-coded."""
+    return encode_integer(len(data), 7) + data
+
+
+class _CountingH2(h2.connection.H2Connection):
+    """h2's connection, which counts the open streams before each new one by walking
+    every stream it holds: with hundreds in flight, the largest single cost of a push.
+    Here the walk is made only when it matters: the count kept since the last walk
+    plus the streams opened since can only be too high (streams only close in
+    between), so a walk is needed only when that bound would reach the server's limit,
+    and every RECOUNT_EVERY streams (the walk also forgets closed streams)."""
+
+    RECOUNT_EVERY = 512
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config=config)
+        self._counted = 0  # open outbound streams at the last walk
+        self._opened_since = 0  # streams opened since it
+
+    @property
+    def open_outbound_streams(self) -> int:
+        # h2 asks once per new stream, just before opening it (send_headers).
+        bound = self._counted + self._opened_since
+        limit = self.remote_settings.max_concurrent_streams
+        if bound + 1 > limit or self._opened_since >= self.RECOUNT_EVERY:
+            self._counted = self._open_streams(int(self.config.client_side))
+            self._opened_since = 0
+            bound = self._counted
+        self._opened_since += 1
+        return bound
 
 
 _Inputs = h2.connection.ConnectionInputs
@@ -138,19 +228,20 @@ class H2Connection(asyncio.Protocol):
         # per-header normalising and validation (a large share of the CPU per request)
         # are skipped; what normalising did for safety, keeping the authorization header
         # out of the compression table, _header_block does itself.
-        self._h2 = h2.connection.H2Connection(
+        # The answers' headers are read as bytes and only :status, apns-id and
+        # retry-after are used, so h2's checks on them are skipped as well.
+        self._h2 = _CountingH2(
             config=h2.config.H2Configuration(
                 client_side=True,
                 header_encoding=None,
                 validate_outbound_headers=False,
                 normalize_outbound_headers=False,
+                validate_inbound_headers=False,
+                normalize_inbound_headers=False,
             )
         )
         self._h2.state_machine = _DrainingStateMachine()
-        # Huffman-coding each new header value (path, collapse id) costs more CPU than the
-        # few bytes it saves on a local link to the service.
-        encode = self._h2.encoder.encode
-        self._h2.encoder.encode = lambda headers, huffman=True: encode(headers, huffman=False)  # type: ignore[method-assign]
+        self._h2.encoder = _StaticEncoder()
         self._fixed = [
             HeaderTuple(b":method", b"POST"),
             HeaderTuple(b":scheme", b"https"),
