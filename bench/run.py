@@ -1,9 +1,11 @@
 """Throughput benchmark of `followups send-due` against PostgreSQL and a fake APNs.
 
-    python bench/run.py [--quick] [--scenarios backlog,idle,growth,reference,concurrent]
+    python bench/run.py [--quick] [--scenarios backlog,idle,growth,reference,concurrent,peers]
                         [--latency-ms 20] [--env FOLLOWUPS_PUSH_CONCURRENCY=32] [--profile]
                         [--gating on|off|both] [--no-gating] [--goaway-after N]
-                        [--reject-every K] [--backlog-size N]
+                        [--reject-every K] [--backlog-size N] [--profile-size N]
+    python bench/run.py --scenarios peers [--peers-size N] [--peers-timeout S]
+                        [--peers-gating on|off|both]
 
 Run from the repository root with the project's venv (it imports followup_cli and
 tests.fakes.pki). See bench/README.md for what each scenario measures and how to read
@@ -28,6 +30,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,7 +43,7 @@ if str(ROOT) not in sys.path:
 
 import psycopg  # noqa: E402
 
-DEFAULT_SCENARIOS = ("backlog", "idle", "growth", "reference", "concurrent")
+DEFAULT_SCENARIOS = ("backlog", "idle", "growth", "reference", "concurrent", "peers")
 ALL_SCENARIOS = (*DEFAULT_SCENARIOS, "profile")
 KEY_ID = "BENCHKEY01"
 TEAM_ID = "BENCHTEAM1"
@@ -65,10 +68,15 @@ class Sizes:
     idle_runs: int
     future: int  # scheduled-but-not-due rows present in the idle database
     profile: int
+    peers: int  # device tokens each contender of the peers scenario pushes to
 
 
-FULL = Sizes(100_000, 1_000_000, (1_000, 10_000, 100_000), 2_000, 100_000, 8, 9, 1_000, 20_000)
-QUICK = Sizes(5_000, 100_000, (500, 2_000, 5_000), 300, 5_000, 8, 5, 1_000, 5_000)
+FULL = Sizes(
+    100_000, 1_000_000, (1_000, 10_000, 100_000), 2_000, 100_000, 8, 9, 1_000, 20_000, 10_000
+)
+QUICK = Sizes(5_000, 100_000, (500, 2_000, 5_000), 300, 5_000, 8, 5, 1_000, 5_000, 2_000)
+PEERS = BENCH / "peers"
+PEERS_VENV = PEERS / ".venv"
 
 
 @dataclass
@@ -90,15 +98,42 @@ class ProcResult:
     cpu_s: float
     stdout: str
     stderr: str
+    killed: bool = False  # by run_measured's timeout
+
+
+@dataclass
+class PeerResult:
+    name: str
+    row: Row
+    sent: int  # answered 200, by the client's count
+    push_rate: float  # sent / the push window (first send to last answer, or the timeout)
+    finished: bool
+
+
+class PeerSetupError(Exception):
+    """A peer client could not be installed (its output in the message)."""
 
 
 # -- processes ---------------------------------------------------------------------------
 
 
-def run_measured(cmds: list[list[str]], env: dict[str, str], workdir: Path) -> list[ProcResult]:
+def run_measured(
+    cmds: list[list[str]], env: dict[str, str], workdir: Path, timeout: float | None = None
+) -> list[ProcResult]:
     """Start every command at once; wall time per process from the common start to its
-    exit; peak RSS and CPU from that process's own rusage (os.wait4)."""
+    exit; peak RSS and CPU from that process's own rusage (os.wait4). With `timeout`, a
+    process (and whatever it started) still running that many seconds after the start is
+    killed (ProcResult.killed)."""
     procs = []
+    killed: set[int] = set()
+
+    def kill(pid: int) -> None:
+        killed.add(pid)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
     t0 = time.perf_counter()
     for i, cmd in enumerate(cmds):
         out = open(workdir / f"p{i}.out", "w+b")  # noqa: SIM115
@@ -108,13 +143,19 @@ def run_measured(cmds: list[list[str]], env: dict[str, str], workdir: Path) -> l
             # Peak RSS from GNU time, not from our own wait4: a child spawned straight from
             # this (large) process inherits our high-water mark in ru_maxrss at exec.
             cmd = [GNU_TIME, "-f", "%M %U %S", "-o", str(tfile), *cmd]
-        procs.append(
-            (subprocess.Popen(cmd, env=env, stdout=out, stderr=err, cwd=ROOT), out, err, tfile)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=err, cwd=ROOT, start_new_session=timeout is not None
         )
+        timer = None if timeout is None else threading.Timer(timeout, kill, (proc.pid,))
+        if timer is not None:
+            timer.start()
+        procs.append((proc, out, err, tfile, timer))
     results = []
-    for p, out, err, tfile in procs:
+    for p, out, err, tfile, timer in procs:
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
+        if timer is not None:
+            timer.cancel()
         p.returncode = os.waitstatus_to_exitcode(status)
         maxrss_mb, cpu_s = ru.ru_maxrss / 1024.0, ru.ru_utime + ru.ru_stime
         if GNU_TIME:
@@ -133,6 +174,7 @@ def run_measured(cmds: list[list[str]], env: dict[str, str], workdir: Path) -> l
                 cpu_s=cpu_s,
                 stdout=out.read().decode("utf-8", "replace"),
                 stderr=err.read().decode("utf-8", "replace"),
+                killed=p.pid in killed,
             )
         )
         out.close()
@@ -310,9 +352,12 @@ class Bench:
             for (dbname,) in names:
                 conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
-    def seed_due(self, url: str, n: int) -> int:
+    def seed_due(self, url: str, n: int, tokens: Sequence[str] | None = None) -> int:
         """n due follow-ups (90% with a valid device token), 1-3 per conversation, due
-        within the last hour. Returns how many have a token."""
+        within the last hour. With `tokens` (n of them), row i has tokens[i]: every row has
+        a token. Returns how many have a token."""
+        if tokens is not None and len(tokens) != n:
+            raise ValueError(f"seed_due: {len(tokens)} tokens for {n} rows")
         now = datetime.now(UTC)
         with_token = 0
         rand = self.rand
@@ -324,6 +369,8 @@ class Bench:
             token = f"{rand.getrandbits(256):064x}"
             for _ in range(min(rand.randint(1, 3), n - i)):
                 has_token = rand.random() < TOKEN_SHARE
+                if tokens is not None:
+                    has_token, token = True, tokens[i]
                 with_token += has_token
                 when = now - timedelta(seconds=rand.uniform(1, 3600))
                 lines.append(
@@ -495,10 +542,12 @@ class Bench:
         processes: int = 1,
         label: str | None = None,
         gating: bool | None = None,
+        tokens: Sequence[str] | None = None,
     ) -> Row:
-        """Fresh database with n due rows; `processes` send-due at once; verified."""
+        """Fresh database with n due rows (row i with tokens[i] when given, see seed_due);
+        `processes` send-due at once; verified."""
         url = self.fresh_db(name)
-        with_token = self.seed_due(url, n)
+        with_token = self.seed_due(url, n, tokens)
         fake = self.fake(gating)
         try:
             before, pg0 = fake.stats(), self.pgcpu.total()
@@ -923,14 +972,16 @@ class Bench:
         )
 
     def profile(self) -> None:
-        """One backlog run under py-spy (CPU samples of all threads, idle excluded)."""
+        """One backlog run under py-spy (samples of the thread holding the GIL: Python's
+        CPU, waits left out), with its CPU by stage (bench/breakdown.py) and
+        PostgreSQL's CPU per delivery."""
         pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
             "py-spy"
         )
         if pyspy is None:
             self.extra.append("profile: py-spy not installed (pip install py-spy); skipped")
             return
-        n = self.sizes.profile
+        n = self.args.profile_size or self.sizes.profile
         url = self.fresh_db("profile")
         self.seed_due(url, n)
         fake = self.fake()
@@ -943,6 +994,7 @@ class Bench:
                 "record",
                 "-r",
                 "250",
+                "--gil",
                 "--full-filenames",
                 "--format",
                 "raw",
@@ -951,16 +1003,222 @@ class Bench:
                 "--",
                 *self.send_due_cmd(),
             ]
+            pg0 = self.pgcpu.total()
             res = run_measured([cmd], self.env(url, fake), work)
+            pg1 = self.pgcpu.total()
         finally:
             fake.stop()
         check_rc(res, "py-spy record")
         self.drop_db(url)
         self.extra.append(summarize_profile(raw, n, res[0].wall))
+        from breakdown import render as stage_table
+
+        cpu = res[0].cpu_s
+        pg = (
+            f"; PostgreSQL {1000 * (pg1 - pg0) / n:.3f} ms CPU per delivery"
+            if pg0 is not None and pg1 is not None
+            else ""
+        )
+        self.extra.append(
+            f"profile by stage ({n:,} deliveries, client {1000 * cpu / n:.3f} ms CPU per "
+            f"delivery under the profiler{pg}):\n" + stage_table(raw, n, cpu)
+        )
         if self.args.keep_profile:
             dest = Path(self.args.keep_profile)
             shutil.copy(raw, dest)
             self.extra.append(f"profile: raw collapsed stacks saved to {dest}")
+
+    def peers(self) -> None:
+        """aioapns and @parse/node-apn pushing (no database) to the same device tokens that
+        one send-due then delivers follow-ups to end to end, each contender against a fresh
+        fake with the same rules; rows, and the ratios in one summary line per gating."""
+        n = self.args.peers_size or self.sizes.peers
+        tokens = [f"{self.rand.getrandbits(256):064x}" for _ in range(n)]
+        token_file = self.tmp / "peers_tokens.txt"
+        token_file.write_text("\n".join(tokens) + "\n")
+        contenders: list[tuple[str, list[str] | None, str]] = []
+        for name, setup in (
+            (f"aioapns {pinned_aioapns()}", ensure_aioapns),
+            (f"@parse/node-apn {pinned_node_apn()}", ensure_node_apn),
+        ):
+            try:
+                contenders.append((name, setup(), ""))
+            except PeerSetupError as e:
+                contenders.append((name, None, str(e)))
+        mode = self.args.peers_gating or self.args.gating
+        gatings = {"on": (True,), "off": (False,), "both": (True, False)}[mode]
+        for gating in gatings:
+            tag = "" if len(gatings) == 1 else " (gated)" if gating else " (no gating)"
+            results = []
+            for name, cmd, problem in contenders:
+                if cmd is None:
+                    self.rows.append(Row(f"peers: {name}{tag}", n, None, None, None, None, []))
+                    self.rows[-1].notes.append(f"NOT RUN: {problem[-300:]}")
+                    self.failures.append(f"peers: {name} could not be set up:\n{problem}")
+                    continue
+                results.append(self.peer_run(f"peers: {name}{tag}", name, cmd, token_file, gating))
+            ours = self.timed_delivery(
+                "peers" if gating else "peers_ungated",
+                n,
+                label=f"peers: followups send-due{tag}",
+                gating=gating,
+                tokens=tokens,
+            )
+            ours.notes.insert(
+                0,
+                "end to end from process start, with PostgreSQL (claim, push, record); "
+                "every row has a token: deliveries = pushes",
+            )
+            self.rows.extend(r.row for r in results)
+            self.rows.append(ours)
+            self.extra.append(self.peers_summary(ours, results, n, gating))
+
+    def peer_run(
+        self, label: str, name: str, cmd: list[str], token_file: Path, gating: bool
+    ) -> PeerResult:
+        """One peer's driver against a fresh fake: its own JSON line plus what the process
+        and the fake say."""
+        timeout = self.args.peers_timeout
+        fake = self.fake(gating)
+        work = self.tmp / ("peer_" + "".join(c if c.isalnum() else "_" for c in label))
+        work.mkdir(exist_ok=True)
+        full = [
+            *cmd,
+            "--url",
+            fake.url,
+            "--ca",
+            self.pki["ca"],
+            "--key",
+            self.pki["auth_key"],
+            "--key-id",
+            KEY_ID,
+            "--team-id",
+            TEAM_ID,
+            "--topic",
+            TOPIC,
+            "--tokens",
+            str(token_file),
+            "--timeout",
+            str(timeout),
+        ]
+        try:
+            before = fake.stats()
+            # The driver's own timeout ends it; this one is for a driver that cannot.
+            r = run_measured([full], dict(os.environ), work, timeout=timeout + 30)[0]
+            after = fake.stats()
+        finally:
+            final = fake.stop()
+        n = len(token_file.read_text().split())
+        out: dict[str, Any] | None = None
+        for line in reversed(r.stdout.strip().splitlines()):
+            try:
+                out = json.loads(line)
+                break
+            except ValueError:
+                continue
+        accepted = after["accepted"] - before["accepted"]
+        notes = ["push only, no database; seconds = whole process from spawn"]
+        if out is None:
+            sent, push_s, finished = 0, r.wall, False
+            notes.append(
+                f"NO RESULT: the driver {'was killed' if r.killed else f'exited {r.rc}'} "
+                f"without its JSON line; the fake accepted {accepted:,}"
+            )
+            self.failures.append(
+                f"{label}: driver stdout/stderr:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+            )
+        else:
+            sent, push_s, finished = int(out["sent"]), float(out["seconds"]), bool(out["finished"])
+            push_rate = sent / push_s if push_s > 0 else 0.0
+            notes.append(
+                f"push window {push_s:.2f}s (first send to last answer): {push_rate:,.0f}/s"
+            )
+            if not finished:
+                notes.append(
+                    f"STALLED: did not finish within {timeout:g}s, {sent:,} sent "
+                    f"(rate over the {timeout:g}s; last answer at "
+                    f"{float(out.get('last_answer_s', 0)):.1f}s)"
+                )
+            if sent < n:
+                reasons = ", ".join(
+                    f"{k} x{v:,}" for k, v in sorted(out["failed_reasons"].items(), key=_by_count)
+                )
+                notes.append(
+                    f"LOST {n - sent:,} of {n:,}: {out['failed']:,} failed"
+                    + (f" ({reasons})" if reasons else "")
+                    + f", {out['unanswered']:,} unanswered"
+                )
+            else:
+                notes.append(f"all {n:,} sent")
+            if accepted != sent:
+                notes.append(
+                    f"the fake accepted {accepted:,} ({accepted - sent:+,} vs the client's count)"
+                )
+            if r.rc != 0:
+                notes.append(f"driver exited {r.rc}")
+        if r.killed:
+            notes.append(f"KILLED {timeout + 30:g}s after start (its own timeout did not end it)")
+        if sent:
+            notes.append(
+                f"client CPU {1000 * r.cpu_s / sent:.2f} ms/delivery ({r.cpu_s / r.wall:.2f} cores)"
+            )
+        else:
+            notes.append(f"client CPU {r.cpu_s:.1f}s, nothing delivered")
+        notes.append(fake_rules_note(final))
+        errors = {
+            k: v for k in ("session_errors", "stream_errors", "tls_errors") if (v := final.get(k))
+        }
+        if errors or final.get("rejected"):
+            notes.append(f"fake saw: rejected={final.get('rejected')} {errors}")
+        if final.get("repeated_collapse_ids"):
+            notes.append(f"PUSHED TWICE: {final['repeated_collapse_ids']} notifications")
+        row = Row(
+            label,
+            n,
+            r.wall,
+            sent / r.wall,
+            r.maxrss_mb,
+            (after["cpu_s"] - before["cpu_s"]) / r.wall,
+            notes,
+        )
+        return PeerResult(name, row, sent, sent / push_s if push_s > 0 else 0.0, finished)
+
+    def peers_summary(self, ours: Row, results: list[PeerResult], n: int, gating: bool) -> str:
+        """followups / each peer, on its push window and on its whole process, and / the
+        best peer; the ratio goes into each peer's row as well."""
+        rules = "stream gating" if gating else "no stream gating"
+        head = (
+            f"peers ({rules}, {n:,} device tokens, latency {self.args.latency_ms:g} ms): "
+            f"followups send-due end to end {ours.rate or 0:,.0f}/s"
+        )
+        if not results or not ours.rate:
+            return head + "; no ratio"
+        parts = []
+        for p in results:
+            wall_rate = p.row.rate or 0.0
+            if p.sent == 0:
+                p.row.notes.insert(0, "followups = n/a (nothing delivered here)")
+                parts.append(f"n/a vs {p.name} (0 of {n:,} delivered)")
+                continue
+            push_x, wall_x = ours.rate / p.push_rate, ours.rate / wall_rate
+            p.row.notes.insert(
+                0, f"followups = {push_x:.2f}x this push window, {wall_x:.2f}x its whole process"
+            )
+            state = [f"push-only {p.push_rate:,.0f}/s", f"{wall_x:.2f}x its whole process"]
+            if p.sent < n:
+                state.append(f"lost {n - p.sent:,}")
+            if not p.finished:
+                state.append(f"STALLED at {self.args.peers_timeout:g}s")
+            parts.append(f"{push_x:.2f}x {p.name} ({', '.join(state)})")
+        line = f"{head} = " + ", ".join(parts)
+        delivered = [p for p in results if p.sent]
+        if delivered:
+            best = max(delivered, key=lambda p: p.push_rate)
+            line += (
+                f"; followups / best peer ({best.name}, push window) = "
+                f"{ours.rate / best.push_rate:.2f}x"
+            )
+        return line
 
     # driver
 
@@ -1005,11 +1263,77 @@ class Bench:
             rules += f", GOAWAY after {self.args.goaway_after} requests per connection"
         if self.args.reject_every:
             rules += f", every {self.args.reject_every}th push 410 Unregistered"
+        peers_gating = self.args.peers_gating
+        if "peers" in self.args.scenarios and peers_gating not in (None, self.args.gating):
+            rules += f"; peers scenario: gating {peers_gating}"
         return (
             f"followups bench ({'quick' if self.args.quick else 'full'}) - {platform.node()}, "
             f"{os.cpu_count()} CPUs, Python {platform.python_version()}, PostgreSQL {pg}, "
             f"fake APNs latency {self.args.latency_ms} ms ({rules}), send-due env: {env}\n"
         )
+
+
+# -- peers ----------------------------------------------------------------------------------
+
+
+def pinned_aioapns() -> str:
+    """The aioapns version bench/peers/requirements.txt pins."""
+    for line in (PEERS / "requirements.txt").read_text().splitlines():
+        if line.startswith("aioapns=="):
+            return line.split("==", 1)[1].split()[0]
+    return "?"
+
+
+def pinned_node_apn() -> str:
+    """The @parse/node-apn version bench/peers/package.json pins."""
+    return str(json.loads((PEERS / "package.json").read_text())["dependencies"]["@parse/node-apn"])
+
+
+def _setup_step(cmd: list[str], cwd: Path) -> None:
+    print(f"# peers: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PeerSetupError(
+            f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+        )
+
+
+def ensure_aioapns() -> list[str]:
+    """bench/peers/.venv with requirements.txt installed (hashes checked): created on first
+    use, installed again when requirements.txt changes. The command of the aioapns driver."""
+    python = PEERS_VENV / "bin" / "python"
+    reqs = PEERS / "requirements.txt"
+    stamp = PEERS_VENV / "requirements.installed"
+    want = reqs.read_text()
+    if not (python.exists() and stamp.exists() and stamp.read_text() == want):
+        if not python.exists():
+            _setup_step([sys.executable, "-m", "venv", str(PEERS_VENV)], PEERS)
+        _setup_step(
+            [str(python), "-m", "pip", "install", "--quiet", "--require-hashes", "-r", str(reqs)],
+            PEERS,
+        )
+        stamp.write_text(want)
+    return [str(python), str(PEERS / "aioapns_push.py")]
+
+
+def ensure_node_apn() -> list[str]:
+    """bench/peers/node_modules from package-lock.json (npm ci) when the pinned
+    @parse/node-apn is not there yet. The command of the node-apn driver."""
+    node = shutil.which("node")
+    if node is None:
+        raise PeerSetupError("node is not installed")
+    installed = PEERS / "node_modules" / "@parse" / "node-apn" / "package.json"
+    have = json.loads(installed.read_text()).get("version") if installed.exists() else None
+    if have != pinned_node_apn():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise PeerSetupError("npm is not installed")
+        _setup_step([npm, "ci", "--no-audit", "--no-fund"], PEERS)
+    return [node, str(PEERS / "node_apn_push.mjs")]
+
+
+def _by_count(item: tuple[str, int]) -> tuple[int, str]:
+    return (-item[1], item[0])
 
 
 def fake_rules_note(stats: dict[str, Any]) -> str:
@@ -1212,6 +1536,30 @@ def main(argv: list[str] | None = None) -> None:
         "--backlog-size", type=int, default=0, metavar="N", help="due rows of the backlog run"
     )
     p.add_argument(
+        "--profile-size", type=int, default=0, metavar="N", help="due rows of the profile run"
+    )
+    p.add_argument(
+        "--peers-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="device tokens of the peers scenario (10,000; 2,000 with --quick)",
+    )
+    p.add_argument(
+        "--peers-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="a peer client still pushing after S seconds is reported as stalled",
+    )
+    p.add_argument(
+        "--peers-gating",
+        choices=("on", "off", "both"),
+        default=None,
+        help="stream gating for the peers scenario (default: as --gating); 'both' runs "
+        "its three contenders once with and once without",
+    )
+    p.add_argument(
         "--pg-url",
         default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432"),
         help="server URL without database (trust auth); databases followups_bench_* are created",
@@ -1231,8 +1579,12 @@ def main(argv: list[str] | None = None) -> None:
     unknown = args.scenarios - set(ALL_SCENARIOS)
     if unknown:
         p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
-    if min(args.goaway_after, args.reject_every, args.backlog_size) < 0:
-        p.error("--goaway-after, --reject-every and --backlog-size want a number >= 0")
+    if min(args.goaway_after, args.reject_every, args.backlog_size, args.profile_size) < 0:
+        p.error(
+            "--goaway-after, --reject-every, --backlog-size and --profile-size want a number >= 0"
+        )
+    if args.peers_size < 0 or args.peers_timeout <= 0:
+        p.error("--peers-size wants a number >= 0, --peers-timeout one > 0")
     for kv in args.env:
         if "=" not in kv or not kv.startswith("FOLLOWUPS_"):
             p.error(f"--env wants FOLLOWUPS_NAME=value, got {kv!r}")
