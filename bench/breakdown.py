@@ -19,7 +19,7 @@ from pathlib import Path
 # (stage, markers): a frame matches when it contains one of the markers. Checked from
 # the leaf up; within one frame, in this order.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("start-up (imports, settings, connect)", ("<module>", "importlib", "idle.py")),
+    ("start-up (imports, settings, connect)", ("importlib", "idle.py", "<module>")),
     ("claim (SQL and rows)", ("claim_due", "delivery/run.py:Run.claim", "Run.claim ")),
     ("cancel gate", ("delivery/gate.py",)),
     (
@@ -37,13 +37,16 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("TLS", ("ssl.py", "_ssl")),
     ("event loop (asyncio, selectors)", ("asyncio/", "selectors.py")),
     ("delivery service (plan, chains, round)", ("followup_cli/delivery/",)),
+    ("the command (CLI, settings, alerts, run record)", ("followup_cli/",)),
 )
 IDLE = ("thread.py:81", "thread.py:85")
 
 
 def stage_of(frames: list[str]) -> str:
-    """The stage of one sample's stack (root first, leaf last)."""
-    for frame in reversed(frames):
+    """The stage of one sample's stack (root first, leaf last). The root frame is the
+    script's own `<module>`, under which everything runs: it marks no stage."""
+    for depth in range(len(frames) - 1, 0, -1):
+        frame = frames[depth]
         for stage, markers in STAGES:
             if any(marker in frame for marker in markers):
                 # SQL under the claim is the claim's, SQL under the finish the finish's:
@@ -55,7 +58,7 @@ def stage_of(frames: list[str]) -> str:
 
 
 def _sql_owner(frames: list[str]) -> str:
-    for frame in reversed(frames):
+    for frame in reversed(frames[1:]):
         if "claim_due" in frame or "Run.claim" in frame:
             return "claim (SQL and rows)"
         if "delivery/gate.py" in frame:

@@ -77,6 +77,19 @@ def test_multibyte_text_is_cut_on_a_character_boundary() -> None:
         assert kept == unit * (len(kept) // len(unit))
 
 
+def test_every_length_near_the_limit_fits_and_is_kept_whole_when_it_can_be() -> None:
+    """Around the 4,096 bytes, for characters of every JSON size (ASCII, an escaped
+    quote, 2- and 4-byte UTF-8, a control character escaped six bytes long): the payload
+    always fits, and a body that fits whole is never cut."""
+    for unit in ("a", '"', "é", "\U0001f912", "\x01"):
+        for length in range(0, 4200 // len(json.dumps(unit, ensure_ascii=False)), 7):
+            req = request(unit * length)
+            body = fit_body(req)
+            assert size(req, body) <= MAX_PAYLOAD_BYTES, (unit, length)
+            whole = size(req, req.body) <= MAX_PAYLOAD_BYTES
+            assert (body == req.body) == whole, (unit, length)
+
+
 # -- which service a token belongs to ---------------------------------------------------
 
 FCM_TOKEN = "dGhpcyBpcyBhbiBpZA:APA91bH" + "x1_Y-z" * 25

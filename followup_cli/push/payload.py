@@ -74,15 +74,28 @@ def payload_dict(req: PushRequest, body: str | None = None) -> dict[str, Any]:
     }
 
 
+# Non-ASCII stays UTF-8 (not \\u escapes): an emoji costs 4 bytes, not 12. One encoder
+# for every push (json.dumps with options builds a new one each call).
+_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+# What the payload holds besides its strings' characters (keys, quotes, punctuation,
+# "default", "follow_up", the interruption level), with room to spare.
+_PAYLOAD_FRAME_BYTES = 256
+# The most bytes one character of a string takes in the JSON: a control character
+# escaped as \\u00XX.
+_MAX_BYTES_PER_CHAR = 6
+
+
 def encode_payload(payload: dict[str, Any]) -> bytes:
-    # Non-ASCII stays UTF-8 (not \\u escapes): an emoji costs 4 bytes, not 12.
-    return json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+    return _JSON.encode(payload).encode()
 
 
 def fit_body(req: PushRequest, limit: int = MAX_PAYLOAD_BYTES) -> str:
     """The alert body, cut on a character boundary (with an ellipsis) so the whole payload
     fits `limit` bytes (APNs' 4,096). Never splits a combining mark or emoji sequence from
     its base."""
+    chars = len(req.title) + len(req.body) + 2 * len(req.conversation_id) + len(req.follow_up_id)
+    if _PAYLOAD_FRAME_BYTES + _MAX_BYTES_PER_CHAR * chars <= limit:
+        return req.body  # fits whatever its characters are: no need to encode it to know
     if len(encode_payload(payload_dict(req))) <= limit:
         return req.body
     text = req.body
