@@ -3,6 +3,7 @@ the few helpers more than one domain uses."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +32,18 @@ def _aware(value: datetime | None) -> datetime | None:
 
         return value.replace(tzinfo=UTC)
     return value
+
+
+def _one_of(dialect: str, column: Any, ids: Sequence[str]) -> Any:
+    """`column IN (ids)`. On PostgreSQL as `column = ANY(array)`: one parameter however
+    many ids (an IN list has one each, which SQLAlchemy renders and PostgreSQL parses
+    afresh for every batch size), the same statement text every time."""
+    if dialect == "postgresql":
+        from sqlalchemy import any_, bindparam
+        from sqlalchemy.dialects.postgresql import ARRAY, UUID
+
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(UUID(as_uuid=False))))
+    return column.in_(list(ids))
 
 
 def _insert_ignore(dialect: str, table: Any) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, insert, literal, or_, select, update
 
-from followup_cli.repository.base import _NOT_RETRYING, RepositoryBase, _aware
+from followup_cli.repository.base import _NOT_RETRYING, RepositoryBase, _aware, _one_of
 from followup_cli.repository.rows import AttemptRecord, DueFollowUp, Failure, Message, RunRecord
 from followup_cli.tables import (
     follow_up_attempts,
@@ -139,7 +139,7 @@ class DeliveryStatements(RepositoryBase):
         if not ids:
             return set()
         stmt = select(requests.id).where(
-            requests.id.in_(list(ids)),
+            _one_of(self.dialect, requests.id, ids),
             requests.status == Status.SCHEDULED,
             requests.claimed_by == run_id,
         )
@@ -165,7 +165,7 @@ class DeliveryStatements(RepositoryBase):
         stmt = (
             update(follow_up_requests)
             .where(
-                requests.id.in_(list(ids)),
+                _one_of(self.dialect, requests.id, ids),
                 requests.status == Status.SCHEDULED,
                 requests.claimed_by == run_id,
             )
@@ -310,7 +310,7 @@ class DeliveryStatements(RepositoryBase):
             return
         self.conn.execute(
             update(follow_up_requests)
-            .where(requests.id.in_(list(ids)), requests.claimed_by == run_id)
+            .where(_one_of(self.dialect, requests.id, ids), requests.claimed_by == run_id)
             .values(claimed_by=None, claim_expires_at=None)
         )
 
@@ -342,7 +342,7 @@ class DeliveryStatements(RepositoryBase):
             return set()
         attempts = follow_up_attempts.c
         stmt = select(attempts.follow_up_id).where(
-            attempts.run_id == run_id, attempts.follow_up_id.in_(list(ids))
+            attempts.run_id == run_id, _one_of(self.dialect, attempts.follow_up_id, ids)
         )
         return set(self.conn.scalars(stmt.distinct()))
 
