@@ -81,11 +81,16 @@ def test_apns_cancel_after_a_503_stops_the_retries(
     """The same with APNs' 503 and the backoff's own wait between attempts."""
     fid = app_row(db)
     apns.respond(503, "ServiceUnavailable", times=2)
-    watcher = when(lambda: len(apns.requests) >= 1, lambda: cancel(db, fid))
+    # Each answer takes 0.5 s: the app's cancel, made as the first request arrives (the
+    # fake counts it in flight then; it records it when it answers), is committed well
+    # before the first retry can start, on a loaded machine too.
+    apns.latency = 0.5
+    watcher = when(lambda: apns.max_streams_in_flight >= 1, lambda: cancel(db, fid))
     deliver(db, replace(apns_settings, retry_base_seconds=0.5, outage_threshold=10))
     watcher.join()
-    # The first retry waits up to 0.5 s with jitter: a cancel 0.2 s (the check's window)
-    # before it starts must stop it; a retry that started sooner is the only one allowed.
+    # A cancel 0.2 s (the check's window) before a retry starts must stop it; a retry
+    # that started sooner (the cancel slower than the first answer) is the only one
+    # allowed.
     assert len(apns.requests) <= 2
     assert len(apns.accepted()) == 0
     assert row(db, fid).status == "cancelled"

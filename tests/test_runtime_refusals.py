@@ -271,10 +271,26 @@ def test_a_structural_refusal_stops_claiming_and_hands_back_what_was_claimed_ahe
         stored = row(owner, fid)
         assert (stored.status, stored.claimed_by, stored.held_at) == ("scheduled", None, None)
 
+    runs = [first]
     for _ in range(5):
-        if send_due(runtime, owner, apns, webhook, FOLLOWUPS_BATCH_SIZE="3").returncode == 0:
+        runs.append(send_due(runtime, owner, apns, webhook, FOLLOWUPS_BATCH_SIZE="3"))
+        if runs[-1].returncode == 0:
             break
-    assert pushes(apns, ids) == dict.fromkeys(ids, 1)
+    twice = [fid for fid, n in pushes(apns, ids).items() if n != 1]
+    # On failure, what each request of those got and what each run said: the answer
+    # (or why there was none) tells a resend of an unprocessed request from a re-push.
+    story = [
+        (
+            fid,
+            [
+                (p.status, p.reason, p.connection)
+                for p in apns.requests
+                if p.headers.get("apns-collapse-id") == fid
+            ],
+        )
+        for fid in twice
+    ] + [(run.returncode, run.stdout, run.stderr[-1500:]) for run in runs]
+    assert not twice, story
     assert all(row(owner, fid).failure_reason == FailureReason.DATABASE_REJECTED for fid in ids)
 
 
