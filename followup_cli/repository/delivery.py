@@ -134,15 +134,21 @@ class DeliveryStatements(RepositoryBase):
         rows.sort(key=lambda f: (f.scheduled_for, f.id))
         return rows
 
-    def still_claimed(self, run_id: str, ids: Sequence[str]) -> set[str]:
-        """Which of these are still scheduled and leased to this run (not cancelled since)."""
-        if not ids:
-            return set()
-        stmt = select(requests.id).where(
+    def _held_by_run(self, run_id: str, ids: Sequence[str]) -> Any:
+        """Of these follow-ups, those still scheduled and leased to this run: what every
+        statement of the run's finish (and the cancel gate) may touch. A follow-up the
+        app cancelled, or whose lease passed to another run, is left alone."""
+        return and_(
             _one_of(self.dialect, requests.id, ids),
             requests.status == Status.SCHEDULED,
             requests.claimed_by == run_id,
         )
+
+    def still_claimed(self, run_id: str, ids: Sequence[str]) -> set[str]:
+        """Which of these are still scheduled and leased to this run (not cancelled since)."""
+        if not ids:
+            return set()
+        stmt = select(requests.id).where(self._held_by_run(run_id, ids))
         return set(self.conn.scalars(stmt))
 
     def renew_claims(self, run_id: str, lease_until: datetime) -> int:
@@ -164,11 +170,7 @@ class DeliveryStatements(RepositoryBase):
             return set()
         stmt = (
             update(follow_up_requests)
-            .where(
-                _one_of(self.dialect, requests.id, ids),
-                requests.status == Status.SCHEDULED,
-                requests.claimed_by == run_id,
-            )
+            .where(self._held_by_run(run_id, ids))
             .values(
                 status=Status.SENT,
                 sent_at=sent_at,
@@ -225,11 +227,7 @@ class DeliveryStatements(RepositoryBase):
         for reason, ids in by_reason.items():
             stmt = (
                 update(follow_up_requests)
-                .where(
-                    requests.id.in_(ids),
-                    requests.status == Status.SCHEDULED,
-                    requests.claimed_by == run_id,
-                )
+                .where(self._held_by_run(run_id, ids))
                 .values(
                     status=Status.FAILED,
                     failure_reason=reason,
@@ -255,11 +253,7 @@ class DeliveryStatements(RepositoryBase):
         for at, ids in retry_at.items():
             stmt = (
                 update(follow_up_requests)
-                .where(
-                    requests.id.in_(ids),
-                    requests.status == Status.SCHEDULED,
-                    requests.claimed_by == run_id,
-                )
+                .where(self._held_by_run(run_id, ids))
                 .values(
                     retry_at=at,
                     retrying_since=func.coalesce(requests.retrying_since, now),
