@@ -428,6 +428,38 @@ def test_survives_misbehaving_clients(fake: FakeAPNs) -> None:
     assert [r.token for r in fake.accepted()] == [TOKEN_B]
 
 
+def test_a_frame_on_a_stream_never_opened_ends_the_connection_and_is_counted(
+    fake: FakeAPNs,
+) -> None:
+    """DATA for a stream whose HEADERS never came (what a client that lost a queued
+    HEADERS frame sends): a connection error, as h2 and RFC 9113 section 5.1 have it.
+    The server answers with a GOAWAY (PROTOCOL_ERROR), closes, and counts it."""
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+    from hyperframe.frame import DataFrame
+
+    fake.reset_records()
+    ctx = ssl.create_default_context(cafile=fake.ca_file)
+    ctx.set_alpn_protocols(["h2"])
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    stray = DataFrame(1, b"{}", flags=["END_STREAM"])
+    events: list[Any] = []
+    with (
+        socket.create_connection(("127.0.0.1", fake.port)) as s,
+        ctx.wrap_socket(s, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.settimeout(5)
+        tls.sendall(client.data_to_send() + stray.serialize())
+        while data := tls.recv(65536):
+            events += client.receive_data(data)
+    [goaway] = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    assert fake.protocol_errors == 1 and fake.requests == []
+
+
 def test_works_under_freezegun(fake: FakeAPNs) -> None:
     fake.latency = 0.05
     client = make_client(fake)

@@ -168,6 +168,7 @@ def test_goaway_answers_up_to_the_last_stream_and_resends_the_rest(side: Side) -
     unprocessed = [r for r in side.records() if side.word(r) == "goaway"]
     assert unprocessed and len(side.records()) == 60 + len(unprocessed)
     assert side.fake.goaways_sent >= 2 and side.fake.connections_opened >= 2
+    assert side.fake.protocol_errors == 0
 
 
 def test_refused_stream_is_resent_and_is_not_an_attempt(side: Side) -> None:
@@ -357,3 +358,107 @@ def test_the_static_encoder_round_trips_through_hpack_and_follows_table_size_upd
         decoded = decoder.decode(block, raw=True)
         assert [(type(h), h[0], h[1]) for h in decoded] == [(type(h), h[0], h[1]) for h in headers]
     assert decoder.header_table_size == 100
+
+
+class _Wire(asyncio.Transport):
+    """The client's side of an in-memory connection: what it writes, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data, self.written = bytes(self.written), bytearray()
+        return data
+
+
+def test_a_goaway_loses_none_of_what_the_client_had_queued() -> None:
+    """A GOAWAY arrives after a WINDOW_UPDATE, while one request's body waits for the
+    connection's window and a later request's HEADERS are queued but not yet written.
+    h2 throws its unwritten bytes away as a GOAWAY arrives, and the window then sends the
+    later request's DATA without its HEADERS. The client keeps what it queued, so the
+    server (a real h2 server state machine which, like the fakes, ends the connection on
+    a frame for a stream never opened) reads a valid connection: the first request's
+    whole body arrives and its answer is read; the later one is sent again elsewhere."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+
+    from followup_cli.push.h2client import H2Connection, NotProcessed
+    from tests.fakes.http2 import _DrainingStateMachine, _UnenforcedSettings
+
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    server.state_machine = _DrainingStateMachine()
+    server.local_settings = _UnenforcedSettings(
+        client=False,
+        initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**20,  # the connection's limits
+        },
+    )
+    received: dict[int, bytearray] = {}
+    ended: set[int] = set()
+
+    def server_reads(data: bytes) -> None:
+        for event in server.receive_data(data):  # a ProtocolError fails the test here
+            if isinstance(event, h2.events.RequestReceived):
+                received[event.stream_id] = bytearray()
+            elif isinstance(event, h2.events.DataReceived):
+                received[event.stream_id] += event.data
+                server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                ended.add(event.stream_id)
+
+    def answer(stream_id: int) -> None:
+        server.send_headers(stream_id, [(":status", "200")], end_stream=True)
+
+    async def scenario() -> None:
+        wire = _Wire()
+        client = H2Connection("push.example", "FCM")
+        client.connection_made(wire)
+        server.initiate_connection()
+        server_reads(wire.take())
+        client.data_received(server.data_to_send())
+
+        def push(body: bytes) -> asyncio.Task[Any]:
+            headers = {"content-type": "application/json"}
+            return asyncio.ensure_future(client.request("/send", headers, body, 5.0, lambda: True))
+
+        first = push(b"{}")  # one stream until an answer has been read
+        await asyncio.sleep(0.01)
+        server_reads(wire.take())
+        answer(1)
+        client.data_received(server.data_to_send())
+        assert (await first).status == 200
+
+        kept = push(b"k" * 70_000)
+        await asyncio.sleep(0.01)
+        server_reads(wire.take())  # the connection's window of 65,535 bytes, used up
+        assert len(received[3]) == 65_535 - 2 and 3 not in ended  # the first body took 2
+        later = push(b"l" * 100)
+        await asyncio.sleep(0)  # its HEADERS are queued; they are written a turn later
+        assert not wire.written
+        server.close_connection(last_stream_id=3)
+        client.data_received(server.data_to_send())  # the window, then the GOAWAY
+        with pytest.raises(NotProcessed):
+            await later
+        await asyncio.sleep(0.01)
+        server_reads(wire.take())
+        assert bytes(received[3]) == b"k" * 70_000 and 3 in ended
+        answer(3)
+        client.data_received(server.data_to_send())
+        assert (await kept).status == 200
+
+    asyncio.run(scenario())

@@ -176,6 +176,15 @@ class _CountingH2(h2.connection.H2Connection):
         self._opened_since += 1
         return bound
 
+    def clear_outbound_data_buffer(self) -> None:
+        """h2 calls this as a GOAWAY arrives, throwing away every byte not yet written:
+        with the streams up to the GOAWAY's last-stream-id still being answered
+        (_DrainingStateMachine), that would drop the rest of their bodies, and the
+        HEADERS of a stream whose DATA is sent later, which the server would take as a
+        frame on a stream never opened and end the connection, losing every stream it
+        was about to answer. What was queued goes out; the server ignores what is above
+        its last-stream-id (RFC 9113, section 6.8)."""
+
 
 _Inputs = h2.connection.ConnectionInputs
 _CLOSED = h2.connection.ConnectionState.CLOSED

@@ -32,7 +32,12 @@ in `_to_record`, and may say what stream limit a connection advertises
   `connections_cut` says when the fake itself cut which connection (a "reset" or a drop),
   so that a client's lost answers can be told from its own repeats;
 - flow control both ways; clients without ALPN h2, or not speaking HTTP/2, are dropped
-  without harm to the server.
+  without harm to the server;
+- protocol errors end the connection, as h2 ends it (GOAWAY, then close), and are
+  counted in `protocol_errors`: among them a frame on a stream the client never opened
+  (RFC 9113, section 5.1), even above a GOAWAY's last stream id, where the RFC lets a
+  server ignore it. A client that loses a HEADERS frame and sends its DATA is caught
+  here rather than by a lenient server.
 
 The server's event loop reads the real monotonic clock, so it keeps working under
 freezegun.
@@ -231,6 +236,7 @@ class _Connection(asyncio.Protocol):
             self._flush()
         except h2.exceptions.ProtocolError as exc:
             log.debug("%s: HTTP/2 protocol error from client: %r", self._fake, exc)
+            self._fake._protocol_error()
             self._flush()
             self.close()
         except Exception:
@@ -480,6 +486,7 @@ class H2Fake(abc.ABC, Generic[AnswerT, RecordT]):
         self.requests: list[RecordT] = []
         self.connections_opened = 0
         self.goaways_sent = 0
+        self.protocol_errors = 0  # connections ended for a client's protocol error
         self.max_streams_in_flight = 0  # on one connection, since the last reset_records()
         # How each header name arrived, since the last reset_records(): the names that
         # came as HPACK "never indexed" literals (kept out of the compression table),
@@ -625,6 +632,7 @@ class H2Fake(abc.ABC, Generic[AnswerT, RecordT]):
             self.requests.clear()
             self.connections_opened = 0
             self.goaways_sent = 0
+            self.protocol_errors = 0
             self.max_streams_in_flight = 0
             self.connections_cut.clear()
             self.never_indexed.clear()
@@ -684,6 +692,10 @@ class H2Fake(abc.ABC, Generic[AnswerT, RecordT]):
     def _connection_cut(self, serial: int) -> None:
         with self._lock:
             self.connections_cut.setdefault(serial, REAL_CLOCK["monotonic"]())
+
+    def _protocol_error(self) -> None:
+        with self._lock:
+            self.protocol_errors += 1
 
     def _goaway_sent(self) -> None:
         with self._lock:
