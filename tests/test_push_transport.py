@@ -196,6 +196,25 @@ def test_stream_reset_by_the_server_is_a_transient_attempt(side: Side) -> None:
     assert side.pushes() == Counter({request.follow_up_id: 1})
 
 
+def test_a_connection_lost_with_many_streams_in_flight_is_one_failure_for_the_breaker(
+    side: Side,
+) -> None:
+    """The server drops a connection with 40 pushes in flight: one event, so one failure
+    toward the outage threshold (5), not 40. Each push lost with it is tried again on a
+    new connection and sent, once, and the pusher carries on."""
+    side.fake.latency = 0.05
+    requests = [side.request(i) for i in range(41)]  # the first goes alone, then 40
+    side.act("reset", token=requests[5].device_token, times=1)
+    with pusher_for(side.settings) as pusher:
+        outcomes = push_all(pusher, requests)
+        assert pusher.stopped(side.name) is None
+    lost = [o for o in outcomes if tried(o) == [("transient", "ConnectionError"), ("sent", None)]]
+    assert len(lost) >= 10
+    assert all(o.kind == "sent" for o in outcomes)
+    assert side.pushes() == Counter({r.follow_up_id: 1 for r in requests})
+    assert len(side.fake.connections_cut) == 1
+
+
 def test_a_stall_times_out_and_retires_the_connection(side: Side) -> None:
     """No answer at all: the attempt times out, its connection takes no new stream, the
     retry and the next push go to a new connection."""

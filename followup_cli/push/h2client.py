@@ -51,7 +51,13 @@ MAX_RESENDS = 20
 
 class ConnectionLost(Exception):
     """The connection could not be made, or went away before the answer (reset stream,
-    dropped transport, protocol error)."""
+    dropped transport, protocol error). `event` is what the requests lost together share
+    (the connection that went away, or the connect that failed): one event, however
+    many streams it took with it. None for a loss of this stream alone."""
+
+    def __init__(self, event: object | None = None) -> None:
+        super().__init__()
+        self.event = event
 
 
 class PushTimeout(Exception):
@@ -539,7 +545,7 @@ class H2Connection(asyncio.Protocol):
         self.closed = True
         self.accepting = False
         for stream_id in list(self._waiters):
-            self._forget(stream_id, ConnectionLost(), reset=False)
+            self._forget(stream_id, ConnectionLost(self), reset=False)
         self._notify_capacity()
 
 
@@ -571,6 +577,7 @@ class H2Endpoint:
         self._connecting: asyncio.Lock | None = None
         self._connect_tries = 0  # connects started, and how many of them failed
         self._connect_failures = 0
+        self._failed_connect: object | None = None  # the last connect that failed
 
     async def connection(self, may_start: Callable[[], bool] | None = None) -> H2Connection:
         """The connection new streams go to, made when there is none. Requests that
@@ -586,14 +593,16 @@ class H2Endpoint:
             if self._conn is not None and self._conn.accepting:
                 return self._conn
             if self._connect_tries != tries_seen and self._connect_failures:
-                raise ConnectionLost()  # the connect this request waited for failed
+                # The connect this request waited for failed: the same event.
+                raise ConnectionLost(self._failed_connect)
             if may_start is not None and not may_start():
                 raise Halted()
             self._connect_tries += 1
             try:
                 self._conn = await self._connect()
-            except ConnectionLost:
+            except ConnectionLost as exc:
                 self._connect_failures += 1
+                self._failed_connect = exc.event = object()
                 raise
             self._connect_failures = 0
             self._connections = [c for c in self._connections if not c.closed]

@@ -94,6 +94,8 @@ class OutageBreaker:
     """Counts a run's failed push *attempts* in a row: server errors (5xx), timeouts and
     connection failures. Any real answer from the push service (accepted, or refused for
     this one notification) resets the count; APNs' per-device 429 leaves it alone.
+    Attempts that failed by one event count once: the streams a dropped connection took
+    with it, or the requests that waited for one connect that failed (`event`).
 
     At `threshold` failures in a row it trips for the rest of the run: no new push and no
     further retry starts, and the run stops as an outage with nothing marked failed.
@@ -111,6 +113,7 @@ class OutageBreaker:
         self.failed_attempts = 0
         self.answers = 0
         self.judged = 0
+        self._events: list[object] = []  # the events counted since the last answer
 
     @property
     def tripped(self) -> bool:
@@ -121,8 +124,12 @@ class OutageBreaker:
         """The last attempt failed: probe one attempt at a time until one succeeds."""
         return self.failures > 0
 
-    def failure(self, reason: str) -> None:
+    def failure(self, reason: str, *, event: object | None = None) -> None:
         self.failed_attempts += 1
+        if event is not None:
+            if any(seen is event for seen in self._events):
+                return  # another stream of a loss already counted
+            self._events.append(event)
         if not self.tripped:
             self.failures += 1
             self.reason = reason
@@ -133,6 +140,7 @@ class OutageBreaker:
             self.judged += 1
         if not self.tripped:
             self.failures = 0
+            self._events.clear()
 
     def trip(self, reason: str) -> None:
         """The service said to come back later than this run should wait: trip at once."""

@@ -402,5 +402,5 @@ class ServicePusher(EventLoopOwner):
             return PushOutcome(kind, attempts)
         assert reason is not None  # every failure has its reason
         if verdict.outage:
-            self.breaker.failure(reason)
+            self.breaker.failure(reason, event=getattr(cause, "event", None))
         raise TransientAttempt(verdict.retry_after) from cause
