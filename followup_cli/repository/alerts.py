@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from followup_cli.repository.base import RepositoryBase, _aware, _insert_ignore
 from followup_cli.tables import followups_alert_state
@@ -15,6 +15,12 @@ from followup_cli.tables import followups_alert_state
 # ("firing"; "low" in rows written before alerts had a lifecycle).
 ALERT_OK = "ok"
 ALERT_FIRING = "firing"
+# How long a run waits for an alert's row lock on PostgreSQL, whatever lock or statement
+# timeout the database's owner set (managed databases often set one of a few seconds):
+# the run holding it may be posting, which the webhook's timeout (5 s) bounds, and a few
+# runs may queue. Given up sooner, a run would post without the state, and post again
+# what the holder is posting.
+ALERT_LOCK_WAIT = "20s"
 
 
 @dataclass(frozen=True)
@@ -34,8 +40,13 @@ class AlertStatements(RepositoryBase):
     def lock_alert(self, fingerprint: str, now: datetime) -> AlertState:
         """The alert's state, its row created if missing (not firing) and locked until the
         transaction ends (SELECT ... FOR UPDATE; SQLite's BEGIN IMMEDIATE already holds
-        the database), so that overlapping runs decide one after the other."""
+        the database), so that overlapping runs decide one after the other. On
+        PostgreSQL the wait for the lock is bounded by ALERT_LOCK_WAIT alone, for this
+        transaction (SET LOCAL, so also behind PgBouncer's transaction pooling)."""
         state = followups_alert_state.c
+        if self.dialect == "postgresql":
+            self.conn.execute(text(f"SET LOCAL lock_timeout = '{ALERT_LOCK_WAIT}'"))
+            self.conn.execute(text(f"SET LOCAL statement_timeout = '{ALERT_LOCK_WAIT}'"))
         self.conn.execute(
             _insert_ignore(self.dialect, followups_alert_state).values(
                 name=fingerprint, state=ALERT_OK, last_alert_at=None, changed_at=now
