@@ -20,7 +20,10 @@ faults, the same follow-ups and the same fates for the runs; the timing still va
 - faults on the fakes in short episodes: 5xx storms (FCM's with Retry-After), 429s,
   GOAWAYs, dropped connections, refused, stalled and reset streams, a low
   SETTINGS_MAX_CONCURRENT_STREAMS, slow answers;
-- the database terminating every backend of the soak's database at random moments.
+- the database terminating every backend of the soak's database at random moments;
+- optionally (``--database-settings lock_timeout=50ms,statement_timeout=3s``) the
+  timeouts a managed database's owner sets for every session, so that waits for locks
+  and slow statements fail as they would there.
 
 **Drain phase** (bounded by ``--drain-seconds``): faults off, no app. Once every run has
 ended, the leases still held (by dead runs) and the retry pauses still running are moved
@@ -271,6 +274,9 @@ class SoakConfig:
     max_runs: int = 4
     database_url: str | None = None  # None: a throw-away database on PG_URL's server
     keep: bool = False  # keep the database and the runs' output
+    # Settings the database's owner made for every session (ALTER DATABASE ... SET), as
+    # managed databases often do: e.g. "lock_timeout=50ms,statement_timeout=3s".
+    database_settings: str | None = None
     out: Callable[[str], None] = print
 
 
@@ -362,6 +368,12 @@ class Soak:
         db = Database(self.url)
         try:
             migrate.upgrade(db)
+            for setting in filter(None, (config.database_settings or "").split(",")):
+                name, _, value = setting.partition("=")
+                with db.engine.begin() as conn:  # for the sessions opened from now on
+                    conn.exec_driver_sql(
+                        f"ALTER DATABASE \"{self.db_name}\" SET {name.strip()} = '{value.strip()}'"
+                    )
         finally:
             db.close()
         self.engine = create_engine(
@@ -1255,7 +1267,8 @@ class Soak:
             f"  settings: concurrency {p.concurrency}, batch {p.batch_size}, cancel check "
             f"{p.cancel_check}s, lease {LEASE_SECONDS}s, retry base {p.retry_base}s, "
             f"push timeout {PUSH_TIMEOUT_SECONDS}s, retry pause {RETRY_PAUSE}, give up after "
-            f"{GIVE_UP_AFTER}; latency apns {p.apns_latency:.3f}s fcm {p.fcm_latency:.3f}s",
+            f"{GIVE_UP_AFTER}; latency apns {p.apns_latency:.3f}s fcm {p.fcm_latency:.3f}s"
+            f"; database settings: {self.config.database_settings or 'none'}",
             f"  follow-ups by status: {dict(sorted(statuses.items()))}; kinds: "
             f"{dict(sorted(Counter(k.kind for k in self.known.values()).items()))}; "
             f"cancels {len(self.cancels)}",
@@ -1334,6 +1347,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"use this database (default: a throw-away one on {PG_URL})",
     )
     parser.add_argument("--keep", action="store_true", help="keep the database and run output")
+    parser.add_argument(
+        "--database-settings",
+        default=None,
+        metavar="NAME=VALUE,...",
+        help="set on the database for every session first, as a managed database's owner "
+        "might: e.g. lock_timeout=50ms,statement_timeout=3s",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**9)
     result = run_soak(
@@ -1345,6 +1365,7 @@ def main(argv: list[str] | None = None) -> int:
             max_runs=args.max_runs,
             database_url=args.database_url,
             keep=args.keep,
+            database_settings=args.database_settings,
             out=lambda line: print(line, flush=True),
         )
     )
