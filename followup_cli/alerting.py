@@ -119,6 +119,7 @@ def raise_alerts(
     try:
         with db.transaction() as repo:
             transitions: list[Transition] = []
+            repo.wait_for_alert_locks()
             # One lock order for every run: overlapping runs never deadlock.
             for finding in sorted(findings, key=lambda f: f.fingerprint):
                 state = repo.lock_alert(finding.fingerprint, now)

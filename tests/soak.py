@@ -1355,6 +1355,8 @@ def main(argv: list[str] | None = None) -> int:
         "might: e.g. lock_timeout=50ms,statement_timeout=3s",
     )
     args = parser.parse_args(argv)
+    if args.database_settings and args.database_url:
+        parser.error("--database-settings alters the database: only with the throw-away one")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**9)
     result = run_soak(
         SoakConfig(

@@ -37,16 +37,25 @@ class AlertState:
 class AlertStatements(RepositoryBase):
     """Each alert's state, shared by every run and host."""
 
+    def wait_for_alert_locks(self) -> None:
+        """On PostgreSQL, bound this transaction's waits by ALERT_LOCK_WAIT alone, whatever
+        the database sets (set_config(..., true) is SET LOCAL: it ends with the
+        transaction, so it holds behind PgBouncer's transaction pooling too)."""
+        if self.dialect == "postgresql":
+            self.conn.execute(
+                text(
+                    "SELECT set_config('lock_timeout', :wait, true),"
+                    " set_config('statement_timeout', :wait, true)"
+                ),
+                {"wait": ALERT_LOCK_WAIT},
+            )
+
     def lock_alert(self, fingerprint: str, now: datetime) -> AlertState:
         """The alert's state, its row created if missing (not firing) and locked until the
         transaction ends (SELECT ... FOR UPDATE; SQLite's BEGIN IMMEDIATE already holds
-        the database), so that overlapping runs decide one after the other. On
-        PostgreSQL the wait for the lock is bounded by ALERT_LOCK_WAIT alone, for this
-        transaction (SET LOCAL, so also behind PgBouncer's transaction pooling)."""
+        the database), so that overlapping runs decide one after the other. Call
+        wait_for_alert_locks first in the transaction."""
         state = followups_alert_state.c
-        if self.dialect == "postgresql":
-            self.conn.execute(text(f"SET LOCAL lock_timeout = '{ALERT_LOCK_WAIT}'"))
-            self.conn.execute(text(f"SET LOCAL statement_timeout = '{ALERT_LOCK_WAIT}'"))
         self.conn.execute(
             _insert_ignore(self.dialect, followups_alert_state).values(
                 name=fingerprint, state=ALERT_OK, last_alert_at=None, changed_at=now
