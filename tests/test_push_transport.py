@@ -368,14 +368,14 @@ def test_unique_and_secret_headers_stay_out_of_the_compression_table(side: Side)
         assert {":path", "content-type", ":authority"} <= fake.indexable
 
 
-def test_the_static_encoder_round_trips_through_hpack_and_follows_table_size_updates() -> None:
+def test_the_header_encoder_round_trips_through_hpack_and_follows_table_size_updates() -> None:
     """The request headers as hpack's own decoder reads them, kinds kept, block after
     block; a table size the server set is announced first, as HPACK requires."""
     from hpack import Decoder, HeaderTuple, NeverIndexedHeaderTuple
 
-    from followup_cli.push.h2client import _StaticEncoder
+    from followup_cli.push.h2client import HeaderEncoder
 
-    encoder, decoder = _StaticEncoder(), Decoder()
+    encoder, decoder = HeaderEncoder(), Decoder()
     for n in range(3):
         headers = [
             HeaderTuple(b":method", b"POST"),
@@ -386,13 +386,16 @@ def test_the_static_encoder_round_trips_through_hpack_and_follows_table_size_upd
             NeverIndexedHeaderTuple(b"authorization", b"bearer " + b"j" * 300),
         ]
         if n == 2:
-            encoder.header_table_size = 100
-        block = encoder.encode(headers)
+            encoder.table_size_changed(100)
+        block = encoder.encode(
+            (h[0], h[1], isinstance(h, NeverIndexedHeaderTuple)) for h in headers
+        )
         if n == 2:
             assert block[0] & 0xE0 == 0x20  # a dynamic table size update comes first
         decoded = decoder.decode(block, raw=True)
         assert [(type(h), h[0], h[1]) for h in decoded] == [(type(h), h[0], h[1]) for h in headers]
     assert decoder.header_table_size == 100
+    assert not encoder.pending()  # announced once
 
 
 class _Wire(asyncio.Transport):

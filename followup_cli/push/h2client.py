@@ -1,10 +1,17 @@
-"""A small HTTP/2 client on the `h2` state machine and asyncio, shared by the APNs and
-FCM pushers: many concurrent streams over one TLS connection at a time, flow control
-honoured, and "not processed" (refused stream, GOAWAY) told apart from "failed".
+"""A small HTTP/2 client (RFC 9113) on asyncio, shared by the APNs and FCM pushers: many
+concurrent streams over one TLS connection at a time, flow control honoured, and "not
+processed" (refused stream, GOAWAY) told apart from "failed".
 
-Why not httpx: sending through it costs about 2-3 ms of CPU per request here; this
-client costs about a fifth of that, which is what lets one process deliver over a
-thousand follow-ups a second.
+The frames are read and written here; HPACK (RFC 7541) is hpack's: its decoder reads the
+answers' headers (with their dynamic table), and the request headers are encoded with
+its static table and integer coding, without a dynamic table of our own
+(`HeaderEncoder`). Why not httpx: it costs 2-3 ms of CPU per request here. Why not h2's
+state machine: a client that only opens its own streams, sends small bodies and reads
+short answers needs a small part of it, and h2's frame and stream objects were half of
+the CPU of a delivery; three of its behaviours also had to be worked around (frames
+after a GOAWAY taken as protocol errors, unwritten bytes thrown away as a GOAWAY
+arrives, every stream walked to count the open ones). The tests run this client against
+h2's server side, which ends the connection on any frame it does not accept.
 
 - Streams: never more open than the server's SETTINGS_MAX_CONCURRENT_STREAMS; one at a
   time until the server's first SETTINGS frame has arrived and the first request on the
@@ -12,12 +19,16 @@ thousand follow-ups a second.
   and drops to one again after a rejected notification; for FCM it means a refused
   access token costs one request, not a hundred).
 - Not processed is not failed: a stream refused (RST_STREAM REFUSED_STREAM), above a
-  GOAWAY's last-stream-id, or never written raises NotProcessed, so the caller may send
-  it again without using an attempt. Streams at or below the last-stream-id are still
-  answered after a GOAWAY and are waited for, so nothing is sent twice; new streams go
-  to a new connection.
+  GOAWAY's last-stream-id, or not started on a connection that no longer takes streams
+  raises NotProcessed, so the caller may send it again without using an attempt. Streams
+  at or below the last-stream-id are still answered after a GOAWAY, and what was queued
+  for them is still written (RFC 9113, section 6.8), so nothing is sent twice; new
+  streams go to a new connection.
 - A retired connection (a timeout, or the caller's choice) takes no new streams but its
   other streams are still answered.
+- Anything the server sends that breaks the protocol (a frame too large, a header block
+  hpack cannot decode, a CONTINUATION out of place, a PUSH_PROMISE we disabled) ends the
+  connection with a GOAWAY; its streams fail with ConnectionLost.
 """
 
 from __future__ import annotations
@@ -27,17 +38,14 @@ import json
 import logging
 import re
 import ssl
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Final
 from urllib.parse import urlsplit
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
+from hpack import Decoder
+from hpack.exceptions import HPACKError
 from hpack.hpack import encode_integer
 from hpack.table import HeaderTable
 
@@ -83,8 +91,8 @@ def goaway_reason(data: bytes | None) -> str:
     return reason if isinstance(reason, str) and _SAFE_REASON.fullmatch(reason) else "-"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
 
 
 class Answer:
@@ -96,40 +104,105 @@ class Answer:
         self.body = bytearray()
 
 
-class _StaticEncoder(Encoder):
+# -- frames (RFC 9113, sections 4.1 and 6)
+
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE = 0x0, 0x1, 0x2, 0x3, 0x4, 0x5
+PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x6, 0x7, 0x8, 0x9
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+# Error codes (section 7).
+NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x6
+REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x7, 0x8, 0x9
+# Settings (section 6.5.2).
+S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
+S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 0x4, 0x5, 0x6
+
+DEFAULT_WINDOW: Final = 65_535
+DEFAULT_FRAME_SIZE: Final = 16_384  # the largest frame we accept: we do not raise it
+MAX_WINDOW: Final = 2**31 - 1
+MAX_STREAM_ID: Final = 2**31 - 1
+MAX_HEADER_LIST: Final = 65_536  # what our SETTINGS tell the server, and hpack enforces
+# What the client tells the server first: no server push, and the answers' header lists
+# it reads. The rest keep their defaults (a 4,096-byte table for the answers' headers,
+# 64 KiB windows, 16 KiB frames).
+CLIENT_SETTINGS: Final = ((S_ENABLE_PUSH, 0), (S_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST))
+# Received bytes are acknowledged (WINDOW_UPDATE) once this many are unacknowledged.
+ACK_AFTER: Final = DEFAULT_WINDOW // 2
+
+_FRAME_HEADER = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream
+_SETTING = struct.Struct(">HL")
+_U32 = struct.Struct(">L")
+_GOAWAY = struct.Struct(">LL")
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    size = len(payload)
+    return _FRAME_HEADER.pack(size >> 16, size & 0xFFFF, kind, flags, stream_id) + payload
+
+
+class ProtocolViolation(Exception):
+    """The server broke the protocol: the connection ends with this error code."""
+
+    def __init__(self, code: int = PROTOCOL_ERROR) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _unpadded(payload: bytes, flags: int) -> bytes:
+    """A DATA or HEADERS payload without its padding (section 6.1)."""
+    if not flags & PADDED:
+        return payload
+    if not payload or payload[0] >= len(payload):
+        raise ProtocolViolation()
+    return payload[1 : len(payload) - payload[0]]
+
+
+# -- HPACK for the request headers
+
+
+class HeaderEncoder:
     """HPACK without a compression table of our own: each header goes as an index into
-    the static table when it is there whole, otherwise as a literal (never indexed for a
-    NeverIndexedHeaderTuple, "without indexing" for the others), and the bytes of a
-    header that repeats are computed once. hpack's encoder looks every header up in its
-    table and adds the new ones, a large share of the CPU per request; the bytes this
-    saves are few on a connection that carries one service's few repeating headers.
-    Table size updates the server asks for are still sent first, as HPACK requires."""
+    the static table when it is there whole, otherwise as a literal (never indexed for the
+    authorization header and the per-request ones, "without indexing" for the others),
+    and the bytes of a header that repeats are computed once. The server's table then
+    holds nothing of ours, so a few dozen bytes more per request on the wire buy
+    skipping the table lookups and evictions that were a large share of the CPU per
+    request. A table size the server sets is announced at the start of the next block,
+    as HPACK requires (RFC 7541, section 4.2)."""
 
     MEMO_LIMIT = 256  # distinct repeating headers remembered (a few are expected)
 
     def __init__(self) -> None:
-        super().__init__()
         self._memo: dict[tuple[bytes, bytes], bytes] = {}
+        self._size_update: bytes = b""
 
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        block = []
-        if self.header_table.resized:
-            block.append(self._encode_table_size_change())
-            self.header_table.resized = False
-        memo = self._memo
-        for header in headers:
-            name, value = header[0], header[1]
-            if isinstance(header, NeverIndexedHeaderTuple):
-                block.append(_literal(name, value, never_indexed=True))
-                continue
-            encoded = memo.get((name, value))
-            if encoded is None:
-                encoded = _literal(name, value, never_indexed=False)
-                if len(memo) >= self.MEMO_LIMIT:
-                    memo.clear()
-                memo[(name, value)] = encoded
-            block.append(encoded)
-        return b"".join(block)
+    def table_size_changed(self, size: int) -> None:
+        """The server's SETTINGS_HEADER_TABLE_SIZE: announced first in the next block."""
+        field = encode_integer(size, 5)
+        field[0] |= 0x20
+        self._size_update = bytes(field)
+
+    def pending(self) -> bytes:
+        """The table size update owed, once (empty when none is)."""
+        update, self._size_update = self._size_update, b""
+        return update
+
+    def field(self, name: bytes, value: bytes, *, never_indexed: bool = False) -> bytes:
+        if never_indexed:
+            return _literal(name, value, never_indexed=True)
+        encoded = self._memo.get((name, value))
+        if encoded is None:
+            encoded = _literal(name, value, never_indexed=False)
+            if len(self._memo) >= self.MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[(name, value)] = encoded
+        return encoded
+
+    def encode(self, headers: Iterable[tuple[bytes, bytes, bool]]) -> bytes:
+        """A whole header block: (name, value, never indexed) in order."""
+        return self.pending() + b"".join(
+            self.field(name, value, never_indexed=never) for name, value, never in headers
+        )
 
 
 def _literal(name: bytes, value: bytes, *, never_indexed: bool) -> bytes:
@@ -155,73 +228,19 @@ def _string(data: bytes) -> bytearray:
     return encode_integer(len(data), 7) + data
 
 
-class _CountingH2(h2.connection.H2Connection):
-    """h2's connection, which counts the open streams before each new one by walking
-    every stream it holds: with hundreds in flight, the largest single cost of a push.
-    Here the walk is made only when it matters: the count kept since the last walk
-    plus the streams opened since can only be too high (streams only close in
-    between), so a walk is needed only when that bound would reach the server's limit,
-    and every RECOUNT_EVERY streams (the walk also forgets closed streams)."""
+class _Stream:
+    """One request in flight: its caller's future, its answer so far, the part of its
+    body the flow-control windows have not let out yet, its send window, and the
+    answer's bytes not yet acknowledged."""
 
-    RECOUNT_EVERY = 512
+    __slots__ = ("waiter", "answer", "unsent", "window", "unacked")
 
-    def __init__(self, config: h2.config.H2Configuration) -> None:
-        super().__init__(config=config)
-        self._counted = 0  # open outbound streams at the last walk
-        self._opened_since = 0  # streams opened since it
-
-    @property
-    def open_outbound_streams(self) -> int:
-        # h2 asks once per new stream, just before opening it (send_headers).
-        bound = self._counted + self._opened_since
-        limit = self.remote_settings.max_concurrent_streams
-        if bound + 1 > limit or self._opened_since >= self.RECOUNT_EVERY:
-            self._counted = self._open_streams(int(self.config.client_side))
-            self._opened_since = 0
-            bound = self._counted
-        self._opened_since += 1
-        return bound
-
-    def clear_outbound_data_buffer(self) -> None:
-        """h2 calls this as a GOAWAY arrives, throwing away every byte not yet written:
-        with the streams up to the GOAWAY's last-stream-id still being answered
-        (_DrainingStateMachine), that would drop the rest of their bodies, and the
-        HEADERS of a stream whose DATA is sent later, which the server would take as a
-        frame on a stream never opened and end the connection, losing every stream it
-        was about to answer. What was queued goes out; the server ignores what is above
-        its last-stream-id (RFC 9113, section 6.8)."""
-
-
-_Inputs = h2.connection.ConnectionInputs
-_CLOSED = h2.connection.ConnectionState.CLOSED
-
-
-class _DrainingStateMachine(h2.connection.H2ConnectionStateMachine):
-    """h2 treats every frame after a GOAWAY as a protocol error, but the server still
-    answers the streams at or below the GOAWAY's last-stream-id, and those answers must be
-    read or the requests would be sent twice. Only new streams are refused after a GOAWAY
-    (H2Connection.accepting), as RFC 9113 section 6.8 says."""
-
-    _transitions = {
-        **h2.connection.H2ConnectionStateMachine._transitions,
-        **{
-            (_CLOSED, event): (None, _CLOSED)
-            for event in (
-                _Inputs.RECV_HEADERS,
-                _Inputs.RECV_DATA,
-                _Inputs.RECV_RST_STREAM,
-                _Inputs.RECV_WINDOW_UPDATE,
-                _Inputs.RECV_PING,
-                _Inputs.RECV_SETTINGS,
-                _Inputs.RECV_PRIORITY,
-                _Inputs.SEND_DATA,
-                _Inputs.SEND_WINDOW_UPDATE,
-                _Inputs.SEND_PING,
-                _Inputs.SEND_SETTINGS,  # the acknowledgement of a SETTINGS frame
-                _Inputs.SEND_RST_STREAM,
-            )
-        },
-    }
+    def __init__(self, waiter: asyncio.Future[Answer], window: int) -> None:
+        self.waiter = waiter
+        self.answer = Answer()
+        self.unsent = memoryview(b"")
+        self.window = window
+        self.unacked = 0
 
 
 class H2Connection(asyncio.Protocol):
@@ -236,42 +255,37 @@ class H2Connection(asyncio.Protocol):
         one_at_a_time: Callable[[], bool] | None = None,
         unique_headers: frozenset[str] = frozenset(),
     ) -> None:
-        self._authority = authority
         self._label = label
         self._one_at_a_time = one_at_a_time
-        # Our headers are built valid, lower-case and as bytes (_header_block), so h2's
-        # per-header normalising and validation (a large share of the CPU per request)
-        # are skipped; what normalising did for safety, keeping the authorization header
-        # out of the compression table, _header_block does itself.
-        # The answers' headers are read as bytes and only :status, apns-id and
-        # retry-after are used, so h2's checks on them are skipped as well.
-        self._h2 = _CountingH2(
-            config=h2.config.H2Configuration(
-                client_side=True,
-                header_encoding=None,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-                validate_inbound_headers=False,
-                normalize_inbound_headers=False,
-            )
+        self._encoder = HeaderEncoder()
+        self._decoder = Decoder(max_header_list_size=MAX_HEADER_LIST)
+        # The headers every request starts with, encoded once.
+        self._fixed = self._encoder.encode(
+            [
+                (b":method", b"POST", False),
+                (b":scheme", b"https", False),
+                (b":authority", authority.encode(), False),
+            ]
         )
-        self._h2.state_machine = _DrainingStateMachine()
-        self._h2.encoder = _StaticEncoder()
-        self._fixed = [
-            HeaderTuple(b":method", b"POST"),
-            HeaderTuple(b":scheme", b"https"),
-            HeaderTuple(b":authority", authority.encode()),
-        ]
         # Headers whose value is new with every request (APNs' path holds the device
-        # token): never put in the compression table, where each would push out the
-        # headers that do repeat and make every later lookup longer.
+        # token): never indexed, so the server's table keeps none of them either.
         self._unique = frozenset(name.encode() for name in unique_headers)
+        self._out = bytearray()  # frames not yet written to the transport
+        self._in = b""  # bytes read that do not yet make a whole frame
         self._flush_scheduled = False
         self._transport: asyncio.Transport | None = None
-        self._answers: dict[int, Answer] = {}
-        self._waiters: dict[int, asyncio.Future[Answer]] = {}
-        self._unsent: dict[int, memoryview] = {}  # request bodies waiting for window
+        # Our requests in flight, counted until each answer has been read by its caller.
+        self._streams: dict[int, _Stream] = {}
+        self._unsent: dict[int, _Stream] = {}  # bodies waiting for the windows
         self._slot_waiters: list[asyncio.Future[None]] = []
+        self._next_stream_id = 1
+        # The server's settings, and the connection's windows both ways.
+        self._max_streams = MAX_STREAM_ID  # no limit until the server sets one (6.5.2)
+        self._initial_window = DEFAULT_WINDOW
+        self._max_frame = DEFAULT_FRAME_SIZE
+        self._window = DEFAULT_WINDOW  # what we may still send on the connection
+        self._unacked = 0  # what we have read on it and not yet acknowledged
+        self._continued: tuple[int, int, bytearray] | None = None  # a header block's start
         self.settings_seen = False  # the server's SETTINGS frame has arrived
         self.answered = False  # an answer on this connection has been read by its caller
         self.accepting = True  # new streams may start here (no GOAWAY, not retired)
@@ -287,24 +301,40 @@ class H2Connection(asyncio.Protocol):
         if self._one_at_a_time is not None and self._one_at_a_time():
             return 1
         # At least one: a server advertising 0 would otherwise leave every push waiting.
-        return max(1, int(self._h2.remote_settings.max_concurrent_streams))
+        return max(1, self._max_streams)
 
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._h2.initiate_connection()
+        settings = b"".join(_SETTING.pack(code, value) for code, value in CLIENT_SETTINGS)
+        self._out += PREFACE + frame(SETTINGS, 0, 0, settings)
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            self.close()  # sends h2's GOAWAY and lets the socket go
+        if self.closed:
             return
-        for event in events:
-            self._on_event(event)
+        if self._in:
+            data = self._in + data
+        pos, end = 0, len(data)
+        try:
+            while end - pos >= 9:
+                high, low, kind, flags, stream_id = _FRAME_HEADER.unpack_from(data, pos)
+                size = (high << 16) | low
+                if size > DEFAULT_FRAME_SIZE:
+                    raise ProtocolViolation(FRAME_SIZE_ERROR)
+                if end - pos - 9 < size:
+                    break
+                payload = data[pos + 9 : pos + 9 + size]
+                pos += 9 + size
+                self._on_frame(kind, flags, stream_id & MAX_STREAM_ID, payload)
+                if self.closed:
+                    return
+        except ProtocolViolation as exc:
+            self._end(exc.code)
+            return
+        self._in = data[pos:]
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -332,68 +362,73 @@ class H2Connection(asyncio.Protocol):
             raise Halted()
         if not self.accepting:
             raise NotProcessed()
+        stream_id = self._next_stream_id
+        if stream_id > MAX_STREAM_ID:  # this connection has used up its stream ids
+            self.retire()
+            raise NotProcessed()
+        self._next_stream_id += 2
         token = authorization() if authorization is not None else None
-        stream_id = self._h2.get_next_available_stream_id()
-        waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._waiters[stream_id] = waiter
-        self._answers[stream_id] = Answer()
-        self._h2.send_headers(
-            stream_id, self._header_block(path, headers, token, first=authorization_first)
-        )
-        self._unsent[stream_id] = memoryview(body)
-        self._send_body(stream_id)
+        loop = asyncio.get_running_loop()
+        stream = _Stream(loop.create_future(), self._initial_window)
+        self._streams[stream_id] = stream
+        block = self._header_block(path, headers, token, first=authorization_first)
+        self._send_headers(stream_id, block, end_stream=not body)
+        if body:
+            stream.unsent = memoryview(body)
+            self._send_body(stream_id, stream)
         self._flush_soon()
         # A timer instead of asyncio.wait_for: this runs for every request and must be cheap.
-        timer = asyncio.get_running_loop().call_later(timeout, self._time_out, stream_id)
+        timer = loop.call_later(timeout, self._time_out, stream_id)
         try:
-            answer = await waiter
+            answer = await stream.waiter
             # Only now, as the caller is about to read it: a stream waiting for a slot
-            # may run before this task (woken by a WINDOW_UPDATE in the same read), and
+            # may run before this task (woken by a SETTINGS frame in the same read), and
             # must not take the raised limit before a configuration answer has been seen.
             self.answered = True
             return answer
         finally:
             timer.cancel()
-            self._waiters.pop(stream_id, None)
-            self._answers.pop(stream_id, None)
+            self._streams.pop(stream_id, None)
+            self._unsent.pop(stream_id, None)
             self._notify_capacity()
             self._close_if_drained()
 
     def _header_block(
         self, path: str, headers: dict[str, str], token: str | None, *, first: bool
-    ) -> list[HeaderTuple]:
-        """The request's header list as h2 sends it without normalising: names lower-case,
-        bytes; the authorization header never indexed (as h2 would mark it), before or
-        after the others."""
-        unique = self._unique
-        block = [*self._fixed, self._header(b":path", path, unique)]
-        auth = [] if token is None else [NeverIndexedHeaderTuple(b"authorization", token.encode())]
+    ) -> bytes:
+        """The request's header block: the fixed start, the path, the service's headers,
+        and the authorization header (never indexed) before or after them."""
+        field, unique = self._encoder.field, self._unique
+        auth = b""
+        if token is not None:
+            auth = field(b"authorization", token.encode(), never_indexed=True)
+        parts = [
+            self._encoder.pending(),
+            self._fixed,
+            field(b":path", path.encode(), never_indexed=b":path" in unique),
+        ]
         if first:
-            block += auth
-        block += [self._header(name.lower().encode(), v, unique) for name, v in headers.items()]
+            parts.append(auth)
+        for name, value in headers.items():
+            key = name.lower().encode()
+            parts.append(field(key, value.encode(), never_indexed=key in unique))
         if not first:
-            block += auth
-        return block
-
-    @staticmethod
-    def _header(name: bytes, value: str, unique: frozenset[bytes]) -> HeaderTuple:
-        kind = NeverIndexedHeaderTuple if name in unique else HeaderTuple
-        return kind(name, value.encode())
+            parts.append(auth)
+        return b"".join(parts)
 
     def _time_out(self, stream_id: int) -> None:
-        waiter = self._waiters.get(stream_id)
-        if waiter is not None and not waiter.done():
+        stream = self._streams.get(stream_id)
+        if stream is not None and not stream.waiter.done():
             self._forget(stream_id, PushTimeout(), reset=True)
 
     async def _wait_for_stream_slot(self) -> None:
         """Wait while the connection is at its stream limit. No timer of its own: every
         open stream has one, and a timed-out stream retires the connection, which wakes
         the waiters to go to a new one."""
-        loop = asyncio.get_running_loop()
         # Counted until each answer has been *read* by its caller (not merely received),
         # so no new request starts before a configuration answer or a failure has been seen.
-        while self.accepting and len(self._waiters) >= self.stream_limit:
-            slot: asyncio.Future[None] = loop.create_future()
+        while self.accepting and len(self._streams) >= self.stream_limit:
+            slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._slot_waiters.append(slot)
             await slot
 
@@ -404,120 +439,206 @@ class H2Connection(asyncio.Protocol):
         self._close_if_drained()
 
     def close(self) -> None:
-        if self._transport is not None and not self.closed:
-            try:
-                self._h2.close_connection()
-                self._flush()
-            except h2.exceptions.ProtocolError:
-                pass
-            self._transport.close()
-        self._fail_all()
+        self._end(NO_ERROR)
 
-    # -- internals
+    # -- frames read
 
-    def _on_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.ResponseReceived):
-            answer = self._answers.get(event.stream_id)
-            if answer is not None:
-                headers = {_text(k): _text(v) for k, v in event.headers}
-                answer.status = int(headers.get(":status", "0"))
-                answer.headers = headers
-        elif isinstance(event, h2.events.DataReceived):
-            self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            answer = self._answers.get(event.stream_id)
-            if answer is not None:
-                answer.body.extend(event.data)
-        elif isinstance(event, h2.events.StreamEnded):
-            self._finish(event.stream_id)
-        elif isinstance(event, h2.events.StreamReset):
-            refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-            error = NotProcessed() if refused else ConnectionLost()
-            self._forget(event.stream_id, error, reset=False)
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self.settings_seen = True
-            self._send_pending()
-            self._notify_capacity()
-        elif isinstance(event, h2.events.WindowUpdated):
-            self._send_pending()
-            self._notify_capacity()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._on_goaway(event)
+    def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._continued is not None and kind != CONTINUATION:
+            raise ProtocolViolation()  # a header block must not be interrupted (6.10)
+        if kind == HEADERS:
+            self._on_headers(flags, stream_id, payload)
+        elif kind == DATA:
+            self._on_data(flags, stream_id, payload)
+        elif kind == SETTINGS:
+            self._on_settings(flags, stream_id, payload)
+        elif kind == WINDOW_UPDATE:
+            self._on_window_update(stream_id, payload)
+        elif kind == RST_STREAM:
+            if stream_id == 0 or len(payload) != 4:
+                raise ProtocolViolation(FRAME_SIZE_ERROR if stream_id else PROTOCOL_ERROR)
+            refused = _U32.unpack(payload)[0] == REFUSED_STREAM
+            self._forget(stream_id, NotProcessed() if refused else ConnectionLost(), reset=False)
+        elif kind == CONTINUATION:
+            self._on_continuation(flags, stream_id, payload)
+        elif kind == PING:
+            if stream_id != 0 or len(payload) != 8:
+                raise ProtocolViolation()
+            if not flags & ACK:
+                self._out += frame(PING, ACK, 0, payload)
+        elif kind == GOAWAY:
+            if stream_id != 0 or len(payload) < 8:
+                raise ProtocolViolation()
+            last, code = _GOAWAY.unpack_from(payload)
+            self._on_goaway(last & MAX_STREAM_ID, code, payload[8:])
+        elif kind == PUSH_PROMISE:
+            raise ProtocolViolation()  # our SETTINGS disabled server push (8.4)
+        # PRIORITY and frame types we do not know are ignored (5.5).
 
-    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+    def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise ProtocolViolation()
+        block = _unpadded(payload, flags)
+        if flags & PRIORITY_FLAG:
+            block = block[5:]
+        if flags & END_HEADERS:
+            self._on_header_block(stream_id, flags & END_STREAM, block)
+        else:
+            self._continued = (stream_id, flags & END_STREAM, bytearray(block))
+
+    def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._continued is None or self._continued[0] != stream_id:
+            raise ProtocolViolation()
+        self._continued[2].extend(payload)
+        if flags & END_HEADERS:
+            _, end_stream, block = self._continued
+            self._continued = None
+            self._on_header_block(stream_id, end_stream, bytes(block))
+
+    def _on_header_block(self, stream_id: int, end_stream: int, block: bytes) -> None:
+        # Decoded even for a stream we no longer wait for: the decoder's table must see
+        # every block the server encoded.
+        try:
+            headers = self._decoder.decode(block, raw=True)
+        except HPACKError:
+            raise ProtocolViolation(COMPRESSION_ERROR) from None
+        stream = self._streams.get(stream_id)
+        if stream is not None and not stream.answer.status:
+            fields = {_text(name): _text(value) for name, value in headers}
+            status = fields.get(":status", "0")
+            # An informational answer (1xx) comes before the real one (8.1).
+            if not status.startswith("1"):
+                stream.answer.status = int(status) if status.isdigit() else 0
+                stream.answer.headers = fields
+        if end_stream:
+            self._finish(stream_id)
+
+    def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise ProtocolViolation()
+        size = len(payload)  # padding included: it counts for flow control
+        data = _unpadded(payload, flags)
+        self._unacked += size
+        if self._unacked >= ACK_AFTER:
+            self._out += frame(WINDOW_UPDATE, 0, 0, _U32.pack(self._unacked))
+            self._unacked = 0
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        stream.answer.body += data
+        if flags & END_STREAM:
+            self._finish(stream_id)
+            return
+        stream.unacked += size
+        if stream.unacked >= ACK_AFTER:
+            self._out += frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(stream.unacked))
+            stream.unacked = 0
+
+    def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id != 0:
+            raise ProtocolViolation()
+        if flags & ACK:
+            if payload:
+                raise ProtocolViolation(FRAME_SIZE_ERROR)
+            return
+        if len(payload) % 6:
+            raise ProtocolViolation(FRAME_SIZE_ERROR)
+        for offset in range(0, len(payload), 6):
+            code, value = _SETTING.unpack_from(payload, offset)
+            if code == S_MAX_CONCURRENT_STREAMS:
+                self._max_streams = value
+            elif code == S_INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise ProtocolViolation(FLOW_CONTROL_ERROR)
+                delta, self._initial_window = value - self._initial_window, value
+                for stream in self._streams.values():
+                    stream.window += delta
+            elif code == S_MAX_FRAME_SIZE:
+                if not DEFAULT_FRAME_SIZE <= value <= 2**24 - 1:
+                    raise ProtocolViolation()
+                self._max_frame = value
+            elif code == S_HEADER_TABLE_SIZE:
+                self._encoder.table_size_changed(value)
+            # ENABLE_PUSH, MAX_HEADER_LIST_SIZE (our lists are small) and unknown ones: ignored.
+        self._out += frame(SETTINGS, ACK, 0)
+        self.settings_seen = True
+        self._send_pending()
+        self._notify_capacity()
+
+    def _on_window_update(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ProtocolViolation(FRAME_SIZE_ERROR)
+        increment = _U32.unpack(payload)[0] & MAX_WINDOW
+        if stream_id == 0:
+            if increment == 0 or self._window + increment > MAX_WINDOW:
+                raise ProtocolViolation(PROTOCOL_ERROR if increment == 0 else FLOW_CONTROL_ERROR)
+            self._window += increment
+        else:
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                return
+            if increment == 0 or stream.window + increment > MAX_WINDOW:
+                self._forget(stream_id, ConnectionLost(), reset=True)
+                return
+            stream.window += increment
+        self._send_pending()
+
+    def _on_goaway(self, last_stream_id: int, code: int, debug: bytes) -> None:
         """No new streams here. Streams above last_stream_id were not processed: they go
         again elsewhere. Those at or below it will still be answered: wait for them."""
         self.accepting = False
-        last = event.last_stream_id if event.last_stream_id is not None else 0
-        unprocessed = [sid for sid in self._waiters if sid > last]
+        unprocessed = [sid for sid in self._streams if sid > last_stream_id]
         for stream_id in unprocessed:
             self._forget(stream_id, NotProcessed(), reset=False)
         log.info(
             "%s closed a connection (GOAWAY, reason %s, error code %s): %d push(es) in "
             "flight will still be answered, %d will be sent again",
             self._label,
-            goaway_reason(event.additional_data),
-            int(event.error_code) if event.error_code is not None else "-",
-            len(self._waiters),
+            goaway_reason(debug),
+            code,
+            len(self._streams) - len(unprocessed),
             len(unprocessed),
         )
         self._notify_capacity()
         self._close_if_drained()
 
-    def _finish(self, stream_id: int) -> None:
-        waiter = self._waiters.get(stream_id)
-        answer = self._answers.get(stream_id)
-        if waiter is not None and answer is not None and not waiter.done():
-            waiter.set_result(answer)
-        self._notify_capacity()
+    # -- frames written
 
-    def _forget(self, stream_id: int, error: Exception, *, reset: bool) -> None:
-        self._unsent.pop(stream_id, None)
-        if reset and not self.closed:
-            try:
-                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-                self._flush()
-            except h2.exceptions.ProtocolError:
-                pass
-        waiter = self._waiters.get(stream_id)
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
-        self._notify_capacity()
+    def _send_headers(self, stream_id: int, block: bytes, *, end_stream: bool) -> None:
+        flags = END_STREAM if end_stream else 0
+        size = self._max_frame
+        if len(block) <= size:
+            self._out += frame(HEADERS, flags | END_HEADERS, stream_id, block)
+            return
+        self._out += frame(HEADERS, flags, stream_id, block[:size])
+        for start in range(size, len(block), size):
+            last = start + size >= len(block)
+            piece = block[start : start + size]
+            self._out += frame(CONTINUATION, END_HEADERS if last else 0, stream_id, piece)
+
+    def _send_body(self, stream_id: int, stream: _Stream) -> None:
+        """Send what the windows allow of one stream's body, ending the stream with its
+        last byte; the rest waits for a WINDOW_UPDATE."""
+        data = stream.unsent
+        while data:
+            size = min(stream.window, self._window, self._max_frame, len(data))
+            if size <= 0:
+                break
+            last = size == len(data)
+            self._out += frame(DATA, END_STREAM if last else 0, stream_id, data[:size].tobytes())
+            stream.window -= size
+            self._window -= size
+            data = data[size:]
+        stream.unsent = data
+        if data:
+            self._unsent[stream_id] = stream
+        else:
+            self._unsent.pop(stream_id, None)
 
     def _send_pending(self) -> None:
-        """Send what the flow-control windows now allow of every body still waiting."""
-        for stream_id in list(self._unsent):
-            self._send_body(stream_id)
-
-    def _send_body(self, stream_id: int) -> None:
-        """Send what the windows allow of one stream's body, and end the stream once it
-        is all out."""
-        data = self._unsent.get(stream_id)
-        if data is None:
-            return
-        try:
-            window = self._h2.local_flow_control_window(stream_id)
-        except h2.exceptions.StreamClosedError:
-            self._unsent.pop(stream_id, None)
-            return
-        size = min(window, self._h2.max_outbound_frame_size, len(data))
-        try:
-            while size > 0:
-                self._h2.send_data(stream_id, data[:size].tobytes())
-                data = data[size:]
-                window -= size
-                size = min(window, self._h2.max_outbound_frame_size, len(data))
-            if len(data) == 0:
-                self._h2.end_stream(stream_id)
-        except h2.exceptions.StreamClosedError:
-            # The server reset it in the frames being read right now (h2 has closed
-            # it; its StreamReset event comes after this one): nothing more to send,
-            # and that event tells the waiter.
-            self._unsent.pop(stream_id, None)
-            return
-        if len(data) == 0:
-            del self._unsent[stream_id]
-        else:
-            self._unsent[stream_id] = data
+        """Send what the windows now allow of every body still waiting, in order."""
+        for stream_id, stream in list(self._unsent.items()):
+            self._send_body(stream_id, stream)
 
     def _flush_soon(self) -> None:
         """One TLS write for all the requests made in this turn of the event loop."""
@@ -527,9 +648,25 @@ class H2Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        data = self._h2.data_to_send()
-        if data and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
+        if self._out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(bytes(self._out))
+        self._out.clear()
+
+    # -- streams ending
+
+    def _finish(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None and not stream.waiter.done():
+            stream.waiter.set_result(stream.answer)
+
+    def _forget(self, stream_id: int, error: Exception, *, reset: bool) -> None:
+        stream = self._streams.get(stream_id)
+        self._unsent.pop(stream_id, None)
+        if reset and not self.closed:
+            self._out += frame(RST_STREAM, 0, stream_id, _U32.pack(CANCEL))
+            self._flush()
+        if stream is not None and not stream.waiter.done():
+            stream.waiter.set_exception(error)
 
     def _notify_capacity(self) -> None:
         waiters, self._slot_waiters = self._slot_waiters, []
@@ -538,13 +675,28 @@ class H2Connection(asyncio.Protocol):
                 slot.set_result(None)
 
     def _close_if_drained(self) -> None:
-        if not self.accepting and not self._waiters and not self.closed:
+        if not self.accepting and not self._streams and not self.closed:
             self.close()
+
+    def _end(self, code: int) -> None:
+        """Close the connection: a GOAWAY with `code` (we process no streams of the
+        server's, so its last-stream-id is 0), and the transport let go."""
+        if self._transport is not None and not self.closed:
+            if code != NO_ERROR:
+                log.warning(
+                    "%s broke the HTTP/2 protocol (error code %d); closing the connection",
+                    self._label,
+                    code,
+                )
+            self._out += frame(GOAWAY, 0, 0, _GOAWAY.pack(0, code))
+            self._flush()
+            self._transport.close()
+        self._fail_all()
 
     def _fail_all(self) -> None:
         self.closed = True
         self.accepting = False
-        for stream_id in list(self._waiters):
+        for stream_id in list(self._streams):
             self._forget(stream_id, ConnectionLost(self), reset=False)
         self._notify_capacity()
 
