@@ -33,7 +33,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("provider token (JWT)", ("provider_token", "jwt/")),
     ("answer handling (verdict, attempts, retries)", ("push/service.py", "backoff/", "judge")),
-    ("HTTP/2 framing (h2, hpack, the client)", ("h2/", "hpack/", "hyperframe/", "h2client.py")),
+    ("HTTP/2 framing (the client, hpack)", ("h2/", "hpack/", "hyperframe/", "h2client.py")),
     ("TLS", ("ssl.py", "_ssl")),
     ("event loop (asyncio, selectors)", ("asyncio/", "selectors.py")),
     ("delivery service (plan, chains, round)", ("followup_cli/delivery/",)),

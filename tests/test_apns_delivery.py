@@ -366,3 +366,34 @@ def test_webhook_answering_garbage_never_fails_the_run(
         pusher.close()
         listener.close()
     assert (report.failed, report.exit_code) == (1, 0)
+
+
+def test_apns_servers_are_pyapns_clients_and_an_accepted_push_needs_none_of_it() -> None:
+    """The servers' URLs are pyapns-client's own; reading an accepted push imports neither
+    pyapns-client nor httpx (a tenth of a second of every run), an error answer still
+    reads through pyapns-client's classes."""
+    import subprocess
+    import sys
+
+    from pyapns_client import APNSClient
+
+    from followup_cli.push.apns.pusher import BASE_URLS
+
+    assert BASE_URLS == {
+        "production": APNSClient.BASE_URLS[APNSClient.MODE_PROD],
+        "development": APNSClient.BASE_URLS[APNSClient.MODE_DEV],
+    }
+    script = (
+        "import sys\n"
+        "from followup_cli.push.apns import pusher\n"
+        "from followup_cli.push.apns.errors import judge\n"
+        "from followup_cli.push.h2client import Answer\n"
+        "ok = Answer(); ok.status = 200\n"
+        "print(judge(ok).kind, 'pyapns_client' in sys.modules, 'httpx' in sys.modules)\n"
+        'bad = Answer(); bad.status = 400; bad.body += b\'{"reason": "BadDeviceToken"}\'\n'
+        "print(judge(bad).kind, judge(bad).reason, 'pyapns_client' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[:2] == ["sent False False", "permanent BadDeviceToken True"]

@@ -89,6 +89,37 @@ def encode_payload(payload: dict[str, Any]) -> bytes:
     return _JSON.encode(payload).encode()
 
 
+_string = json.encoder.encode_basestring  # the encoder's own, in C: quotes and escapes
+
+
+def encode_apns_payload(req: PushRequest, body: str) -> bytes:
+    """The bytes of `encode_payload(payload_dict(req, body))`, put together directly: the
+    same keys in the same (sorted) order, each string through the JSON encoder's own
+    string function, with no dict built and walked for every push. A test holds the two
+    equal byte for byte."""
+    conversation = _string(req.conversation_id)
+    alert = '{"body":' + _string(body) + "," if body else "{"
+    aps = (
+        '{"alert":' + alert + '"title":' + _string(req.title) + "},"
+        '"interruption-level":"'
+        + req.interruption_level
+        + '",'
+        + ('"mutable-content":1,' if req.mutable_content else "")
+        + '"sound":"default"'
+        + (',"thread-id":' + conversation if req.conversation_id else "")
+        + "}"
+    )
+    return (
+        '{"aps":'
+        + aps
+        + ',"conversation_id":'
+        + conversation
+        + ',"follow_up_id":'
+        + _string(req.follow_up_id)
+        + ',"type":"follow_up"}'
+    ).encode()
+
+
 def fit_body(req: PushRequest, limit: int = MAX_PAYLOAD_BYTES) -> str:
     """The alert body, cut on a character boundary (with an ellipsis) so the whole payload
     fits `limit` bytes (APNs' 4,096). Never splits a combining mark or emoji sequence from

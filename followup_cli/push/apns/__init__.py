@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 from followup_cli.push.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from followup_cli.push.apns.errors import EXCEPTION_CLASSES as EXCEPTION_CLASSES
     from followup_cli.push.apns.errors import UnknownReason as UnknownReason
     from followup_cli.push.apns.errors import classify as classify
     from followup_cli.push.apns.errors import error_for_answer as error_for_answer
+    from followup_cli.push.apns.errors import exception_classes as exception_classes
     from followup_cli.push.apns.errors import judge as judge
     from followup_cli.push.apns.message import apns_path as apns_path
     from followup_cli.push.apns.message import describe as describe
@@ -40,10 +40,10 @@ if TYPE_CHECKING:
     from followup_cli.push.apns.reasons import config_hint as config_hint
 
 _EXPORTS = {
-    "EXCEPTION_CLASSES": "errors",
     "UnknownReason": "errors",
     "classify": "errors",
     "error_for_answer": "errors",
+    "exception_classes": "errors",
     "judge": "errors",
     "apns_path": "message",
     "describe": "message",

@@ -5,15 +5,18 @@ What stays pyapns-client's: its exception class for each reason APNs documents (
 public `exceptions` module, by name) and its reading of an error answer (the JSON
 `reason`; a 410's `timestamp`). `classify` sorts those classes into ours, and `judge`
 gives the attempt loop its verdict, with the provider-token steps APNs asks for.
+
+pyapns-client is imported only when an error answer is read: its package pulls in httpx
+(about a tenth of a second of every run's start-up), and an accepted push needs none of it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from typing import Any
-
-import pyapns_client.exceptions as apns_exc
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from followup_cli.push.apns.reasons import (
     CONFIG_REASONS,
@@ -24,17 +27,32 @@ from followup_cli.push.h2client import Answer
 from followup_cli.push.service import Renewal, Verdict
 from followup_cli.vocabulary import Outcome
 
-# pyapns-client's class for each APNs reason: BadDeviceTokenException for
-# "BadDeviceToken", and so on. Its base classes (APNSException, APNSServerException, ...)
-# name no reason.
-EXCEPTION_CLASSES: dict[str, type[apns_exc.APNSException]] = {
-    name.removesuffix("Exception"): cls
-    for name, cls in vars(apns_exc).items()
-    if isinstance(cls, type)
-    and issubclass(cls, apns_exc.APNSException)
-    and name.endswith("Exception")
-    and not name.startswith("APNS")
-}
+if TYPE_CHECKING:
+    import pyapns_client.exceptions as apns_exc
+
+
+@functools.cache
+def _exceptions() -> ModuleType:
+    import pyapns_client.exceptions
+
+    return pyapns_client.exceptions
+
+
+@functools.cache
+def exception_classes() -> dict[str, type[apns_exc.APNSException]]:
+    """pyapns-client's class for each APNs reason: BadDeviceTokenException for
+    "BadDeviceToken", and so on. Its base classes (APNSException, APNSServerException,
+    ...) name no reason."""
+    module = _exceptions()
+    return {
+        name.removesuffix("Exception"): cls
+        for name, cls in vars(module).items()
+        if isinstance(cls, type)
+        and issubclass(cls, module.APNSException)
+        and name.endswith("Exception")
+        and not name.startswith("APNS")
+    }
+
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
 
@@ -55,12 +73,12 @@ def error_for_answer(
     that is not such an answer."""
     apns_data = json.loads(body.decode("utf-8", "replace"))
     reason = apns_data["reason"]
-    exception_class = EXCEPTION_CLASSES.get(reason) if isinstance(reason, str) else None
+    exception_class = exception_classes().get(reason) if isinstance(reason, str) else None
     if exception_class is None:
         safe = reason if isinstance(reason, str) and _WORD.fullmatch(reason) else "UnknownReason"
         return UnknownReason(status, safe, apns_id)
     kwargs: dict[str, Any] = {"status_code": status, "apns_id": apns_id}
-    if issubclass(exception_class, apns_exc.UnregisteredException):
+    if issubclass(exception_class, _exceptions().UnregisteredException):
         kwargs["timestamp"] = apns_data["timestamp"]
     return exception_class(**kwargs)
 
@@ -79,7 +97,7 @@ def classify(
     status, apns_id = exc.status_code, exc.apns_id
     if reason in CONFIG_REASONS:
         return Outcome.CONFIG, reason, status, apns_id
-    if isinstance(exc, apns_exc.APNSServerException):
+    if isinstance(exc, _exceptions().APNSServerException):
         return Outcome.TRANSIENT, reason, status, apns_id
     # Device errors (BadDeviceToken, Unregistered, DeviceTokenNotForTopic) and the
     # remaining request errors (PayloadTooLarge, ...) concern this notification only.
@@ -96,7 +114,7 @@ def judge(answer: Answer) -> Verdict:
     except (ValueError, KeyError):  # a non-JSON body, a 410 without its timestamp
         return Verdict(Outcome.TRANSIENT, "UnreadableResponse")
     kind, reason, status, apns_id = classify(error)
-    if isinstance(error, apns_exc.ExpiredProviderTokenException):
+    if isinstance(error, _exceptions().ExpiredProviderTokenException):
         # Sign the token again; still expired when freshly signed: this host's clock is
         # off, a configuration stop.
         return Verdict(Outcome.CONFIG, reason, status, apns_id, renewal=Renewal.RENEW)
@@ -109,6 +127,6 @@ def judge(answer: Answer) -> Verdict:
         outage=reason not in NOT_AN_OUTAGE_REASONS,
         # A renewal refused as too soon: the previous window's token, if still young.
         renewal=Renewal.FALL_BACK
-        if isinstance(error, apns_exc.TooManyProviderTokenUpdatesException)
+        if isinstance(error, _exceptions().TooManyProviderTokenUpdatesException)
         else None,
     )

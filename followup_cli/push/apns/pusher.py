@@ -26,13 +26,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from pyapns_client import APNSClient
 
 from followup_cli.push.apns import errors
-from followup_cli.push.apns.message import apns_path, describe
+from followup_cli.push.apns.message import apns_path
 from followup_cli.push.apns.provider_token import ProviderToken
 from followup_cli.push.h2client import Answer
-from followup_cli.push.payload import encode_payload
+from followup_cli.push.payload import encode_apns_payload, fit_body, headers_for
 from followup_cli.push.protocol import PushRequest
 from followup_cli.push.service import (
     Outgoing,
@@ -45,6 +44,13 @@ from followup_cli.settings import Settings
 from followup_cli.vocabulary import Service
 
 log = logging.getLogger("followups.push")
+
+# APNs' servers, as pyapns-client names them (APNSClient.BASE_URLS; a test holds the two
+# equal), without importing it and httpx on every run.
+BASE_URLS = {
+    "production": "https://api.push.apple.com:443",
+    "development": "https://api.development.push.apple.com:443",
+}
 
 
 class APNsStrategy(ServiceStrategy):
@@ -61,13 +67,14 @@ class APNsStrategy(ServiceStrategy):
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValueError("the APNs key is not an ES256 key")
         self.token = ProviderToken(key, settings.apns_key_id, settings.apns_team_id)
-        mode = APNSClient.MODE_PROD if settings.apns_env == "production" else APNSClient.MODE_DEV
-        self.url = settings.apns_url or APNSClient.BASE_URLS[mode]
+        self.url = settings.apns_url or BASE_URLS[settings.apns_env]
         self.ca_file = settings.apns_ca_file
 
     def build(self, request: PushRequest) -> Outgoing:
-        view = describe(request, self._settings)
-        return Outgoing(apns_path(request), view.headers, encode_payload(view.payload))
+        # What message.describe() shows test-send: its payload's bytes put together directly.
+        headers = headers_for(request, self._settings.apns_topic)
+        body = encode_apns_payload(request, fit_body(request))
+        return Outgoing(apns_path(request), headers, body)
 
     def authorization(self, credential: str | None) -> str:
         return f"bearer {self.token.current()}"
