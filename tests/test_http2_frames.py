@@ -336,6 +336,11 @@ def test_pings_and_settings_are_acknowledged_and_answers_acknowledged_for_flow_c
         pytest.param(
             lambda: raw(SettingsFrame(0, settings={5: 100})), 1, id="bad-frame-size-setting"
         ),
+        pytest.param(
+            lambda: raw(HeadersFrame(3, b"\x88"), *[ContinuationFrame(3, b"\x00" * 16_384)] * 17),
+            11,
+            id="continuation-flood",
+        ),
     ],
 )
 def test_a_server_breaking_the_protocol_ends_the_connection(

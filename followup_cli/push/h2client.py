@@ -112,7 +112,7 @@ PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x6, 0x7, 0x8, 0x9
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 # Error codes (section 7).
 NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x6
-REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x7, 0x8, 0x9
+REFUSED_STREAM, CANCEL, COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x7, 0x8, 0x9, 0xB
 # Settings (section 6.5.2).
 S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
 S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 0x4, 0x5, 0x6
@@ -126,6 +126,11 @@ MAX_HEADER_LIST: Final = 65_536  # what our SETTINGS tell the server, and hpack 
 # it reads. The rest keep their defaults (a 4,096-byte table for the answers' headers,
 # 64 KiB windows, 16 KiB frames).
 CLIENT_SETTINGS: Final = ((S_ENABLE_PUSH, 0), (S_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST))
+# The most bytes of one header block the client collects from HEADERS and CONTINUATION
+# frames: a server sending CONTINUATION frames without end (the "CONTINUATION flood" of
+# 2024) ends the connection instead of filling the memory. Huffman coding can make a
+# block larger than the list it decodes to, up to nearly four times.
+MAX_HEADER_BLOCK: Final = 4 * MAX_HEADER_LIST
 # Received bytes are acknowledged (WINDOW_UPDATE) once this many are unacknowledged.
 ACK_AFTER: Final = DEFAULT_WINDOW // 2
 
@@ -490,6 +495,8 @@ class H2Connection(asyncio.Protocol):
         if self._continued is None or self._continued[0] != stream_id:
             raise ProtocolViolation()
         self._continued[2].extend(payload)
+        if len(self._continued[2]) > MAX_HEADER_BLOCK:
+            raise ProtocolViolation(ENHANCE_YOUR_CALM)
         if flags & END_HEADERS:
             _, end_stream, block = self._continued
             self._continued = None
