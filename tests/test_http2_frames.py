@@ -402,3 +402,38 @@ def test_a_connection_out_of_stream_ids_retires_and_sends_the_request_elsewhere(
         assert not client.accepting and client.closed
 
     run(scenario)
+
+
+def test_a_request_unanswered_past_its_timeout_is_reset_and_the_others_go_on() -> None:
+    """One timer per connection watches every request's deadline: the one the server
+    never answers fails with PushTimeout soon after its own timeout and its stream is
+    reset (CANCEL); one answered in time is not touched, and the connection goes on."""
+    import time
+
+    from followup_cli.push.h2client import TIMEOUT_GRANULARITY, PushTimeout
+
+    async def scenario(client: H2Connection, wire: Wire, peer: Peer) -> None:
+        await first_answered(client, wire, peer)
+        started = time.monotonic()
+        slow = asyncio.ensure_future(client.request("/send", {}, b"{}", 0.3, lambda: True))
+        quick = asyncio.ensure_future(client.request("/send", {}, b"{}", 0.3, lambda: True))
+        await turn()
+        peer.read(wire.take())
+        peer.h2.send_headers(5, [(b":status", b"200")], end_stream=True)
+        client.data_received(peer.out())
+        assert (await quick).status == 200
+        with pytest.raises(PushTimeout):
+            await slow
+        waited = time.monotonic() - started
+        assert 0.3 <= waited < 0.3 + TIMEOUT_GRANULARITY + 0.2, waited
+        peer.read(wire.take())
+        resets = [e for e in peer.events if isinstance(e, h2.events.StreamReset)]
+        assert [(r.stream_id, r.error_code) for r in resets] == [(3, 8)]
+        later = push(client)
+        await turn()
+        peer.read(wire.take())
+        peer.h2.send_headers(7, [(b":status", b"200")], end_stream=True)
+        client.data_received(peer.out())
+        assert (await later).status == 200 and not client.closed
+
+    run(scenario)

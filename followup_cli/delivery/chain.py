@@ -112,7 +112,8 @@ def chains(batch: Sequence[DueFollowUp], plan: Plan) -> list[Chain]:
             continue
         # Follow-ups without a conversation have no order to keep: each on its own.
         key = f.conversation_id if f.conversation_id is not None else f.id
-        found.setdefault(key, Chain()).links.append(
-            Link(f, requests.get(f.id), notes.get(f.id, []))
-        )
+        chain = found.get(key)
+        if chain is None:
+            chain = found[key] = Chain()
+        chain.links.append(Link(f, requests.get(f.id), notes.get(f.id, [])))
     return list(found.values())

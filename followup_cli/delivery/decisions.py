@@ -61,7 +61,14 @@ class PushedBatch:
 
     @property
     def size(self) -> int:
-        return len(self.ids())
+        """len(self.ids()), without building the list: asked after every answer."""
+        return (
+            len(self.delivered)
+            + len(self.failures)
+            + len(self.release)
+            + len(self.deferred)
+            + len(self.kept)
+        )
 
     def ids(self) -> list[str]:
         return [

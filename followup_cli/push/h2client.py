@@ -34,6 +34,7 @@ h2's server side, which ends the connection on any frame it does not accept.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import re
@@ -131,6 +132,9 @@ CLIENT_SETTINGS: Final = ((S_ENABLE_PUSH, 0), (S_MAX_HEADER_LIST_SIZE, MAX_HEADE
 # 2024) ends the connection instead of filling the memory. Huffman coding can make a
 # block larger than the list it decodes to, up to nearly four times.
 MAX_HEADER_BLOCK: Final = 4 * MAX_HEADER_LIST
+# Timeouts are checked by one timer per connection, at most this often (seconds): a
+# request times out no more than this late, and costs no timer of its own.
+TIMEOUT_GRANULARITY: Final = 0.1
 # Received bytes are acknowledged (WINDOW_UPDATE) once this many are unacknowledged.
 ACK_AFTER: Final = DEFAULT_WINDOW // 2
 
@@ -233,6 +237,9 @@ def _string(data: bytes) -> bytearray:
     return encode_integer(len(data), 7) + data
 
 
+_NOTHING = memoryview(b"")
+
+
 class _Stream:
     """One request in flight: its caller's future, its answer so far, the part of its
     body the flow-control windows have not let out yet, its send window, and the
@@ -243,7 +250,7 @@ class _Stream:
     def __init__(self, waiter: asyncio.Future[Answer], window: int) -> None:
         self.waiter = waiter
         self.answer = Answer()
-        self.unsent = memoryview(b"")
+        self.unsent = _NOTHING
         self.window = window
         self.unacked = 0
 
@@ -291,6 +298,9 @@ class H2Connection(asyncio.Protocol):
         self._window = DEFAULT_WINDOW  # what we may still send on the connection
         self._unacked = 0  # what we have read on it and not yet acknowledged
         self._continued: tuple[int, int, bytearray] | None = None  # a header block's start
+        # (deadline, stream id) of the requests sent, a heap; the timer that checks them.
+        self._deadlines: list[tuple[float, int]] = []
+        self._sweep: asyncio.TimerHandle | None = None
         self.settings_seen = False  # the server's SETTINGS frame has arrived
         self.answered = False  # an answer on this connection has been read by its caller
         self.accepting = True  # new streams may start here (no GOAWAY, not retired)
@@ -382,8 +392,13 @@ class H2Connection(asyncio.Protocol):
             stream.unsent = memoryview(body)
             self._send_body(stream_id, stream)
         self._flush_soon()
-        # A timer instead of asyncio.wait_for: this runs for every request and must be cheap.
-        timer = loop.call_later(timeout, self._time_out, stream_id)
+        # Not asyncio.wait_for, nor a timer each: this runs for every request.
+        deadline = loop.time() + timeout
+        heapq.heappush(self._deadlines, (deadline, stream_id))
+        if self._sweep is None or deadline < self._sweep.when():  # a shorter timeout
+            if self._sweep is not None:
+                self._sweep.cancel()
+            self._sweep = loop.call_at(deadline, self._time_out_due)
         try:
             answer = await stream.waiter
             # Only now, as the caller is about to read it: a stream waiting for a slot
@@ -392,7 +407,6 @@ class H2Connection(asyncio.Protocol):
             self.answered = True
             return answer
         finally:
-            timer.cancel()
             self._streams.pop(stream_id, None)
             self._unsent.pop(stream_id, None)
             self._notify_capacity()
@@ -421,10 +435,25 @@ class H2Connection(asyncio.Protocol):
             parts.append(auth)
         return b"".join(parts)
 
-    def _time_out(self, stream_id: int) -> None:
-        stream = self._streams.get(stream_id)
-        if stream is not None and not stream.waiter.done():
-            self._forget(stream_id, PushTimeout(), reset=True)
+    def _time_out_due(self) -> None:
+        """Time out the requests whose deadline has passed, then wait for the next one
+        (no sooner than TIMEOUT_GRANULARITY from now). Answered requests leave their
+        deadlines behind; they are dropped as they come due, or all at once when no
+        stream is left."""
+        self._sweep = None
+        if self.closed or not self._streams:
+            self._deadlines.clear()
+            return
+        loop = asyncio.get_running_loop()
+        now, deadlines = loop.time(), self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, stream_id = heapq.heappop(deadlines)
+            stream = self._streams.get(stream_id)
+            if stream is not None and not stream.waiter.done():
+                self._forget(stream_id, PushTimeout(), reset=True)
+        if deadlines:
+            when = max(deadlines[0][0], now + TIMEOUT_GRANULARITY)
+            self._sweep = loop.call_at(when, self._time_out_due)
 
     async def _wait_for_stream_slot(self) -> None:
         """Wait while the connection is at its stream limit. No timer of its own: every
@@ -703,6 +732,9 @@ class H2Connection(asyncio.Protocol):
     def _fail_all(self) -> None:
         self.closed = True
         self.accepting = False
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for stream_id in list(self._streams):
             self._forget(stream_id, ConnectionLost(self), reset=False)
         self._notify_capacity()
