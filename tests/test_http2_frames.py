@@ -241,6 +241,8 @@ def test_answers_padded_prioritised_continued_informational_and_with_trailers_ar
         # Stream 9's caller is gone; its answer adds a header to the table all the same,
         # and stream 7's answer refers to it by index.
         tasks[3].cancel()
+        await turn()  # its request has ended: the client holds no stream 9 any more
+        assert tasks[3].cancelled()
         nine = encoder.encode([(b":status", b"200"), (b"x-shared", b"from nine")])
         long_value = b"v" * 30_000
         continued = encoder.encode(
