@@ -338,6 +338,12 @@ def test_pings_and_settings_are_acknowledged_and_answers_acknowledged_for_flow_c
         pytest.param(
             lambda: raw(SettingsFrame(0, settings={5: 100})), 1, id="bad-frame-size-setting"
         ),
+        pytest.param(lambda: raw(DataFrame(9, b"x")), 1, id="data-on-a-stream-never-opened"),
+        pytest.param(
+            lambda: raw(HeadersFrame(2, b"\x88", flags=["END_HEADERS"])),
+            1,
+            id="headers-on-a-server-stream",
+        ),
         pytest.param(
             lambda: raw(HeadersFrame(3, b"\x88"), *[ContinuationFrame(3, b"\x00" * 16_384)] * 17),
             11,

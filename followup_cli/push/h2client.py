@@ -138,6 +138,9 @@ TIMEOUT_GRANULARITY: Final = 0.1
 # Received bytes are acknowledged (WINDOW_UPDATE) once this many are unacknowledged.
 ACK_AFTER: Final = DEFAULT_WINDOW // 2
 
+# The frames that belong to a stream (PRIORITY may name any stream, 5.1).
+_STREAM_FRAMES: Final = frozenset({DATA, HEADERS, RST_STREAM, WINDOW_UPDATE, CONTINUATION})
+
 _FRAME_HEADER = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream
 _SETTING = struct.Struct(">HL")
 _U32 = struct.Struct(">L")
@@ -480,6 +483,11 @@ class H2Connection(asyncio.Protocol):
     def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self._continued is not None and kind != CONTINUATION:
             raise ProtocolViolation()  # a header block must not be interrupted (6.10)
+        if stream_id and kind in _STREAM_FRAMES and not self._opened(stream_id):
+            # A stream we never opened (an idle one, or one of the server's own, which
+            # only a PUSH_PROMISE could open): a connection error (5.1). Frames for our
+            # streams that have ended are ignored below.
+            raise ProtocolViolation()
         if kind == HEADERS:
             self._on_headers(flags, stream_id, payload)
         elif kind == DATA:
@@ -508,6 +516,9 @@ class H2Connection(asyncio.Protocol):
         elif kind == PUSH_PROMISE:
             raise ProtocolViolation()  # our SETTINGS disabled server push (8.4)
         # PRIORITY and frame types we do not know are ignored (5.5).
+
+    def _opened(self, stream_id: int) -> bool:
+        return stream_id % 2 == 1 and stream_id < self._next_stream_id
 
     def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
