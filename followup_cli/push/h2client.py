@@ -27,8 +27,9 @@ h2's server side, which ends the connection on any frame it does not accept.
 - A retired connection (a timeout, or the caller's choice) takes no new streams but its
   other streams are still answered.
 - Anything the server sends that breaks the protocol (a frame too large, a header block
-  hpack cannot decode, a CONTINUATION out of place, a PUSH_PROMISE we disabled) ends the
-  connection with a GOAWAY; its streams fail with ConnectionLost.
+  hpack cannot decode, a CONTINUATION out of place, a PUSH_PROMISE we disabled, a frame
+  on a stream we never opened) ends the connection with a GOAWAY; its streams fail with
+  ConnectionLost.
 """
 
 from __future__ import annotations
