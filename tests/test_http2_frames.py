@@ -5,7 +5,7 @@ that h2 never does: padding, priority, header blocks split into CONTINUATION fra
 informational answers, trailers, PING, a PUSH_PROMISE we disabled, a frame too large.
 
 The fakes (tests/fakes/) exercise the same client over TLS with each service's rules;
-these tests pin the framing itself."""
+these tests pin the framing itself, and the request headers' encoding."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from followup_cli.push.h2client import (
     H2Connection,
     NotProcessed,
 )
+from tests.helpers import apns_token
 
 
 class Wire(asyncio.Transport):
@@ -445,3 +446,110 @@ def test_a_request_unanswered_past_its_timeout_is_reset_and_the_others_go_on() -
         assert (await later).status == 200 and not client.closed
 
     run(scenario)
+
+
+def test_the_header_encoder_round_trips_through_hpack_and_follows_table_size_updates() -> None:
+    """The request headers as hpack's own decoder reads them, kinds kept, block after
+    block; a table size the server set is announced first, as HPACK requires."""
+    from hpack import Decoder, HeaderTuple, NeverIndexedHeaderTuple
+
+    from followup_cli.push.h2client import HeaderEncoder
+
+    encoder, decoder = HeaderEncoder(), Decoder()
+    for n in range(3):
+        headers = [
+            HeaderTuple(b":method", b"POST"),
+            HeaderTuple(b":authority", b"api.push.apple.com"),
+            NeverIndexedHeaderTuple(b":path", f"/3/device/{apns_token(n)}".encode()),
+            HeaderTuple(b"content-type", b"application/json"),
+            HeaderTuple(b"apns-topic", b"com.example.parent"),
+            NeverIndexedHeaderTuple(b"authorization", b"bearer " + b"j" * 300),
+        ]
+        if n == 2:
+            encoder.table_size_changed(100)
+        block = encoder.encode(
+            (h[0], h[1], isinstance(h, NeverIndexedHeaderTuple)) for h in headers
+        )
+        if n == 2:
+            assert block[0] & 0xE0 == 0x20  # a dynamic table size update comes first
+        decoded = decoder.decode(block, raw=True)
+        assert [(type(h), h[0], h[1]) for h in decoded] == [(type(h), h[0], h[1]) for h in headers]
+    assert decoder.header_table_size == 100
+    assert not encoder.pending()  # announced once
+
+
+def test_a_goaway_loses_none_of_what_the_client_had_queued() -> None:
+    """A GOAWAY arrives after a WINDOW_UPDATE, while one request's body waits for the
+    connection's window and a later request's HEADERS are queued but not yet written.
+    h2 throws its unwritten bytes away as a GOAWAY arrives, and the window then sends the
+    later request's DATA without its HEADERS. The client keeps what it queued, so the
+    server (a real h2 server state machine which, like the fakes, ends the connection on
+    a frame for a stream never opened) reads a valid connection: the first request's
+    whole body arrives and its answer is read; the later one is sent again elsewhere."""
+    from tests.fakes.http2 import _DrainingStateMachine, _UnenforcedSettings
+
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    server.state_machine = _DrainingStateMachine()
+    server.local_settings = _UnenforcedSettings(
+        client=False,
+        initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**20,  # the connection's limits
+        },
+    )
+    received: dict[int, bytearray] = {}
+    ended: set[int] = set()
+
+    def server_reads(data: bytes) -> None:
+        for event in server.receive_data(data):  # a ProtocolError fails the test here
+            if isinstance(event, h2.events.RequestReceived):
+                received[event.stream_id] = bytearray()
+            elif isinstance(event, h2.events.DataReceived):
+                received[event.stream_id] += event.data
+                server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                ended.add(event.stream_id)
+
+    def answer(stream_id: int) -> None:
+        server.send_headers(stream_id, [(":status", "200")], end_stream=True)
+
+    async def scenario() -> None:
+        wire = Wire()
+        client = H2Connection("push.example", "FCM")
+        client.connection_made(wire)
+        server.initiate_connection()
+        server_reads(wire.take())
+        client.data_received(server.data_to_send())
+
+        def push(body: bytes) -> asyncio.Task[Any]:
+            headers = {"content-type": "application/json"}
+            return asyncio.ensure_future(client.request("/send", headers, body, 5.0, lambda: True))
+
+        first = push(b"{}")  # one stream until an answer has been read
+        await asyncio.sleep(0.01)
+        server_reads(wire.take())
+        answer(1)
+        client.data_received(server.data_to_send())
+        assert (await first).status == 200
+
+        kept = push(b"k" * 70_000)
+        await asyncio.sleep(0.01)
+        server_reads(wire.take())  # the connection's window of 65,535 bytes, used up
+        assert len(received[3]) == 65_535 - 2 and 3 not in ended  # the first body took 2
+        later = push(b"l" * 100)
+        await asyncio.sleep(0)  # its HEADERS are queued; they are written a turn later
+        assert not wire.written
+        server.close_connection(last_stream_id=3)
+        client.data_received(server.data_to_send())  # the window, then the GOAWAY
+        with pytest.raises(NotProcessed):
+            await later
+        await asyncio.sleep(0.01)
+        server_reads(wire.take())
+        assert bytes(received[3]) == b"k" * 70_000 and 3 in ended
+        answer(3)
+        client.data_received(server.data_to_send())
+        assert (await kept).status == 200
+
+    asyncio.run(scenario())
